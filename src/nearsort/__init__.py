@@ -1,0 +1,14 @@
+"""nearsort: sort huge photo libraries by visual similarity.
+
+Public API (usable without the CLI)::
+
+    from nearsort import resize, rebuild, export, Catalog
+    resize("/mnt/nas/photos", "~/thumbs")
+"""
+from .catalog import Catalog, CatalogError, CatalogLocked
+from .export import export
+from .ingest import Interrupted, resize
+from .sync import rebuild
+
+__version__ = "0.1.0"
+__all__ = ["Catalog", "CatalogError", "CatalogLocked", "Interrupted", "export", "rebuild", "resize"]

@@ -1,0 +1,192 @@
+"""Command line (typer). Thin: parse, call the library, print."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .catalog import Catalog, CatalogError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Sort huge photo libraries by visual similarity -- originals are only ever read.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _human_path(p: str) -> str:
+    return p.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Progress:
+    """A rich progress bar on a terminal; silent otherwise (logs, CI, --json)."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.enabled = enabled and err.is_terminal
+        self.label = label
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err, transient=False,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=None, rate="")
+        return self
+
+    def __call__(self, done: int, total: int | None = None, info: dict | None = None) -> None:
+        if self.bar is None:
+            return
+        t = self.bar.tasks[0]
+        rate = f"{done / t.elapsed:.1f}/s" if t.elapsed else ""
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _run(fn, *args, **kwargs):
+    """Call into the library, turning expected problems into clear messages."""
+    try:
+        return fn(*args, **kwargs)
+    except CatalogError as e:
+        fail(str(e))
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        fail(str(e))
+
+
+# --------------------------------------------------------------------------- resize
+@app.command()
+def resize(
+    src: Path = typer.Argument(..., help="Photo library to read (never written to)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="THUMBS folder (local disk) for thumbnails + catalog."),
+    size: int = typer.Option(256, "--size", help="Long side of the thumbnails, in pixels."),
+    layout: str = typer.Option("week", "--layout", help="Folders: 'week' (YYYY/Www by capture date) or 'hash'."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoder processes (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+):
+    """Make a thumbnail of every new or changed photo under SRC, named {W}x{H}_{phash}."""
+    from .ingest import Interrupted, resize as do_resize
+
+    if layout not in ("week", "hash"):
+        fail("--layout must be 'week' or 'hash'")
+    if not 16 <= size <= 4096:
+        fail("--size must be between 16 and 4096")
+    interrupted = False
+    with _Progress("resize", not as_json) as prog:
+        try:
+            s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, progress=prog)
+        except Interrupted as e:
+            s, interrupted = e.summary, True
+    if as_json:
+        print(json.dumps(s, indent=2))
+    else:
+        out.print(
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: {s['scanned']} photos found, "
+            f"{s['processed']} processed, {s['unchanged']} unchanged, {s['new_thumbnails']} new thumbnails, "
+            f"{s['merged']} collapsed into existing ones, {s['errors']} errors "
+            f"({s['images_per_second']} images/s)."
+        )
+        if s["missing"]:
+            out.print(f"{s['missing']} previously seen files are gone from SRC (kept in the catalog as 'missing').")
+        if s["errors"]:
+            for e in s["error_samples"][:5]:
+                out.print(f"  [red]✗[/] {_human_path(e['path'])}: {e['error']}", highlight=False)
+            out.print(f"See all with: nearsort errors {out_dir}")
+        if interrupted:
+            out.print("Everything finished so far is saved; run the same command again to continue.")
+        else:
+            out.print(f"Thumbnails are in {out_dir}")
+    if interrupted:
+        raise typer.Exit(130)
+
+
+# --------------------------------------------------------------------------- rebuild / errors / export / info
+@app.command()
+def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
+    """Recreate the catalog from the metadata carried by the thumbnails themselves."""
+    from .sync import rebuild as do_rebuild
+
+    s = _run(do_rebuild, thumbs)
+    out.print(f"Rebuilt the catalog from {s['imported']} thumbnails: {s['sources']} source files, "
+              f"{s['originals']} distinct originals.")
+    if s["previous_catalog"]:
+        out.print(f"The previous catalog was kept as {s['previous_catalog']}")
+    for rel, why in s["problems"][:10]:
+        out.print(f"  [yellow]![/] {rel}: {why}")
+
+
+@app.command()
+def errors(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """List source files that could not be made into thumbnails, with the reason."""
+    with _run(Catalog.open, thumbs, write=False) as cat:
+        rows = [(os.fsdecode(bytes(p)), e) for p, e in
+                cat.execute("SELECT path, error FROM sources WHERE status='error' ORDER BY path")]
+    if as_json:
+        print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=2))
+        return
+    for p, e in rows:
+        out.print(f"{_human_path(p)}\t{e}", highlight=False, soft_wrap=True)
+    err.print(f"{len(rows)} errors")
+
+
+@app.command()
+def export(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Write CSV here ('-' for stdout)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write JSON here ('-' for stdout)."),
+):
+    """Export one row per source file (paths, sizes, hashes, dates, quality, rank, tags)."""
+    from .export import export as do_export
+
+    if not csv_path and not json_path:
+        fail("give --csv FILE and/or --json FILE")
+    n = _run(do_export, thumbs, csv_path, json_path)
+    err.print(f"{n} rows written")
+
+
+@app.command()
+def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
+    """What the catalog holds."""
+    with _run(Catalog.open, thumbs, write=False) as cat:
+        c = cat.counts()
+        last = cat.execute("SELECT command, status, summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    for k, v in c.items():
+        out.print(f"{k:>12}: {v}")
+    if last:
+        out.print(f"last run: {last[0]} ({last[1]})")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``export``: one row per source file -- the contract other tools and our benchmarks read.
+
+Columns: source_path, thumb_path (relative to THUMBS), width, height, content_hash, phash,
+capture_time, brightness, contrast, blur, status, error, rank, tags.
+Rows are sorted by source path, so two exports of the same catalog are byte-identical.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import IO, Iterator
+
+from .catalog import Catalog
+
+COLUMNS = [
+    "source_path", "thumb_path", "width", "height", "content_hash", "phash", "capture_time",
+    "brightness", "contrast", "blur", "status", "error", "rank", "tags",
+]
+
+
+def _f(x):
+    return None if x is None else round(float(x), 4)
+
+
+def rows(cat: Catalog) -> Iterator[dict]:
+    tags: dict[int, list[str]] = {}
+    for tid, tag in cat.conn.execute("SELECT thumb_id, tag FROM tags ORDER BY tag"):
+        tags.setdefault(tid, []).append(tag)
+    q = """
+        SELECT s.path, s.status, s.error, o.content_hash, o.width, o.height, o.phash, o.capture_time,
+               t.id AS tid, t.relpath, t.brightness, t.contrast, t.blur, t.rank
+        FROM sources s
+        LEFT JOIN originals o ON o.id = s.original_id
+        LEFT JOIN thumbs t ON t.id = o.thumb_id
+        ORDER BY s.path
+    """
+    for r in cat.conn.execute(q):
+        yield {
+            "source_path": os.fsdecode(bytes(r["path"])),
+            "thumb_path": r["relpath"],
+            "width": r["width"], "height": r["height"],
+            "content_hash": r["content_hash"], "phash": r["phash"], "capture_time": r["capture_time"],
+            "brightness": _f(r["brightness"]), "contrast": _f(r["contrast"]), "blur": _f(r["blur"]),
+            "status": r["status"], "error": r["error"], "rank": r["rank"],
+            "tags": ";".join(tags.get(r["tid"], [])) if r["tid"] is not None else "",
+        }
+
+
+def write_csv(cat: Catalog, fh: IO[str]) -> int:
+    w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    n = 0
+    for row in rows(cat):
+        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        n += 1
+    return n
+
+
+def write_json(cat: Catalog, fh: IO[str]) -> int:
+    n = 0
+    fh.write("[\n")
+    for row in rows(cat):
+        fh.write((",\n" if n else "") + json.dumps(row, ensure_ascii=True, sort_keys=True))
+        n += 1
+    fh.write("\n]\n")
+    return n
+
+
+def export(root, csv_path: str | None = None, json_path: str | None = None) -> int:
+    """Write the export to files ('-' = stdout). Returns the number of rows."""
+    n = 0
+    with Catalog.open(root, write=False) as cat:
+        for path, fn in ((csv_path, write_csv), (json_path, write_json)):
+            if not path:
+                continue
+            if path == "-":
+                n = fn(cat, sys.stdout)
+            else:
+                tmp = f"{path}.tmp"
+                # surrogateescape writes non-UTF-8 file names back as their original bytes
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+                    n = fn(cat, fh)
+                os.replace(tmp, path)
+    return n

@@ -1,0 +1,434 @@
+"""``resize``: originals -> thumbnails + catalog, incrementally, never writing to SRC.
+
+Pipeline: a scanner thread walks SRC and skips files whose (path, size, mtime) the catalog
+already has; worker processes read + hash + decode + thumbnail each new or changed file
+(thumbs.process_file); this process is the single writer: it places thumbnails, writes
+them with their metadata, and commits to the catalog in batches. Thumbnail files are
+written *before* the catalog transaction that references them commits, so a crash or
+Ctrl-C at any moment leaves a consistent catalog; the next run continues where this
+one stopped.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import thumbmeta
+from .catalog import Catalog, catalog_path
+from .scan import ScanProblem, walk_images
+from .sync import import_meta, iter_thumb_files, reconcile, thumb_meta
+from .thumbs import THUMB_EXT, FileResult, layout_folder, process_file
+
+COMMIT_EVERY = 256  # results per catalog transaction
+COMMIT_SECONDS = 2.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; carries the summary of what was committed."""
+
+    def __init__(self, summary: dict):
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+@dataclass
+class ResizeSummary:
+    src: str
+    out: str
+    scanned: int = 0
+    unchanged: int = 0
+    processed: int = 0
+    new_thumbnails: int = 0
+    merged: int = 0  # files whose content or name matched an existing thumbnail
+    errors: int = 0
+    skipped_other_files: int = 0
+    missing: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    error_samples: list = field(default_factory=list)
+    status: str = "done"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
+    p = prefix.rstrip(b"/") + b"/"
+    return p, p[:-1] + b"0"  # '0' is '/' + 1
+
+
+def _worker_init():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _work(args) -> FileResult:
+    path, size, quality = args
+    return process_file(path, size, quality)
+
+
+class _Scanner(threading.Thread):
+    """Walks SRC, checks each file against the catalog, queues the ones to process."""
+
+    def __init__(self, src: str, exclude: list[str], db: Path, force_ids: set[int]):
+        super().__init__(daemon=True, name="nearsort-scan")
+        self.src, self.exclude, self.db, self.force_ids = src, exclude, db, force_ids
+        self.todo: "queue.Queue[str | None]" = queue.Queue(maxsize=4096)
+        self.unchanged: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        self.problems: "queue.SimpleQueue[ScanProblem]" = queue.SimpleQueue()
+        self.found = 0
+        self.n_unchanged = 0
+        self.skipped_other = 0
+        self.done = False
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = sqlite3.connect(str(self.db), timeout=30.0)
+        try:
+            batch: list[tuple[str, os.stat_result | None]] = []
+            for entry in walk_images(self.src, self.exclude, self.problems.put, self._skipped):
+                if self.stop.is_set():
+                    return
+                try:
+                    st = entry.stat(follow_symlinks=True)
+                except OSError:
+                    st = None  # let the worker report it precisely
+                batch.append((os.path.abspath(entry.path), st))
+                if len(batch) >= 512:
+                    self._flush(conn, batch)
+                    batch = []
+            self._flush(conn, batch)
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+        finally:
+            conn.close()
+            self.done = True
+            self.todo.put(None)
+
+    def _skipped(self, path: str) -> None:
+        self.skipped_other += 1
+
+    def _flush(self, conn: sqlite3.Connection, batch) -> None:
+        if not batch:
+            return
+        keys = [os.fsencode(p) for p, _ in batch]
+        known = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = (
+                "SELECT s.path, s.id, s.size, s.mtime_ns, s.status, o.thumb_id FROM sources s "
+                "LEFT JOIN originals o ON o.id = s.original_id WHERE s.path IN (%s)" % ",".join("?" * len(chunk))
+            )
+            for path, sid, size, mtime, status, thumb_id in conn.execute(q, chunk):
+                known[bytes(path)] = (sid, size, mtime, status, thumb_id)
+        for (path, st), key in zip(batch, keys):
+            self.found += 1
+            k = known.get(key)
+            if (
+                k is not None and st is not None and k[3] in ("ok", "missing") and k[1] == st.st_size
+                and k[2] == st.st_mtime_ns and k[4] not in self.force_ids
+            ):
+                self.n_unchanged += 1
+                self.unchanged.put(k[0])
+                continue
+            while not self.stop.is_set():
+                try:
+                    self.todo.put(path, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    def paths(self):
+        while True:
+            p = self.todo.get()
+            if p is None:
+                return
+            yield p
+
+
+def _open_or_import(out: Path) -> Catalog:
+    """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first."""
+    fresh = not catalog_path(out).exists()
+    cat = Catalog.open(out, create=True)
+    if fresh:
+        first = next(iter_thumb_files(out), None)
+        if first is not None:
+            with cat.tx():
+                for relpath, name, _ in iter_thumb_files(out):
+                    try:
+                        meta = thumbmeta.read(out / relpath)
+                    except Exception:
+                        continue
+                    if meta and meta.get("name") == name:
+                        import_meta(cat, relpath, meta)
+    return cat
+
+
+class _Writer:
+    """Applies worker results to THUMBS and the catalog (this process only)."""
+
+    def __init__(self, cat: Catalog, layout: str, run_id: int, summary: ResizeSummary):
+        self.cat, self.layout, self.run_id, self.s = cat, layout, run_id, summary
+        self.dirty: set[int] = set()
+        self.pending: dict[int, tuple[bytes, int]] = {}  # thumb id -> (jpeg, mtime_ns) to write
+        self.in_tx = False
+        self.n_in_tx = 0
+        self.last_commit = time.monotonic()
+
+    def begin(self) -> None:
+        if not self.in_tx:
+            self.cat.conn.execute("BEGIN IMMEDIATE")
+            self.in_tx = True
+
+    def add(self, r: FileResult) -> None:
+        self.begin()
+        c = self.cat.conn
+        key = os.fsencode(r.path)
+        prev = c.execute(
+            "SELECT s.id, o.thumb_id FROM sources s LEFT JOIN originals o ON o.id=s.original_id WHERE s.path=?",
+            (key,),
+        ).fetchone()
+        if prev and prev[1] is not None:
+            self.dirty.add(prev[1])  # its metadata must drop or update this path
+        if r.error:
+            self.s.errors += 1
+            if len(self.s.error_samples) < 20:
+                self.s.error_samples.append({"path": r.path, "error": r.error})
+            c.execute(
+                "INSERT INTO sources(path, original_id, size, mtime_ns, status, error, last_run) VALUES(?,?,?,?,?,?,?)"
+                " ON CONFLICT(path) DO UPDATE SET original_id=NULL, size=excluded.size, mtime_ns=excluded.mtime_ns,"
+                " status='error', error=excluded.error, last_run=excluded.last_run",
+                (key, None, r.size, r.mtime_ns, "error", r.error, self.run_id),
+            )
+        else:
+            self.s.processed += 1
+            oid, thumb_id = self._original(r)
+            c.execute(
+                "INSERT INTO sources(path, original_id, size, mtime_ns, status, error, last_run) VALUES(?,?,?,?,?,?,?)"
+                " ON CONFLICT(path) DO UPDATE SET original_id=excluded.original_id, size=excluded.size,"
+                " mtime_ns=excluded.mtime_ns, status='ok', error=NULL, last_run=excluded.last_run",
+                (key, oid, r.size, r.mtime_ns, "ok", None, self.run_id),
+            )
+            self.dirty.add(thumb_id)
+        self.n_in_tx += 1
+        if self.n_in_tx >= COMMIT_EVERY or time.monotonic() - self.last_commit > COMMIT_SECONDS:
+            self.flush()
+
+    def _original(self, r: FileResult) -> tuple[int, int]:
+        c = self.cat.conn
+        row = c.execute("SELECT id, thumb_id FROM originals WHERE content_hash=?", (r.content_hash,)).fetchone()
+        if row:
+            self.s.merged += 1
+            thumb_id = row[1]
+            rel = c.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+            if not (self.cat.root / rel).exists() and thumb_id not in self.pending:
+                self.pending[thumb_id] = (r.jpeg, r.mtime_ns)  # the user deleted it: make it again
+            return row[0], thumb_id
+        name = r.name
+        t = c.execute("SELECT id, relpath FROM thumbs WHERE name=?", (name,)).fetchone()
+        if t:
+            self.s.merged += 1
+            thumb_id = t[0]
+            if not (self.cat.root / t[1]).exists() and thumb_id not in self.pending:
+                self.pending[thumb_id] = (r.jpeg, r.mtime_ns)
+        else:
+            folder = layout_folder(self.layout, r.phash, r.capture_time, r.mtime_ns)
+            relpath = f"{folder}/{name}{THUMB_EXT}"
+            target = self.cat.root / relpath
+            if target.exists():  # a thumbnail the catalog did not know: keep what it carries
+                try:
+                    meta = thumbmeta.read(target)
+                except Exception:
+                    meta = None
+                if meta and meta.get("name") == name:
+                    thumb_id = import_meta(self.cat, relpath, meta, self.run_id)
+                    return self._original(r)
+            thumb_id = c.execute(
+                "INSERT INTO thumbs(name, relpath, tw, th, brightness, contrast, blur, created_ns) VALUES(?,?,?,?,?,?,?,?)",
+                (name, relpath, r.tw, r.th, r.brightness, r.contrast, r.blur, time.time_ns()),
+            ).lastrowid
+            self.pending[thumb_id] = (r.jpeg, r.mtime_ns)
+            self.s.new_thumbnails += 1
+        gps = r.gps or (None, None)
+        oid = c.execute(
+            "INSERT INTO originals(content_hash, thumb_id, width, height, format, bytes, phash, capture_time, make,"
+            " model, gps_lat, gps_lon, exif_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.content_hash, thumb_id, r.width, r.height, r.format, r.size, r.phash, r.capture_time, r.make,
+             r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True)),
+        ).lastrowid
+        return oid, thumb_id
+
+    def mark_unchanged(self, ids: list[int]) -> None:
+        if ids:
+            self.begin()
+            self.cat.conn.executemany(
+                "UPDATE sources SET last_run=?, status='ok' WHERE id=?", [(self.run_id, i) for i in ids]
+            )
+
+    def add_problem(self, p: ScanProblem) -> None:
+        self.add(FileResult(p.path, 0, 0, error=p.reason))
+
+    def flush(self) -> None:
+        """Write pending thumbnails + rewritten metadata, then commit."""
+        if not self.in_tx:
+            return
+        c = self.cat.conn
+        for thumb_id in sorted(self.dirty | set(self.pending)):
+            rel = c.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()
+            if rel is None:
+                continue
+            path = self.cat.root / rel[0]
+            meta = thumb_meta(self.cat, thumb_id)
+            if thumb_id in self.pending:
+                jpeg, mtime_ns = self.pending[thumb_id]
+                thumbmeta.write_atomic(path, thumbmeta.embed(jpeg, meta), mtime_ns=mtime_ns)
+            elif path.exists():
+                thumbmeta.rewrite(path, meta)
+        c.execute("COMMIT")
+        self.in_tx = False
+        self.dirty.clear()
+        self.pending.clear()
+        self.n_in_tx = 0
+        self.last_commit = time.monotonic()
+
+    def abort(self) -> None:
+        if self.in_tx:
+            self.cat.conn.execute("ROLLBACK")
+            self.in_tx = False
+            self.dirty.clear()
+            self.pending.clear()
+
+
+def resize(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = 256,
+    layout: str = "week",
+    workers: int | None = None,
+    quality: int = 85,
+    progress: Callable[[int, int | None, dict], None] | None = None,
+) -> dict:
+    """Make thumbnails for every new or changed photo under ``src`` in ``out``; return a summary dict.
+
+    ``progress(done, total_or_None, summary)`` is called as results arrive (total is known once
+    the scan has finished). Raises ``Interrupted`` (a KeyboardInterrupt) on Ctrl-C after committing
+    everything finished so far.
+    """
+    src_abs = os.path.abspath(os.fspath(src))
+    out = Path(out).absolute()
+    if not os.path.exists(src_abs):
+        raise FileNotFoundError(f"source folder {src_abs} does not exist (is the NAS mounted?)")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, workers or os.cpu_count() or 1)
+    summary = ResizeSummary(src=src_abs, out=str(out))
+    t0 = time.monotonic()
+    cat = _open_or_import(out)
+    try:
+        rec = reconcile(cat)
+        force = set(rec["missing"])  # sources whose thumbnail file was deleted get it back
+        run_id = cat.start_run("resize")
+        writer = _Writer(cat, layout, run_id, summary)
+        scanner = _Scanner(src_abs, [str(out)], catalog_path(out), force)
+        scanner.start()
+        ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
+        status = "done"
+        done = 0
+        stop = _StopFlag()
+        try:
+            with stop, ctx.Pool(workers, initializer=_worker_init) as pool:
+                args = ((p, size, quality) for p in scanner.paths())
+                for res in pool.imap_unordered(_work, args, chunksize=1):
+                    writer.add(res)
+                    done += 1
+                    _drain(scanner, writer)
+                    if progress:
+                        progress(done, scanner.found - scanner.n_unchanged if scanner.done else None, {})
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                _drain(scanner, writer)
+                writer.flush()
+            if scanner.error:
+                raise scanner.error
+        except KeyboardInterrupt:
+            scanner.stop.set()
+            status = "interrupted"
+            writer.flush()  # everything finished so far is kept
+        except BaseException:
+            scanner.stop.set()
+            writer.abort()
+            cat.finish_run(run_id, "failed")
+            raise
+        summary.scanned = scanner.found
+        summary.skipped_other_files = scanner.skipped_other
+        if status == "done":
+            lo, hi = _prefix_range(os.fsencode(src_abs))
+            with cat.tx():
+                cur = cat.conn.execute(
+                    "UPDATE sources SET status='missing' WHERE path >= ? AND path < ? AND last_run IS NOT ? "
+                    "AND status='ok'", (lo, hi, run_id))
+                summary.missing = cur.rowcount
+        summary.status = status
+        summary.seconds = round(time.monotonic() - t0, 3)
+        summary.images_per_second = round(summary.processed / summary.seconds, 2) if summary.seconds else 0.0
+        cat.finish_run(run_id, status, json.dumps(summary.as_dict()))
+    finally:
+        cat.close()
+    if status == "interrupted":
+        raise Interrupted(summary.as_dict())
+    return summary.as_dict()
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop after the current result (never mid-write);
+    a second one interrupts at once. Only installed when running in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _drain(scanner: _Scanner, writer: _Writer) -> None:
+    ids = []
+    try:
+        while True:
+            ids.append(scanner.unchanged.get_nowait())
+    except queue.Empty:
+        pass
+    if ids:
+        writer.s.unchanged += len(ids)
+        writer.mark_unchanged(ids)
+    try:
+        while True:
+            writer.add_problem(scanner.problems.get_nowait())
+    except queue.Empty:
+        pass

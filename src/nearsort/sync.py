@@ -1,0 +1,196 @@
+"""Keeping thumbnails and catalog in step.
+
+* ``thumb_meta(cat, thumb_id)``   the metadata document a thumbnail carries (from the catalog)
+* ``import_meta(cat, relpath, meta)``   the reverse: put one thumbnail's metadata into the catalog
+* ``rebuild(root)``   recreate the catalog from the thumbnails alone
+* ``reconcile(cat)``   find every thumbnail wherever it lives below THUMBS (users move them)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import thumbmeta
+from .catalog import STATE_DIR, Catalog, catalog_path
+from .thumbs import parse_thumb_filename
+
+
+def _fs(path_blob: bytes) -> str:
+    return os.fsdecode(bytes(path_blob))
+
+
+def thumb_meta(cat: Catalog, thumb_id: int) -> dict:
+    c = cat.conn
+    t = c.execute("SELECT * FROM thumbs WHERE id=?", (thumb_id,)).fetchone()
+    originals = []
+    for o in c.execute("SELECT * FROM originals WHERE thumb_id=? ORDER BY content_hash", (thumb_id,)):
+        sources = [
+            {"path": _fs(s["path"]), "size": s["size"], "mtime_ns": s["mtime_ns"], "status": s["status"]}
+            for s in c.execute(
+                "SELECT path, size, mtime_ns, status FROM sources WHERE original_id=? ORDER BY path", (o["id"],)
+            )
+        ]
+        originals.append(
+            {
+                "content_hash": o["content_hash"], "width": o["width"], "height": o["height"],
+                "format": o["format"], "bytes": o["bytes"], "phash": o["phash"],
+                "capture_time": o["capture_time"], "make": o["make"], "model": o["model"],
+                "gps": [o["gps_lat"], o["gps_lon"]] if o["gps_lat"] is not None else None,
+                "exif": json.loads(o["exif_json"]) if o["exif_json"] else {},
+                "sources": sources,
+            }
+        )
+    tags = [r[0] for r in c.execute("SELECT tag FROM tags WHERE thumb_id=? ORDER BY tag", (thumb_id,))]
+    return {
+        "v": 1, "name": t["name"], "thumb": [t["tw"], t["th"]],
+        "quality": {"brightness": t["brightness"], "contrast": t["contrast"], "blur": t["blur"]},
+        "originals": originals, "tags": tags,
+    }
+
+
+def write_thumb_meta(cat: Catalog, thumb_id: int) -> None:
+    """Rewrite one thumbnail's embedded metadata from the catalog."""
+    rel = cat.conn.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+    thumbmeta.rewrite(cat.root / rel, thumb_meta(cat, thumb_id))
+
+
+def import_meta(cat: Catalog, relpath: str, meta: dict, run_id: int | None = None, rank: int | None = None) -> int:
+    """Insert/merge one thumbnail's metadata into the catalog (inside the caller's transaction)."""
+    c = cat.conn
+    q = meta.get("quality") or {}
+    tw, th = (meta.get("thumb") or [None, None])[:2]
+    row = c.execute("SELECT id FROM thumbs WHERE name=?", (meta["name"],)).fetchone()
+    if row:
+        thumb_id = row[0]
+    else:
+        thumb_id = c.execute(
+            "INSERT INTO thumbs(name, relpath, tw, th, brightness, contrast, blur, rank, created_ns)"
+            " VALUES(?,?,?,?,?,?,?,?,?)",
+            (meta["name"], relpath, tw, th, q.get("brightness"), q.get("contrast"), q.get("blur"), rank,
+             time.time_ns()),
+        ).lastrowid
+    for o in meta.get("originals", []):
+        gps = o.get("gps") or [None, None]
+        r = c.execute("SELECT id FROM originals WHERE content_hash=?", (o["content_hash"],)).fetchone()
+        if r:
+            oid = r[0]
+        else:
+            oid = c.execute(
+                "INSERT INTO originals(content_hash, thumb_id, width, height, format, bytes, phash, capture_time,"
+                " make, model, gps_lat, gps_lon, exif_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    o["content_hash"], thumb_id, o.get("width"), o.get("height"), o.get("format"), o.get("bytes"),
+                    o.get("phash"), o.get("capture_time"), o.get("make"), o.get("model"), gps[0], gps[1],
+                    json.dumps(o.get("exif") or {}, sort_keys=True),
+                ),
+            ).lastrowid
+        for s in o.get("sources", []):
+            c.execute(
+                "INSERT INTO sources(path, original_id, size, mtime_ns, status, last_run) VALUES(?,?,?,?,?,?)"
+                " ON CONFLICT(path) DO NOTHING",
+                (os.fsencode(s["path"]), oid, s.get("size"), s.get("mtime_ns"), s.get("status") or "ok", run_id),
+            )
+    for tag in meta.get("tags") or []:
+        c.execute("INSERT OR IGNORE INTO tags(thumb_id, tag) VALUES(?, ?)", (thumb_id, tag))
+    return thumb_id
+
+
+def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
+    """(relpath, name, rank) of every file below ``root`` named like a nearsort thumbnail."""
+    root = Path(root)
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name != STATE_DIR:
+                    stack.append(Path(e.path))
+                continue
+            parsed = parse_thumb_filename(e.name)
+            if parsed:
+                yield Path(e.path).relative_to(root).as_posix(), parsed[0], parsed[1]
+
+
+def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
+    """Recreate the catalog from the thumbnails below ``root``. The old catalog is kept aside."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    cpath = catalog_path(root)
+    kept = None
+    if cpath.exists():
+        # take the lock first so we never pull the file from under a running process
+        with Catalog.open(root, write=True):
+            pass
+        kept = cpath.with_name(f"catalog.before-rebuild.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
+        os.replace(cpath, kept)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(cpath) + suffix)
+            if side.exists():
+                os.replace(side, Path(str(kept) + suffix))
+    n_files = n_thumbs = 0
+    problems: list[tuple[str, str]] = []
+    with Catalog.open(root, create=True) as cat:
+        run_id = cat.start_run("rebuild")
+        cat.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for relpath, name, rank in iter_thumb_files(root):
+                n_files += 1
+                try:
+                    meta = thumbmeta.read(root / relpath)
+                except Exception as e:
+                    problems.append((relpath, f"unreadable metadata: {e}"))
+                    continue
+                if not meta or meta.get("name") != name:
+                    problems.append((relpath, "no nearsort metadata"))
+                    continue
+                import_meta(cat, relpath, meta, run_id, rank)
+                n_thumbs += 1
+                if progress:
+                    progress(n_thumbs)
+            cat.conn.execute("COMMIT")
+        except BaseException:
+            cat.conn.execute("ROLLBACK")
+            raise
+        counts = cat.counts()
+        summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
+                   "previous_catalog": str(kept) if kept else None, **counts}
+        cat.finish_run(run_id, "done", json.dumps(summary))
+    return summary
+
+
+def reconcile(cat: Catalog) -> dict:
+    """Update ``thumbs.relpath`` for thumbnails a user moved; return what was found.
+
+    Returns {"moved": n, "missing": [thumb ids whose file is nowhere below THUMBS],
+    "unknown": [relpaths of thumbnail files the catalog has no row for]}.
+    """
+    c = cat.conn
+    known = {name: (tid, rel) for tid, name, rel in c.execute("SELECT id, name, relpath FROM thumbs")}
+    found: dict[str, str] = {}
+    unknown = []
+    for relpath, name, _rank in iter_thumb_files(cat.root):
+        if name in known:
+            if name not in found or relpath == known[name][1]:
+                found[name] = relpath
+        else:
+            unknown.append(relpath)
+    moved = 0
+    missing = []
+    with cat.tx():
+        for name, (tid, rel) in known.items():
+            new = found.get(name)
+            if new is None:
+                missing.append(tid)
+            elif new != rel:
+                c.execute("UPDATE thumbs SET relpath=? WHERE id=?", (new, tid))
+                moved += 1
+    return {"moved": moved, "missing": missing, "unknown": unknown}
