@@ -17,8 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Sort huge photo libraries by visual similarity -- originals are only ever read.",
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(msg: str, code: int = 2) -> None:

@@ -27,7 +27,7 @@ from .scan import ScanProblem, walk_images
 from .sync import import_meta, iter_thumb_files, reconcile, thumb_meta
 from .thumbs import THUMB_EXT, FileResult, layout_folder, process_file
 
-COMMIT_EVERY = 256  # results per catalog transaction
+COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
 
 

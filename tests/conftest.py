@@ -1,0 +1,65 @@
+"""Shared fixtures: real images made with Pillow, the bundled samples, the optional ../shared bench."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "photos"
+SHARED = REPO.parent / "shared" / "bench"
+PY = sys.executable
+
+
+def make_photo(path: Path, seed: int, size=(640, 480), fmt=None, exif=None, **save) -> Path:
+    """A distinct, photo-like image (smooth gradients + blobs + a little noise)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, p = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 60 * np.sin(a * xx / w * 6 + b * yy / h * 6 + p * 6)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.25) * min(w, h)
+        col = rng.uniform(0, 255, 3)
+        m = ((xx - cx) ** 2 + (yy - cy) ** 2) < r * r
+        img[m] = 0.3 * img[m] + 0.7 * col
+    img += rng.normal(0, 4, img.shape)
+    im = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if exif is not None:
+        save["exif"] = exif
+    im.save(path, fmt, **save)
+    return path
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """{relpath: (size, mtime_ns, first bytes)} of every file below root (for 'never touched' checks)."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, p.read_bytes())
+    return out
+
+
+@pytest.fixture
+def samples_copy(tmp_path) -> Path:
+    dst = tmp_path / "library"
+    shutil.copytree(SAMPLES, dst)
+    return dst
+
+
+@pytest.fixture
+def shared_bench() -> Path:
+    if not (SHARED / "originals").is_dir():
+        pytest.skip("../shared/bench is not present (only in the project's CI workspace)")
+    return SHARED
