@@ -154,7 +154,7 @@ def _finish(img: Image.Image, fmt: str, full_w: int, full_h: int, size: int) -> 
     exif, orientation = read_exif(img)
     img = _to_rgb(img)
     if max(img.size) > size:
-        img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
     if orientation in _TRANSPOSE:
         img = img.transpose(_TRANSPOSE[orientation])
         if orientation >= 5:
@@ -255,7 +255,7 @@ def _decode_raw(data: bytes, size: int) -> Decoded:
     exif, _ = read_exif(preview)
     exif.pop("Orientation", None)
     img = _to_rgb(preview)
-    img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
     if flip == 3:
         img = img.transpose(Image.Transpose.ROTATE_180)
     elif flip == 5:
