@@ -19,7 +19,11 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/nearsort demo --out $(DEMO)
+	rm -rf $(DEMO)
+	$(BIN)/nearsort resize samples/photos --out $(DEMO)/thumbs
+	$(BIN)/nearsort export $(DEMO)/thumbs --csv $(DEMO)/library.csv
+	@echo "Look in $(DEMO)/thumbs (thumbnails by week) and $(DEMO)/library.csv"
+
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
