@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,12 @@ def _worker_init():
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _pool_context():
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return mp.get_context("fork")
+    return mp.get_context("spawn" if os.name == "nt" else "forkserver")
 
 
 def _work(args) -> FileResult:
@@ -341,13 +348,14 @@ def resize(
         run_id = cat.start_run("resize")
         writer = _Writer(cat, layout, run_id, summary)
         scanner = _Scanner(src_abs, [str(out)], catalog_path(out), force)
-        scanner.start()
-        ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
         status = "done"
         done = 0
         stop = _StopFlag()
         try:
-            with stop, ctx.Pool(workers, initializer=_worker_init) as pool:
+            # The pool is forked before the scanner thread starts (fork with no other thread
+            # running is safe), so workers start instantly with every module already loaded.
+            with stop, _pool_context().Pool(workers, initializer=_worker_init) as pool:
+                scanner.start()
                 args = ((p, size, quality) for p in scanner.paths())
                 for res in pool.imap_unordered(_work, args, chunksize=1):
                     writer.add(res)
