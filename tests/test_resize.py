@@ -383,3 +383,31 @@ def test_missing_source_folder_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli("export", tmp_path / "t2", "--csv", "-", check=False)
     assert r.returncode == 2 and "no nearsort catalog" in r.stderr
+
+
+def test_truncated_heic_is_reported_not_fatal(tmp_path):
+    pytest.importorskip("pillow_heif")
+    lib = tmp_path / "lib"
+    full = make_photo(tmp_path / "full.heic", 1, fmt="HEIF").read_bytes()
+    lib.mkdir()
+    (lib / "cut.heic").write_bytes(full[: len(full) // 2])
+    make_photo(lib / "ok.jpg", 2)
+    s = resize(lib, tmp_path / "thumbs", workers=1)
+    assert s["processed"] == 1 and s["errors"] == 1
+    assert s["error_samples"][0]["path"].endswith("cut.heic")
+
+
+def test_catalog_schema_version_and_refusal_of_newer(tmp_path):
+    from nearsort.catalog import SCHEMA_VERSION, CatalogError
+
+    lib = tmp_path / "lib"
+    make_photo(lib / "a.jpg", 1)
+    out = tmp_path / "thumbs"
+    resize(lib, out, workers=1)
+    db = out / ".nearsort" / "catalog.sqlite"
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        c.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(CatalogError, match="newer"):
+        Catalog.open(out)
