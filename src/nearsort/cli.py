@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .catalog import Catalog, CatalogError
 
@@ -111,7 +112,7 @@ def resize(
             out.print(f"{s['missing']} previously seen files are gone from SRC (kept in the catalog as 'missing').")
         if s["errors"]:
             for e in s["error_samples"][:5]:
-                out.print(f"  [red]✗[/] {_human_path(e['path'])}: {e['error']}", highlight=False)
+                out.print(f"  [red]✗[/] {escape(_human_path(e['path']))}: {escape(e['error'])}", highlight=False)
             out.print(f"See all with: nearsort errors {out_dir}")
         if interrupted:
             out.print("Everything finished so far is saved; run the same command again to continue.")
@@ -133,7 +134,7 @@ def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     if s["previous_catalog"]:
         out.print(f"The previous catalog was kept as {s['previous_catalog']}")
     for rel, why in s["problems"][:10]:
-        out.print(f"  [yellow]![/] {rel}: {why}")
+        out.print(f"  [yellow]![/] {escape(rel)}: {escape(why)}", highlight=False)
 
 
 @app.command()
@@ -149,7 +150,7 @@ def errors(
         print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=2))
         return
     for p, e in rows:
-        out.print(f"{_human_path(p)}\t{e}", highlight=False, soft_wrap=True)
+        print(f"{_human_path(p)}\t{e}")
     err.print(f"{len(rows)} errors")
 
 
@@ -178,6 +179,101 @@ def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
         out.print(f"{k:>12}: {v}")
     if last:
         out.print(f"last run: {last[0]} ({last[1]})")
+
+# --------------------------------------------------------------------------- refresh / undo / tags
+@app.command()
+def refresh(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the full plan (old → new); change nothing."),
+    reset: bool = typer.Option(False, "--reset", help="Strip the rank prefixes; back to the week folders."),
+    layout: Optional[str] = typer.Option(
+        None, "--layout",
+        help="'pages' (default: p0001/, p0002/ ... cut at the biggest jumps) or 'flat' (rename in place). "
+             "With --reset: 'week' (default), 'hash' or 'flat' (only strip prefixes)."),
+    per_page: int = typer.Option(500, "--per-page", help="At most this many thumbnails per page folder."),
+    by: Optional[str] = typer.Option(None, "--by", help="Ordering to apply (default: the last `analyze`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+):
+    """Rename thumbnails {rank}_{name}.jpg in chain order, so any file browser shows look-alikes side by side."""
+    from .rename import refresh as do_refresh
+
+    if per_page < 1:
+        fail("--per-page must be at least 1")
+    with _Progress("refresh", not as_json and not dry_run) as prog:
+        s = _run(do_refresh, thumbs, dry_run=dry_run, reset=reset, layout=layout, per_page=per_page,
+                 ordering=by, progress=prog)
+    if as_json:
+        print(json.dumps(s, indent=2, default=str))
+        return
+    if dry_run:
+        for old, new in s["plan"]:
+            print(f"{_human_path(old)} → {_human_path(new)}")
+        if s["pending_ops"]:
+            err.print(f"an interrupted operation ({s['pending_ops']}) will be finished first")
+        err.print(f"dry run: {len(s['plan'])} of {s['thumbnails']} thumbnails would move"
+                  + (f" ({escape(s['ordering'])})" if s.get("ordering") else "") + "; nothing was changed.")
+        return
+    for r in s["recovered"]:
+        out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
+    what = "reset to plain names" if reset else f"renamed in {escape(s['ordering'])} order"
+    if s["op_id"] is None:
+        out.print(f"[green]Already done[/]: all {s['thumbnails']} thumbnails are {what}.")
+    else:
+        pages = f" into {s['pages']} page folders" if s.get("pages") and s["layout"] == "pages" else ""
+        out.print(f"[green]Done[/]: {s['moved']} of {s['thumbnails']} thumbnails {what}{pages}.")
+    if s["tags_added"]:
+        out.print(f"{s['tags_added']} folder tags recorded (list them: nearsort tags {escape(str(thumbs))}).")
+    if s.get("unranked"):
+        out.print(f"{s['unranked']} thumbnails are newer than the last analyze: placed at the end "
+                  "(run `nearsort analyze` to place them).")
+    if s["missing"]:
+        out.print(f"{s['missing']} catalog thumbnails have no file (deleted?); `nearsort resize` remakes them.")
+    for x in s["skipped"][:10]:
+        out.print(f"  [yellow]![/] {escape(_human_path(x['src']))}: {x['why']}", highlight=False)
+    if s["op_id"] is not None:
+        out.print(f"Undo with: nearsort undo {escape(str(thumbs))}")
+
+
+@app.command()
+def undo(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+):
+    """Revert the last refresh (or reset / quarantine) exactly; run it again to revert the one before."""
+    from .rename import undo as do_undo
+
+    with _Progress("undo", not as_json) as prog:
+        s = _run(do_undo, thumbs, progress=prog)
+    if as_json:
+        print(json.dumps(s, indent=2, default=str))
+        return
+    for r in s["recovered"]:
+        out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
+    if s["undone"] is None:
+        out.print("Nothing to undo.")
+        return
+    out.print(f"[green]Undone[/]: {s['undone_kind']} #{s['undone']} ({s['moved']} files moved back).")
+    if s["left"]:
+        out.print(f"{len(s['left'])} files were moved or deleted since then and were left where they are.")
+    for x in s["skipped"][:10]:
+        out.print(f"  [yellow]![/] {escape(_human_path(x['src']))}: {x['why']}", highlight=False)
+
+
+@app.command()
+def tags(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print {tag: count} as JSON."),
+):
+    """Tags taken from your own folder names (move thumbnails into THUMBS/cats/ -> tag 'cats')."""
+    from .rename import list_tags
+
+    t = _run(list_tags, thumbs)
+    if as_json:
+        print(json.dumps(t, indent=2, ensure_ascii=False))
+        return
+    for tag, n in sorted(t.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{n:>8}  {_human_path(tag)}")
+    err.print(f"{len(t)} tags")
 
 
 def main() -> None:

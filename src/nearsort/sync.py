@@ -116,7 +116,12 @@ def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
                 continue
             parsed = parse_thumb_filename(e.name)
             if parsed:
-                yield Path(e.path).relative_to(root).as_posix(), parsed[0], parsed[1]
+                rel = Path(e.path).relative_to(root).as_posix()
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # a folder name that is not UTF-8 cannot be stored as TEXT; leave it alone
+                yield rel, parsed[0], parsed[1]
 
 
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
