@@ -20,10 +20,10 @@ test: install
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/nearsort resize samples/photos --out $(DEMO)/thumbs
+	$(BIN)/nearsort run samples/photos --out $(DEMO)/thumbs --apply
+	$(BIN)/nearsort search "espresso" $(DEMO)/thumbs -k 3
 	$(BIN)/nearsort export $(DEMO)/thumbs --csv $(DEMO)/library.csv
-	@echo "Look in $(DEMO)/thumbs (thumbnails by week) and $(DEMO)/library.csv"
-
+	@echo "Look in $(DEMO)/thumbs/p0001 (similar photos side by side) and $(DEMO)/library.csv"
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

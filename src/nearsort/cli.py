@@ -23,7 +23,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -179,6 +179,180 @@ def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
         out.print(f"{k:>12}: {v}")
     if last:
         out.print(f"last run: {last[0]} ({last[1]})")
+
+# --------------------------------------------------------------------------- featurize / search / similar
+@app.command()
+def featurize(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    model: str = typer.Option("auto", "--model", "-m", help="auto, efficientnet-lite0, clip:ARCH/TAG (e.g. clip:ViT-B-32/laion2b_s34b_b79k), timm:NAME, tv:NAME."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (no download)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
+    batch: int = typer.Option(32, "--batch", help="Images per batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+):
+    """Embed every thumbnail that has no vector for the model yet (resumable)."""
+    from rich.markup import escape
+
+    from .features import Interrupted, featurize as do_featurize
+
+    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        fail("--device must be auto, cpu, cuda or mps")
+    if batch < 1:
+        fail("--batch must be >= 1")
+    interrupted = False
+    with _Progress("featurize", not as_json) as prog:
+        try:
+            s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
+                     progress=prog, log=lambda msg: err.print(escape(msg), highlight=False))
+        except Interrupted as e:
+            s, interrupted = e.summary, True
+    if as_json:
+        print(json.dumps(s, indent=2))
+    else:
+        rw = " [yellow](random weights — speed test only)[/]" if s.get("random_weights") else ""
+        out.print(
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {escape(s['model'])}{rw} on {s['device']}: "
+            f"{s['embedded']} thumbnails embedded, {s['already']} already had a vector, {s['errors']} unreadable "
+            f"({s['images_per_second']} images/s)."
+        )
+        for e in s["error_samples"][:5]:
+            out.print(f"  [red]✗[/] {escape(_human_path(e['path']))}: {escape(e['error'])}", highlight=False)
+        if interrupted:
+            out.print("Everything finished so far is saved; run the same command again to continue.")
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def _print_hits(r: dict, as_json: bool) -> None:
+    from rich.markup import escape
+
+    if as_json:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+        return
+    if r.get("random_weights"):
+        err.print(f"[yellow]note:[/] {escape(r['model'])} has random weights (speed test only); results are meaningless")
+    if r.get("fallback"):
+        cls = ", ".join(f"{c['name']} ({c['weight']:.2f})" for c in r.get("classes", [])[:5])
+        err.print(f"[yellow]note:[/] {escape(r['model'])} has no text tower: ImageNet label search"
+                  + (f" over {escape(cls)}" if cls else ""), highlight=False)
+    if r.get("message"):
+        err.print(escape(r["message"]), highlight=False)
+    for i, h in enumerate(r["results"], 1):
+        src = _human_path(h["sources"][0]) if h["sources"] else "-"
+        more = f" (+{len(h['sources']) - 1} copies)" if len(h["sources"]) > 1 else ""
+        out.print(f"{i:3d}  {h['score']:.3f}  {escape(h['relpath'])}  {escape(src)}{more}", highlight=False, soft_wrap=True)
+    if not r["results"]:
+        err.print("no results")
+
+
+@app.command()
+def search(
+    text: str = typer.Argument(..., help="What to look for, e.g. \"dog on a beach\"."),
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    k: int = typer.Option(20, "-k", help="Number of results."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Featurized model to use (default: CLIP if any, else newest)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Find thumbnails by text (CLIP), or by ImageNet labels with a CNN model."""
+    from .features import search_text
+
+    if k < 1:
+        fail("-k must be >= 1")
+    _print_hits(_run(search_text, thumbs, text, k=k, model=model, device=device), as_json)
+
+
+@app.command()
+def similar(
+    image: str = typer.Argument(..., help="A thumbnail (path, relpath or name), a source photo, or any image file."),
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    k: int = typer.Option(20, "-k", help="Number of results."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Featurized model to use (default: newest)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Find the thumbnails most similar to IMAGE (images outside the library are embedded on the fly)."""
+    from .features import similar as do_similar
+
+    if k < 1:
+        fail("-k must be >= 1")
+    _print_hits(_run(do_similar, thumbs, image, k=k, model=model, device=device), as_json)
+
+
+# --------------------------------------------------------------------------- analyze / run
+def _print_analyze(s: dict) -> None:
+    out.print(f"[green]Ordered[/] {s['thumbnails']} thumbnails by {escape(s['ordering'])} in {s['seconds']} s.")
+    if s.get("chain_length") is not None:
+        ratio = f" (ratio {s['mst_ratio']:.3f}; 1.0 is the best any chain can do)" if s.get("mst_ratio") else ""
+        out.print(f"  chain length {s['chain_length']:.3f}, minimum-spanning-tree bound "
+                  f"{s['mst_weight'] if s['mst_weight'] is not None else 'n/a'}{ratio}; "
+                  f"{s['long_jumps']} long jumps")
+    if s.get("without_vector"):
+        out.print(f"  {s['without_vector']} thumbnails have no vector yet (placed at the end): run featurize")
+
+
+@app.command()
+def analyze(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    by: str = typer.Option("similarity", "--by", help="similarity | date | size | phash | name"),
+    model: Optional[str] = typer.Option(None, "--model", help="Embedding model (default: the latest featurized)."),
+    fast: bool = typer.Option(False, "--fast", help="Approximate kNN graph even for small libraries."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+):
+    """Order all thumbnails into one chain (nearest neighbour first) and store the ranks."""
+    from .analyze import BY, analyze as do_analyze
+
+    if by not in BY:
+        fail(f"--by must be one of: {', '.join(BY)}")
+    with _Progress("analyze", not as_json) as prog:
+        s = _run(do_analyze, thumbs, by=by, model=model, fast=fast, progress=prog)
+    if as_json:
+        print(json.dumps(s, indent=2, default=str))
+    else:
+        _print_analyze(s)
+        out.print(f"Apply it with: nearsort refresh {escape(str(thumbs))} --dry-run   (then without --dry-run)")
+
+
+@app.command()
+def run(
+    src: Path = typer.Argument(..., help="Photo library to read (never written to)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="THUMBS folder."),
+    model: str = typer.Option("auto", "--model", help="Embedding model (auto: CLIP if its weights are here, "
+                                                      "else efficientnet-lite0)."),
+    fast: bool = typer.Option(False, "--fast", help="Approximate neighbours in analyze."),
+    apply: bool = typer.Option(False, "--apply", help="Really rename (default: show the refresh plan only)."),
+    layout: str = typer.Option("week", "--layout", help="Thumbnail folders for new thumbnails: week | hash."),
+    per_page: int = typer.Option(500, "--per-page"),
+):
+    """resize → featurize → analyze → refresh, in one go (refresh is a dry run unless --apply)."""
+    from .analyze import analyze as do_analyze
+    from .features import featurize
+    from .ingest import Interrupted, resize as do_resize
+    from .rename import refresh as do_refresh
+
+    with _Progress("1/4 resize", True) as prog:
+        try:
+            s = _run(do_resize, src, out_dir, layout=layout, progress=prog)
+        except Interrupted as e:
+            out.print(f"[yellow]Interrupted[/] after {e.summary['processed']} photos; run again to continue.")
+            raise typer.Exit(130)
+    out.print(f"resize: {s['processed']} processed, {s['unchanged']} unchanged, {s['errors']} errors")
+    with _Progress("2/4 featurize", True) as prog:
+        f = _run(featurize, out_dir, model=model, progress=prog)
+    out.print(f"featurize: model {escape(str(f.get('model')))}, {f.get('embedded', 0)} new vectors")
+    with _Progress("3/4 analyze", True) as prog:
+        a = _run(do_analyze, out_dir, model=f.get("model"), fast=fast, progress=prog)
+    _print_analyze(a)
+    r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
+    if apply:
+        out.print(f"refresh: {r['moved']} thumbnails renamed into {r.get('pages') or 0} page folders. "
+                  f"Undo with: nearsort undo {escape(str(out_dir))}")
+        out.print(f"[bold]Look in {escape(str(out_dir))}[/] -- open the p0001/ folder in your file browser, "
+                  "sorted by name: similar photos sit side by side.")
+    else:
+        out.print(f"refresh (dry run): {len(r['plan'])} thumbnails would be renamed; nothing changed. "
+                  f"Re-run with --apply, or: nearsort refresh {escape(str(out_dir))}")
+
 
 # --------------------------------------------------------------------------- refresh / undo / tags
 @app.command()

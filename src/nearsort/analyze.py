@@ -1,0 +1,174 @@
+"""``analyze``: order every thumbnail into one chain and store each one's rank in the catalog.
+
+Orderings (``by``):
+
+* ``similarity`` (default) -- greedy nearest-neighbour chain over the embeddings of one model
+  (order.similarity_chain: kNN graph + IVF "nearest unvisited" fallback + local improvement);
+* ``phash`` -- the same walk on Hamming distance of the 64-bit perceptual hashes (no model);
+* ``date`` -- capture time (EXIF), else the file's mtime;
+* ``size`` -- resolution (W×H), largest first;
+* ``name`` -- original file name (natural order, similar names together).
+
+Ranks go to ``ranks(ordering, thumb_id, rank, jump)`` with ordering ``similarity:<model>`` or the
+plain ``by`` name; ``meta.last_ordering`` remembers the latest so ``refresh`` uses it by default.
+Same input -> same order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import order as orders
+from .catalog import Catalog, CatalogError
+
+BY = ("similarity", "date", "size", "phash", "name")
+
+
+def _thumb_ids(cat: Catalog) -> np.ndarray:
+    return np.array([r[0] for r in cat.execute("SELECT id FROM thumbs ORDER BY id")], dtype=np.int64)
+
+
+def pick_model(cat: Catalog, model: str | None) -> tuple[int, str, int]:
+    """(model_id, name, dim) of the named model, or of the most recently featurized one."""
+    if model:
+        row = cat.execute("SELECT id, name, dim FROM models WHERE name=?", (model,)).fetchone()
+        if row is None:
+            known = [r[0] for r in cat.execute("SELECT name FROM models")]
+            raise CatalogError(f"no embeddings for model {model!r} (have: {', '.join(known) or 'none'}); "
+                               f"run `nearsort featurize {cat.root} --model {model}`")
+        return row[0], row[1], row[2]
+    row = cat.execute(
+        "SELECT m.id, m.name, m.dim FROM models m WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id=m.id)"
+        " ORDER BY m.id DESC LIMIT 1").fetchone()
+    if row is None:
+        raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first "
+                           "(or use --by phash, which needs no model)")
+    return row[0], row[1], row[2]
+
+
+def load_vectors(cat: Catalog, model_id: int, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(thumb_ids, float32 vectors) of every thumbnail that has a vector for this model."""
+    from .index import VectorIndex
+
+    rows = cat.execute("SELECT thumb_id, row FROM embeddings WHERE model_id=? ORDER BY thumb_id",
+                       (model_id,)).fetchall()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    rownums = np.array([r[1] for r in rows], dtype=np.int64)
+    valid = int(rownums.max()) + 1 if len(rownums) else 0
+    vi = VectorIndex.open(cat.root / ".nearsort", name, dim, valid_rows=valid)
+    vecs = vi.get(rownums) if len(rownums) else np.zeros((0, dim), np.float32)
+    return ids, np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def _date_keys(cat: Catalog, ids: np.ndarray) -> list:
+    best: dict[int, str] = {}
+    for tid, ct, mt in cat.execute(
+        "SELECT o.thumb_id, min(o.capture_time), min(s.mtime_ns) FROM originals o "
+        "LEFT JOIN sources s ON s.original_id=o.id GROUP BY o.thumb_id"):
+        if ct:
+            best[tid] = ct
+        elif mt:
+            best[tid] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(mt / 1e9))
+    return [best.get(int(t), "9999") for t in ids]
+
+
+def _size_keys(cat: Catalog, ids: np.ndarray) -> list:
+    px = {tid: (w or 0) * (h or 0) for tid, w, h in cat.execute(
+        "SELECT thumb_id, max(width), max(height) FROM originals GROUP BY thumb_id")}
+    return [-px.get(int(t), 0) for t in ids]
+
+
+def _names(cat: Catalog, ids: np.ndarray) -> list[str]:
+    first: dict[int, str] = {}
+    for tid, p in cat.execute(
+        "SELECT o.thumb_id, min(s.path) FROM originals o JOIN sources s ON s.original_id=o.id GROUP BY o.thumb_id"):
+        first[tid] = os.path.basename(os.fsdecode(bytes(p)))
+    return [first.get(int(t), "") for t in ids]
+
+
+def _phashes(cat: Catalog, ids: np.ndarray) -> np.ndarray:
+    names = dict(cat.execute("SELECT id, name FROM thumbs").fetchall())
+    return np.array([int(names[int(t)].rsplit("_", 1)[1], 16) for t in ids], dtype=np.uint64)
+
+
+def analyze(
+    root: str | os.PathLike,
+    *,
+    by: str = "similarity",
+    model: str | None = None,
+    fast: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Order the thumbnails of THUMBS ``root``; store ranks; return a summary with chain quality."""
+    if by not in BY:
+        raise ValueError(f"--by must be one of {', '.join(BY)}")
+    t0 = time.monotonic()
+    with Catalog.open(root) as cat:
+        run_id = cat.start_run(f"analyze --by {by}")
+        summary: dict = {"by": by, "fast": fast}
+        all_ids = _thumb_ids(cat)
+        if by == "similarity":
+            model_id, name, dim = pick_model(cat, model)
+            ids, vecs = load_vectors(cat, model_id, name, dim)
+            ordering = f"similarity:{name}"
+            summary["model"] = name
+            res = orders.similarity_chain(vecs, fast=fast, progress=progress)
+            chain_ids = ids[res.order]
+            steps = res.steps
+            missing = np.setdiff1d(all_ids, ids)
+            summary["without_vector"] = int(len(missing))
+            if len(missing):  # keep them, at the end, so no thumbnail loses its place
+                chain_ids = np.concatenate([chain_ids, missing])
+                steps = np.concatenate([steps, np.full(len(missing), np.nan, np.float32)])
+            summary.update(_quality(res))
+        elif by == "phash":
+            ordering = "phash"
+            res = orders.hamming_chain(_phashes(cat, all_ids))
+            chain_ids, steps = all_ids[res.order], res.steps
+            summary.update(_quality(res))
+        else:
+            ordering = by
+            if by == "date":
+                perm = orders.key_order(_date_keys(cat, all_ids))
+            elif by == "size":
+                perm = orders.key_order(_size_keys(cat, all_ids))
+            else:
+                perm = orders.name_order(_names(cat, all_ids))
+            chain_ids = all_ids[np.asarray(perm, dtype=np.int64)]
+            steps = np.full(len(chain_ids), np.nan, np.float32)
+        with cat.tx() as c:
+            c.execute("DELETE FROM ranks WHERE ordering=?", (ordering,))
+            c.executemany(
+                "INSERT INTO ranks(ordering, thumb_id, rank, jump) VALUES(?,?,?,?)",
+                ((ordering, int(t), i, None if not np.isfinite(s) else float(s))
+                 for i, (t, s) in enumerate(zip(chain_ids, steps))),
+            )
+            cat.set_meta("last_ordering", ordering)
+        summary.update(ordering=ordering, thumbnails=int(len(chain_ids)),
+                       seconds=round(time.monotonic() - t0, 3))
+        cat.finish_run(run_id, "done", json.dumps(summary))
+    return summary
+
+
+def _quality(res) -> dict:
+    return {
+        "chain_length": round(float(res.length), 4),
+        "mst_weight": None if res.mst_weight is None else round(float(res.mst_weight), 4),
+        "mst_ratio": None if res.mst_ratio is None else round(float(res.mst_ratio), 4),
+        "long_jumps": int(res.long_jumps),
+        "stats": {k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))},
+    }
+
+
+def ranked(cat: Catalog, ordering: str | None = None) -> list[tuple[int, int, float | None]]:
+    """(thumb_id, rank, jump) in chain order for ``ordering`` (default: the latest analyzed)."""
+    ordering = ordering or cat.get_meta("last_ordering")
+    if not ordering:
+        raise CatalogError(f"no order yet: run `nearsort analyze {cat.root}` first")
+    return [tuple(r) for r in cat.execute(
+        "SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank", (ordering,))]

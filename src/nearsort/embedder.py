@@ -1,0 +1,156 @@
+"""Run a :class:`~nearsort.models.Model` over many images, fast and with bounded memory.
+
+* image decode + preprocessing (Pillow: JPEG ``draft``, resize, centre crop -> uint8) runs in
+  worker threads (Pillow releases the GIL) while the model runs the previous batch;
+* at most ``batch * (prefetch + 1)`` images are in flight, so a stream of 10^7 paths is fine;
+* inference in ``torch.inference_mode()``, uint8 NHWC batches normalised on the device,
+  CNNs in channels_last; unreadable files are reported (``on_error``) and skipped.
+
+::
+
+    for b in embed_files(model, paths, batch=32, workers=2):
+        b.indices      # positions in ``paths`` of the images in this batch (failed ones left out)
+        b.vectors      # float32 (n, dim), L2-normalised
+        b.topk         # (ids int32 (n, 5), probs float32 (n, 5)) for ImageNet CNNs, else None
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from .models import Model, TOPK
+
+ProgressFn = Callable[[int, "int | None"], None]      # (done, total or None)
+ErrorFn = Callable[[int, object, BaseException], None]  # (index, path, exception)
+
+
+class EmbeddedBatch(NamedTuple):
+    indices: list[int]
+    vectors: np.ndarray
+    topk: "tuple[np.ndarray, np.ndarray] | None"
+
+
+def _default_on_error(index: int, path, exc: BaseException) -> None:
+    print(f"skipped unreadable image {os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: "
+          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def default_workers(model: Model) -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    if model.device.type == "cpu":
+        return max(1, min(2, n))   # the model already uses every core; decode is a small share
+    return max(2, min(8, n))       # accelerators: decode is the bottleneck
+
+
+def _prepare(model: Model, item):
+    try:
+        return model.prepare(item), None
+    except Exception as e:  # noqa: BLE001 -- any decoder failure means "unreadable"
+        return None, e
+
+
+def embed_files(
+    model: Model,
+    paths: Iterable,
+    batch: int = 32,
+    workers: int | None = 2,
+    progress: ProgressFn | None = None,
+    on_error: ErrorFn | None = None,
+    prefetch: int = 2,
+    topk: int = TOPK,
+) -> Iterator[EmbeddedBatch]:
+    """Embed image files (paths, or anything ``Model.prepare`` takes) in batches; see module doc.
+
+    ``progress(done, total)`` is called after every batch (``total`` is None for a plain iterator).
+    ``on_error(index, path, exc)`` is called for each unreadable file (default: one line on stderr).
+    """
+    batch = max(1, int(batch))
+    workers = default_workers(model) if not workers else max(1, int(workers))
+    on_error = on_error or _default_on_error
+    total = len(paths) if hasattr(paths, "__len__") else None  # type: ignore[arg-type]
+    it = iter(enumerate(paths))
+    window = batch * (max(0, prefetch) + 1)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nearsort-decode") as pool:
+        pending: deque = deque()
+        exhausted = False
+
+        def fill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < window:
+                try:
+                    idx, p = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending.append((idx, p, pool.submit(_prepare, model, p)))
+
+        try:
+            while True:
+                fill()
+                if not pending:
+                    break
+                idxs: list[int] = []
+                arrays: list[np.ndarray] = []
+                while pending and len(arrays) < batch:
+                    idx, p, fut = pending.popleft()
+                    arr, err = fut.result()
+                    done += 1
+                    if err is not None:
+                        on_error(idx, p, err)
+                    else:
+                        idxs.append(idx)
+                        arrays.append(arr)
+                    if len(pending) < window - batch:
+                        fill()  # keep the workers busy while this batch is collected
+                if arrays:
+                    vecs, top = model.forward(np.stack(arrays), topk=topk)
+                    if progress:
+                        progress(done, total)
+                    yield EmbeddedBatch(idxs, vecs, top)
+                elif progress:
+                    progress(done, total)
+        finally:
+            for _, _, fut in pending:
+                fut.cancel()
+
+
+def embed_pil(model: Model, images: Sequence, batch: int = 32, topk: int = TOPK):
+    """Embed PIL images (or paths) in memory -> (vectors float32 (n, dim), topk or None).
+    EXIF orientation is applied (use this for photos from outside the library)."""
+    vecs, ids, probs = [], [], []
+    for s in range(0, len(images), max(1, batch)):
+        arr = np.stack([model.prepare(im, exif=True) for im in images[s:s + batch]])
+        v, top = model.forward(arr, topk=topk)
+        vecs.append(v)
+        if top is not None:
+            ids.append(top[0])
+            probs.append(top[1])
+    if not vecs:
+        return np.zeros((0, model.dim), np.float32), None
+    return np.concatenate(vecs), ((np.concatenate(ids), np.concatenate(probs)) if ids else None)
+
+
+def embed_text(model: Model, texts: Sequence[str]) -> np.ndarray:
+    """CLIP text tower: texts -> float32 (n, dim), L2-normalised, same space as the image vectors."""
+    return model.encode_text(texts)
+
+
+def bare_forward_rate(model: Model, batch: int = 32, iters: int = 4, warmup: int = 1) -> float:
+    """Images/s of the model alone on random uint8 input (incl. normalisation), for benchmarks."""
+    import time
+
+    s = model.preprocess.size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(batch, s, s, 3), dtype=np.uint8)
+    for _ in range(warmup):
+        model.forward(x)
+    t = time.perf_counter()
+    for _ in range(iters):
+        model.forward(x)
+    return batch * iters / (time.perf_counter() - t)

@@ -1,0 +1,414 @@
+"""``featurize`` / ``search`` / ``similar``: embeddings of every thumbnail, and queries over them.
+
+featurize
+    Embeds every thumbnail that has no vector for the model yet (keyed by ``thumbs.id``, so a
+    thumbnail keeps its vector when sources or thumbnails are renamed/moved). Per batch:
+
+    1. ``VectorIndex.append(vectors)`` -- durable (fdatasync) on return;
+    2. one catalog transaction: ``embeddings(model_id, thumb_id, row)`` (+ top-5 ``labels`` for
+       ImageNet CNNs).
+
+    A crash or Ctrl-C between 1 and 2 leaves rows past ``max(row)+1`` in the store; the next
+    ``VectorIndex.open(valid_rows=...)`` truncates them, so no vector is ever duplicated or
+    orphaned and the next run simply continues. The FAISS index is saved at the end (a cache
+    that index.py rebuilds from the store when needed). Thumbnails are streamed from the catalog
+    in pages of ``PAGE`` ids (bounded memory at 10^7 thumbnails).
+
+search_text
+    CLIP models: the text tower, in the same space as the images. CNN models (no text tower):
+    ImageNet label search -- the query is matched to class names (``models.label_query``) and
+    thumbnails are ranked by sum(weight * probability) over their stored top-5 classes
+    (``fallback=True`` in the result). No model needs to be loaded for the CNN fallback.
+
+similar
+    A thumbnail already in the library (relpath, absolute path, thumbnail name, or a source
+    path) uses its stored vector; any other image file is embedded on the fly.
+
+Results: ``{"model", ..., "results": [{"thumb_id", "relpath", "thumb", "sources": [paths], "score"}]}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .catalog import Catalog, CatalogError, state_dir
+
+PAGE = 4096  # thumbnail ids fetched from the catalog at a time
+ERROR_SAMPLES = 20
+
+ProgressFn = Callable[..., None]  # progress(done, total)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during featurize; carries the summary of what was committed (like ingest.Interrupted)."""
+
+    def __init__(self, summary: dict):
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+# ------------------------------------------------------------------ models table
+
+
+def _register_model(cat: Catalog, model) -> int:
+    row = cat.execute("SELECT id, dim, info FROM models WHERE name=?", (model.name,)).fetchone()
+    if row is not None:
+        if int(row["dim"]) != model.dim:
+            raise CatalogError(
+                f"the catalog has model {model.name!r} with dimension {row['dim']}, but it now gives "
+                f"{model.dim}; the weights changed -- featurize under another --model name"
+            )
+        return int(row["id"])
+    with cat.tx() as c:
+        cur = c.execute("INSERT INTO models(name, dim, info) VALUES(?, ?, ?)",
+                        (model.name, model.dim, json.dumps(_model_info(model))))
+        return int(cur.lastrowid)
+
+
+def _model_info(model, index_params: dict | None = None) -> dict:
+    info = {k: v for k, v in model.info.items() if k != "auto"}
+    info["kind"] = model.kind
+    info["name"] = model.name
+    if index_params is not None:
+        info["index"] = index_params
+    return info
+
+
+def _update_info(cat: Catalog, model_id: int, extra: dict) -> None:
+    row = cat.execute("SELECT info FROM models WHERE id=?", (model_id,)).fetchone()
+    info = json.loads(row[0]) if row and row[0] else {}
+    info.update(extra)
+    with cat.tx() as c:
+        c.execute("UPDATE models SET info=? WHERE id=?", (json.dumps(info), model_id))
+
+
+def _valid_rows(cat: Catalog, model_id: int) -> int:
+    return int(cat.execute("SELECT coalesce(max(row) + 1, 0) FROM embeddings WHERE model_id=?",
+                           (model_id,)).fetchone()[0])
+
+
+def _model_row(cat: Catalog, model: str | None, *, prefer_text: bool = False):
+    """(id, name, dim, info dict) of the named model, else the newest one with embeddings
+    (for text queries a CLIP model with real weights is preferred)."""
+    if model:
+        row = cat.execute("SELECT id, name, dim, info FROM models WHERE name=?", (model,)).fetchone()
+        if row is None:
+            known = [r[0] for r in cat.execute("SELECT name FROM models")]
+            raise CatalogError(f"no embeddings for model {model!r} (have: {', '.join(known) or 'none'}); "
+                               f"run `nearsort featurize {cat.root} --model {model}`")
+    else:
+        rows = cat.execute(
+            "SELECT m.id, m.name, m.dim, m.info FROM models m WHERE EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.model_id=m.id) ORDER BY m.id DESC").fetchall()
+        if not rows:
+            raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first")
+        row = rows[0]
+        if prefer_text:
+            for r in rows:
+                inf = json.loads(r["info"] or "{}")
+                if inf.get("kind") == "clip" and not inf.get("random_weights"):
+                    row = r
+                    break
+    info = json.loads(row["info"] or "{}")
+    return int(row["id"]), row["name"], int(row["dim"]), info
+
+
+def _load_for(name: str, info: dict, device: str, log=None):
+    from .models import load_model
+
+    w = info.get("weights_file")
+    return load_model(name, weights=w if w and os.path.isfile(w) else None, device=device,
+                      log=log or (lambda s: None))
+
+
+# ------------------------------------------------------------------ featurize
+
+
+def featurize(
+    root: str | os.PathLike,
+    model: str = "auto",
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch: int = 32,
+    progress: ProgressFn | None = None,
+    *,
+    workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Embed every thumbnail of THUMBS=``root`` that has no vector for ``model`` yet; see module doc.
+
+    Returns a summary dict (``model`` is the resolved name -- ``auto`` says which it picked).
+    Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
+    """
+    from .embedder import embed_files
+    from .index import VectorIndex
+    from .models import load_model
+
+    t0 = time.monotonic()
+    root = Path(root)
+    cat = Catalog.open(root)  # fails fast (no catalog / locked) before loading a model
+    vi = None
+    try:
+        m = load_model(model, weights=weights, device=device, log=log)
+        model_id = _register_model(cat, m)
+        vi = VectorIndex.open(state_dir(root), m.name, m.dim, valid_rows=_valid_rows(cat, model_id))
+        total_thumbs = cat.execute("SELECT count(*) FROM thumbs").fetchone()[0]
+        todo = cat.execute(
+            "SELECT count(*) FROM thumbs t WHERE NOT EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.model_id=? AND e.thumb_id=t.id)", (model_id,)).fetchone()[0]
+        summary = {
+            "model": m.name, "requested": model, "kind": m.kind, "dim": m.dim, "device": str(m.device),
+            "random_weights": m.random_weights, "thumbs": total_thumbs, "already": total_thumbs - todo,
+            "todo": todo, "embedded": 0, "errors": 0, "error_samples": [], "seconds": 0.0,
+            "images_per_second": 0.0, "status": "running",
+        }
+        run_id = cat.start_run("featurize")
+        ids_by_pos: dict[int, int] = {}
+        has_labels = m.has_labels
+
+        def todo_paths():
+            last, pos = -1, 0
+            while True:
+                page = cat.execute(
+                    "SELECT t.id, t.relpath FROM thumbs t WHERE t.id > ? AND NOT EXISTS "
+                    "(SELECT 1 FROM embeddings e WHERE e.model_id=? AND e.thumb_id=t.id) ORDER BY t.id LIMIT ?",
+                    (last, model_id, PAGE)).fetchall()
+                if not page:
+                    return
+                for tid, rel in page:
+                    ids_by_pos[pos] = tid
+                    pos += 1
+                    yield cat.thumb_abspath(rel)
+                last = page[-1][0]
+
+        def on_error(pos, path, exc):
+            ids_by_pos.pop(pos, None)
+            summary["errors"] += 1
+            if len(summary["error_samples"]) < ERROR_SAMPLES:
+                summary["error_samples"].append({"path": os.fsdecode(path), "error": f"{type(exc).__name__}: {exc}"})
+
+        done = 0
+
+        def on_progress(d, _t):
+            nonlocal done
+            done = d
+            if progress:
+                progress(d, todo)
+
+        t_run = time.monotonic()
+        status = "done"
+        try:
+            for b in embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
+                                 on_error=on_error):
+                tids = [ids_by_pos.pop(p) for p in b.indices]
+                rows = vi.append(b.vectors)  # durable before the catalog references it
+                with cat.tx() as c:
+                    c.executemany("INSERT INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
+                                  [(model_id, t, int(r)) for t, r in zip(tids, rows)])
+                    if has_labels and b.topk is not None:
+                        ids, probs = b.topk
+                        c.executemany("DELETE FROM labels WHERE model_id=? AND thumb_id=?",
+                                      [(model_id, t) for t in tids])
+                        c.executemany(
+                            "INSERT OR REPLACE INTO labels(model_id, thumb_id, label, prob) VALUES(?, ?, ?, ?)",
+                            [(model_id, t, int(l), float(p))
+                             for t, li, pi in zip(tids, ids, probs) for l, p in zip(li, pi)])
+                summary["embedded"] += len(tids)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except BaseException:
+            summary["status"] = "failed"
+            cat.finish_run(run_id, "failed", json.dumps(summary))
+            raise
+        secs = time.monotonic() - t_run
+        if status == "done":
+            params = vi.save()
+            _update_info(cat, model_id, {**_model_info(m, params)})
+            summary["index"] = params
+        summary["status"] = status
+        summary["seconds"] = round(time.monotonic() - t0, 3)
+        summary["images_per_second"] = round(summary["embedded"] / secs, 2) if secs > 0 else 0.0
+        cat.finish_run(run_id, status, json.dumps(summary))
+    finally:
+        if vi is not None:
+            vi.close()
+        cat.close()
+    if status == "interrupted":
+        raise Interrupted(summary)
+    return summary
+
+
+# ------------------------------------------------------------------ results
+
+
+def _sources(cat: Catalog, thumb_id: int) -> list[str]:
+    rows = cat.execute(
+        "SELECT s.path, s.status FROM sources s JOIN originals o ON s.original_id=o.id "
+        "WHERE o.thumb_id=? ORDER BY s.path", (thumb_id,)).fetchall()
+    ok = [os.fsdecode(bytes(p)) for p, st in rows if st == "ok"]
+    return ok or [os.fsdecode(bytes(p)) for p, st in rows if st != "missing"]
+
+
+def _results(cat: Catalog, pairs: list[tuple[int, float]]) -> list[dict]:
+    out = []
+    for tid, score in pairs:
+        r = cat.execute("SELECT relpath FROM thumbs WHERE id=?", (tid,)).fetchone()
+        if r is None:
+            continue
+        out.append({
+            "thumb_id": int(tid), "relpath": r[0], "thumb": str(cat.thumb_abspath(r[0])),
+            "sources": _sources(cat, tid), "score": round(float(score), 5),
+        })
+    return out
+
+
+def _rows_to_thumbs(cat: Catalog, model_id: int, rows: np.ndarray, scores: np.ndarray,
+                    exclude: set[int], k: int) -> list[tuple[int, float]]:
+    pairs: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    for r, s in zip(rows.tolist(), scores.tolist()):
+        if r < 0:
+            continue
+        hit = cat.execute("SELECT thumb_id FROM embeddings WHERE model_id=? AND row=?", (model_id, int(r))).fetchone()
+        if hit is None:  # a row a concurrent featurize has not committed yet
+            continue
+        tid = int(hit[0])
+        if tid in exclude or tid in seen:
+            continue
+        seen.add(tid)
+        pairs.append((tid, float(s)))
+        if len(pairs) >= k:
+            break
+    return pairs
+
+
+def _open_index(cat: Catalog, model_id: int, name: str, dim: int):
+    from .index import VectorIndex
+
+    return VectorIndex.open(state_dir(cat.root), name, dim, valid_rows=_valid_rows(cat, model_id), readonly=True)
+
+
+def _vector_search(cat, model_id, name, dim, q: np.ndarray, k: int, exclude: set[int]) -> list[tuple[int, float]]:
+    with _open_index(cat, model_id, name, dim) as vi:
+        kk = k + len(exclude) + 4
+        D, I = vi.search(q.reshape(1, -1), kk)
+        return _rows_to_thumbs(cat, model_id, I[0], D[0], exclude, k)
+
+
+# ------------------------------------------------------------------ search
+
+
+def search_text(root: str | os.PathLike, query: str, k: int = 20, model: str | None = None,
+                device: str = "auto") -> dict:
+    """Text search. CLIP: text tower; CNN: ImageNet label fallback (``fallback=True``)."""
+    from .models import label_query, class_name
+
+    query = (query or "").strip()
+    if not query:
+        raise CatalogError("empty search text")
+    with Catalog.open(root, write=False) as cat:
+        model_id, name, dim, info = _model_row(cat, model, prefer_text=True)
+        out = {"query": query, "model": name, "fallback": False, "random_weights": bool(info.get("random_weights")),
+               "results": []}
+        if info.get("kind") == "clip":
+            m = _load_for(name, info, device)
+            q = m.encode_text([query])[0]
+            out["results"] = _results(cat, _vector_search(cat, model_id, name, dim, q, k, set()))
+            return out
+        out["fallback"] = True
+        classes = label_query(query)
+        out["classes"] = [{"label": i, "name": class_name(i), "weight": w} for i, w in classes[:10]]
+        if not classes:
+            out["message"] = (f"{name} has no text tower and {query!r} matches no ImageNet class name; "
+                              "featurize with a CLIP model (--model clip:ViT-B-32) for free-text search")
+            return out
+        values = ",".join("(?, ?)" for _ in classes)
+        params: list = [x for i, w in classes for x in (int(i), float(w))]
+        rows = cat.execute(
+            f"WITH q(label, w) AS (VALUES {values}) "
+            "SELECT l.thumb_id, SUM(l.prob * q.w) AS s FROM labels l JOIN q ON l.label = q.label "
+            "WHERE l.model_id = ? GROUP BY l.thumb_id ORDER BY s DESC, l.thumb_id LIMIT ?",
+            params + [model_id, int(k)]).fetchall()
+        out["results"] = _results(cat, [(int(t), float(s)) for t, s in rows])
+        return out
+
+
+def _find_thumb(cat: Catalog, ref: str) -> int | None:
+    """Thumbnail id for a relpath, absolute thumbnail path, thumbnail name, id ('#12') or source path."""
+    s = str(ref)
+    if s.startswith("#") and s[1:].isdigit():
+        r = cat.execute("SELECT id FROM thumbs WHERE id=?", (int(s[1:]),)).fetchone()
+        return int(r[0]) if r else None
+    p = Path(s)
+    cands = [s.replace(os.sep, "/")]
+    try:
+        ap = p.expanduser().absolute()
+        root = cat.root.absolute()
+        if ap.is_relative_to(root):
+            cands.append(ap.relative_to(root).as_posix())
+        rp, rr = ap.resolve(), root.resolve()
+        if rp.is_relative_to(rr):
+            cands.append(rp.relative_to(rr).as_posix())
+    except (OSError, ValueError):
+        pass
+    for c in cands:
+        r = cat.execute("SELECT id FROM thumbs WHERE relpath=?", (c,)).fetchone()
+        if r:
+            return int(r[0])
+    stem = p.name.rsplit(".", 1)[0]
+    for name in {stem, stem.split("_", 1)[1] if "_" in stem and stem.split("_", 1)[0].isdigit() else stem}:
+        r = cat.execute("SELECT id FROM thumbs WHERE name=?", (name,)).fetchone()
+        if r:
+            return int(r[0])
+    try:
+        raw = os.fsencode(str(p.expanduser().absolute()))
+        r = cat.execute("SELECT o.thumb_id FROM sources s JOIN originals o ON s.original_id=o.id WHERE s.path=?",
+                        (raw,)).fetchone()
+        if r and r[0] is not None:
+            return int(r[0])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 20, model: str | None = None,
+            device: str = "auto") -> dict:
+    """Nearest thumbnails to a library thumbnail (its stored vector) or to any image file (embedded now)."""
+    from .embedder import embed_pil
+
+    with Catalog.open(root, write=False) as cat:
+        model_id, name, dim, info = _model_row(cat, model)
+        tid = _find_thumb(cat, os.fspath(path_or_thumb))
+        out = {"query": os.fspath(path_or_thumb), "model": name, "in_library": tid is not None,
+               "random_weights": bool(info.get("random_weights")), "results": []}
+        q = None
+        if tid is not None:
+            out["thumb_id"] = tid
+            r = cat.execute("SELECT row FROM embeddings WHERE model_id=? AND thumb_id=?", (model_id, tid)).fetchone()
+            if r is not None:
+                with _open_index(cat, model_id, name, dim) as vi:
+                    if int(r[0]) < len(vi):
+                        q = vi.get([int(r[0])])[0]
+            if q is None:  # in the library but not featurized yet: embed its thumbnail now
+                rel = cat.execute("SELECT relpath FROM thumbs WHERE id=?", (tid,)).fetchone()[0]
+                src = cat.thumb_abspath(rel)
+            exclude = {tid}
+        else:
+            src = Path(os.fspath(path_or_thumb)).expanduser()
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} is neither a thumbnail of {cat.root} nor an image file")
+            exclude = set()
+        if q is None:
+            m = _load_for(name, info, device)
+            try:
+                vecs, _ = embed_pil(m, [src])
+            except (OSError, ValueError, SyntaxError) as e:
+                raise CatalogError(f"cannot read {src} as an image: {e}") from e
+            q = vecs[0]
+        out["results"] = _results(cat, _vector_search(cat, model_id, name, dim, q, k, exclude))
+        return out
