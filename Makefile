@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= /tmp/nearsort-demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean chromium
 
 install: $(STAMP)
 
@@ -16,14 +16,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	-@$(MAKE) --no-print-directory chromium
 	$(BIN)/python -m pytest -q
+
+# The report is tested in a real headless browser; tests skip with the reason where it cannot be installed.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 || echo "chromium could not be installed: report browser tests will be skipped"
+
 
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/nearsort run samples/photos --out $(DEMO)/thumbs --apply
 	$(BIN)/nearsort search "espresso" $(DEMO)/thumbs -k 3
+	$(BIN)/nearsort dupes $(DEMO)/thumbs --limit 5
 	$(BIN)/nearsort export $(DEMO)/thumbs --csv $(DEMO)/library.csv
-	@echo "Look in $(DEMO)/thumbs/p0001 (similar photos side by side) and $(DEMO)/library.csv"
+	$(BIN)/nearsort report $(DEMO)/thumbs --out $(DEMO)/report.html
+	@echo "Look in $(DEMO)/thumbs/p0001 (similar photos side by side), $(DEMO)/report.html and $(DEMO)/library.csv"
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

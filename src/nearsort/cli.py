@@ -279,6 +279,86 @@ def similar(
     _print_hits(_run(do_similar, thumbs, image, k=k, model=model, device=device), as_json)
 
 
+# --------------------------------------------------------------------------- dupes / quality / report
+@app.command()
+def dupes(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    threshold: float = typer.Option(0.5, "--threshold", "-t",
+                                    help="Embedding cosine for near-duplicate candidates (each is confirmed on the thumbnails)."),
+    phash_distance: int = typer.Option(8, "--phash-distance", help="Perceptual-hash bits that may differ (0-32)."),
+    crop_distance: int = typer.Option(12, "--crop-distance", help="Crop-aware hash bits that may differ for near duplicates."),
+    model: Optional[str] = typer.Option(None, "--model", help="Embeddings to use (default: the latest featurized)."),
+    keep: str = typer.Option("resolution,metadata,size,oldest", "--keep",
+                             help="Keeper policy, a comma list of resolution, metadata, size, oldest, newest, path."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to",
+                                           help="Move the non-keepers here (mirroring their paths); `nearsort undo` restores."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --move-to: show what would move, move nothing."),
+    limit: Optional[int] = typer.Option(50, "--limit", help="Groups to print (0: all); --json prints all."),
+    as_json: bool = typer.Option(False, "--json", help="Print groups, keepers and mirror images as JSON."),
+):
+    """Find duplicate photos (exact, perceptual, near); pick a keeper in each group; optionally quarantine the rest."""
+    from .dupes import DupesConfig, dupes as do_dupes, format_text, human_bytes, write_json
+
+    if dry_run and move_to is None:
+        fail("--dry-run goes with --move-to")
+    cfg = DupesConfig(threshold=threshold, phash_distance=phash_distance, crop_distance=crop_distance,
+                      model=model, keep=keep)
+    res, q = _run(do_dupes, thumbs, cfg, move_to=move_to, dry_run=dry_run,
+                  progress=None if as_json else (lambda m: err.print(m, markup=False, highlight=False)))
+    if as_json:
+        write_json(res, sys.stdout, q)
+        return
+    out.print(format_text(res, limit=limit or None), markup=False, highlight=False, soft_wrap=True)
+    if q is not None:
+        verb = "Would move" if dry_run else "Moved"
+        n = len(q["moves"]) if dry_run else q["moved"]
+        out.print(f"\n{verb} {n} files ({human_bytes(q['bytes'])}) to {_human_path(q['dest'])}"
+                  + ("" if dry_run else f"; undo with: nearsort undo {thumbs}"), markup=False, highlight=False)
+        for s in q["skipped"][:10]:
+            out.print(f"  skipped {_human_path(s.get('path') or s.get('src'))}: {s['why']}", markup=False,
+                      highlight=False)
+
+
+@app.command()
+def quality(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    dark: bool = typer.Option(False, "--dark", help="List dark photos."),
+    bright: bool = typer.Option(False, "--bright", help="List overexposed photos."),
+    blurry: bool = typer.Option(False, "--blurry", help="List blurry photos."),
+    dark_below: Optional[float] = typer.Option(None, "--dark-below", help="Brightness threshold (0-255)."),
+    bright_above: Optional[float] = typer.Option(None, "--bright-above", help="Brightness threshold (0-255)."),
+    blur_below: Optional[float] = typer.Option(None, "--blur-below", help="Sharpness (Laplacian variance) threshold."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many per list."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Dark, overexposed and blurry photos (worst first) and unreadable files. Default: all lists."""
+    from .quality import KINDS, Thresholds, format_text, quality as do_quality, write_json
+
+    kinds = [k for k, on in zip(KINDS, (dark, bright, blurry)) if on] or list(KINDS)
+    res = _run(do_quality, thumbs, kinds, Thresholds(dark_below, bright_above, blur_below), limit)
+    if as_json:
+        write_json(res, sys.stdout)
+    else:
+        out.print(format_text(res), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    out_file: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    inline: Optional[bool] = typer.Option(None, "--inline/--no-inline",
+                                          help="Embed thumbnails in the page (default: only for small libraries)."),
+):
+    """Write one self-contained HTML page: summary, duplicate groups, similarity chain, quality, broken files."""
+    from .dupes import human_bytes
+    from .report import report as do_report
+
+    s = _run(do_report, thumbs, out_file, inline=inline)
+    out.print(f"Wrote {_human_path(s['path'])} ({human_bytes(s['bytes'])}): {s['groups']} duplicate groups, "
+              f"{human_bytes(s['reclaimable'])} reclaimable, {s['errors']} unreadable files.",
+              markup=False, highlight=False)
+
+
 # --------------------------------------------------------------------------- analyze / run
 def _print_analyze(s: dict) -> None:
     out.print(f"[green]Ordered[/] {s['thumbnails']} thumbnails by {escape(s['ordering'])} in {s['seconds']} s.")

@@ -167,6 +167,8 @@ def register_kind(name: str, resolve=None, moved=None, cleanup=None) -> None:
 
 
 def _kind(name: str) -> Kind:
+    if name not in KINDS and name == "original":
+        from . import dupes  # noqa: F401  registers quarantine's journal kind
     return KINDS.get(name) or Kind()
 
 

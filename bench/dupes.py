@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Duplicate finding on a labeled near-duplicate bench (make_nd_bench.py): pairwise P/R/F1.
+
+    nice .venv/bin/python bench/dupes.py /tmp/devbench                 # resize + featurize once, score defaults
+    nice .venv/bin/python bench/dupes.py /tmp/devbench --sweep         # + threshold sweeps (justify defaults)
+    nice .venv/bin/python bench/dupes.py /tmp/devbench --json out.json # score a `nearsort dupes --json` output
+    nice .venv/bin/python bench/dupes.py /tmp/devbench --pipeline      # + end-to-end images/s (fresh THUMBS)
+
+THUMBS defaults to /tmp/nearsort-bench-dupes/<bench name>; it is made with ``resize`` and
+``featurize`` (efficientnet-lite0, the offline default) when missing.
+
+Scoring (bench/README.md): positives are the pairs of files in one group whose relations are
+original / exact / near_duplicate; pairs with a ``similar`` (flipped) file are not counted
+either way; every other pair is a negative. Predicted positives are the pairs of files that
+``dupes`` puts in one group (files are matched by path). Also reported: how many flips were
+put into a duplicate group (should be 0) and how many were labelled as mirror images.
+
+Reference numbers on the seed-1 dev bench (brief): fastdup P 1.00 / R 0.84 at default;
+imagededup PHash P 1.00 / R 0.74 at distance 10.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from nearsort.dupes import DupesConfig, find_duplicates  # noqa: E402
+
+MODEL = "efficientnet-lite0"
+
+
+def load_truth(bench: Path) -> dict[str, dict]:
+    with open(bench / "ground_truth.csv", newline="") as fh:
+        return {r["file"]: r for r in csv.DictReader(fh)}
+
+
+def truth_pairs(truth: dict[str, dict]) -> tuple[set, set]:
+    """(positive pairs, ignored pairs) as frozensets of bench-relative paths."""
+    by_group = defaultdict(list)
+    for f, r in truth.items():
+        by_group[r["group_id"]].append(f)
+    pos, ign = set(), set()
+    for files in by_group.values():
+        for a, b in combinations(sorted(files), 2):
+            if "similar" in (truth[a]["relation"], truth[b]["relation"]):
+                ign.add(frozenset((a, b)))
+            else:
+                pos.add(frozenset((a, b)))
+    return pos, ign
+
+
+def score(result: dict, bench: Path, truth: dict[str, dict]) -> dict:
+    pos, ign = truth_pairs(truth)
+    root = os.path.abspath(bench)
+    pred = set()
+    flips_grouped = 0
+    unknown = 0
+    for g in result["groups"]:
+        files = []
+        for m in g["members"]:
+            rel = os.path.relpath(m["path"], root).replace(os.sep, "/")
+            if rel not in truth:
+                unknown += 1
+                continue
+            files.append(rel)
+            if truth[rel]["relation"] == "similar":
+                flips_grouped += 1
+        for a, b in combinations(sorted(files), 2):
+            pred.add(frozenset((a, b)))
+    pred -= ign
+    tp = len(pred & pos)
+    fp = len(pred - pos)
+    fn = len(pos - pred)
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    keep_ok = keep_n = 0
+    for g in result["groups"]:
+        rel = os.path.relpath(g["keeper"], root).replace(os.sep, "/")
+        if rel in truth:
+            keep_n += 1
+            keep_ok += truth[rel]["relation"] in ("original", "exact")
+    flips = {f for f, t in truth.items() if t["relation"] == "similar"}
+    labelled = set()
+    for s in result.get("similar", []):
+        for side in ("a", "b"):
+            for path in s[side]:
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                if rel in flips:
+                    labelled.add(rel)
+    return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn,
+            "flips_in_groups": flips_grouped, "flips_labelled": len(labelled), "flips": len(flips),
+            "groups": len(result["groups"]), "unknown_files": unknown, "keeper_original": keep_ok,
+            "keeper_groups": keep_n}
+
+
+def fmt(s: dict) -> str:
+    return (f"P {s['precision']:.4f}  R {s['recall']:.4f}  F1 {s['f1']:.4f}  (tp {s['tp']}, fp {s['fp']}, "
+            f"fn {s['fn']}; {s['groups']} groups; flips grouped {s['flips_in_groups']}, "
+            f"labelled mirror {s['flips_labelled']}/{s['flips']}; keeper = the original in "
+            f"{s['keeper_original']}/{s['keeper_groups']} groups)")
+
+
+def prepare(bench: Path, thumbs: Path, workers: int | None = None) -> dict:
+    """resize + featurize (both incremental); returns timings."""
+    from nearsort.features import featurize
+    from nearsort.ingest import resize
+
+    t0 = time.monotonic()
+    rs = resize(bench, thumbs, workers=workers)
+    t1 = time.monotonic()
+    fs = featurize(thumbs, model=MODEL, device="auto", log=lambda m: None)
+    t2 = time.monotonic()
+    return {"resize_s": t1 - t0, "featurize_s": t2 - t1, "processed": rs["processed"], "embedded": fs["embedded"]}
+
+
+def run(thumbs: Path, **kw) -> dict:
+    cfg = DupesConfig(model=MODEL, **kw)
+    return find_duplicates(thumbs, cfg).as_dict()
+
+
+def sweep(thumbs: Path, bench: Path, truth: dict) -> None:
+    d = DupesConfig()
+    print("\n# phash only (no embeddings): phash_distance d")
+    for x in (0, 2, 4, 6, 8, 10, 12, 14, 16):
+        print(f"  d={x:<3}", fmt(score(run(thumbs, use_embeddings=False, phash_distance=x), bench, truth)))
+    print("\n# embedding cosine only (no thumbnail check, no phash): threshold T")
+    for x in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+        print(f"  T={x:<5}", fmt(score(run(thumbs, threshold=x, crop_distance=64, mirror_margin=99,
+                                           phash_distance=0), bench, truth)))
+    print(f"\n# defaults, varying crop_distance (T={d.threshold}, d={d.phash_distance})")
+    for x in (4, 6, 8, 10, 12, 14, 16, 18, 20, 22):
+        print(f"  crop={x:<3}", fmt(score(run(thumbs, crop_distance=x), bench, truth)))
+    print(f"\n# defaults, varying threshold T (crop={d.crop_distance}, d={d.phash_distance})")
+    for x in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        print(f"  T={x:<4}", fmt(score(run(thumbs, threshold=x), bench, truth)))
+    print(f"\n# defaults, varying phash_distance d (T={d.threshold}, crop={d.crop_distance})")
+    for x in (0, 4, 6, 8, 10, 12, 14):
+        print(f"  d={x:<3}", fmt(score(run(thumbs, phash_distance=x), bench, truth)))
+    print("\n# defaults, varying k (neighbours per photo)")
+    for x in (2, 3, 5, 10, 20):
+        print(f"  k={x:<3}", fmt(score(run(thumbs, k=x), bench, truth)))
+    print("\n# defaults without the mirror check (flips may join groups)")
+    print("  ", fmt(score(run(thumbs, mirror_margin=99), bench, truth)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", type=Path, help="bench folder with ground_truth.csv")
+    ap.add_argument("--thumbs", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="score this `nearsort dupes --json` output instead")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--pipeline", action="store_true", help="time resize + featurize + dupes from scratch")
+    ap.add_argument("--workers", type=int, default=None)
+    a = ap.parse_args(argv)
+    bench = a.bench.resolve()
+    if not (bench / "ground_truth.csv").exists():
+        ap.error(f"{bench}/ground_truth.csv not found (make one with make_nd_bench.py)")
+    truth = load_truth(bench)
+    n_files = len(truth)
+    if a.json:
+        print(f"{a.json}:", fmt(score(json.loads(a.json.read_text()), bench, truth)))
+        return 0
+    thumbs = (a.thumbs or Path("/tmp/nearsort-bench-dupes") / bench.name).resolve()
+    if a.pipeline:
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="nearsort-pipeline-"))
+        try:
+            t = prepare(bench, tmp / "thumbs", a.workers)
+            t0 = time.monotonic()
+            res = find_duplicates(tmp / "thumbs", DupesConfig(model=MODEL)).as_dict()
+            t["dupes_s"] = time.monotonic() - t0
+            total = t["resize_s"] + t["featurize_s"] + t["dupes_s"]
+            print(f"pipeline on {n_files} files ({os.cpu_count()} cores): resize {t['resize_s']:.1f} s, "
+                  f"featurize {t['featurize_s']:.1f} s, dupes {t['dupes_s']:.1f} s -> "
+                  f"{n_files / total:.1f} images/s end to end")
+            print("  ", fmt(score(res, bench, truth)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    prepare(bench, thumbs, a.workers)
+    t0 = time.monotonic()
+    res = run(thumbs)
+    dt = time.monotonic() - t0
+    print(f"defaults {json.dumps({k: v for k, v in res['settings'].items() if k not in ('workers', 'cache')})}")
+    print(f"  {fmt(score(res, bench, truth))}  [{dt:.2f} s]")
+    if a.sweep:
+        sweep(thumbs, bench, truth)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
