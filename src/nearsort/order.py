@@ -25,9 +25,9 @@ Similarity chain (cosine distance 1 - cos of L2-normalised embeddings)
    - and every list's points are searched together, one GEMM, among the members of the
    ``nprobe`` = 8 lists nearest to that list's centroid. Recall@16 on the synthetic
    100k bench: 0.998 (nprobe 4: 0.985). Blocks run on a few Python threads with OpenBLAS
-   pinned to one thread (faiss.knn / IndexFlatIP were measured 5-8x slower than this on
-   this 2-core box - their per-query result heaps dominate at k = 17 - and OpenBLAS' own
-   threads collapse on small blocks when the machine is busy).
+   pinned to one thread (faiss.knn / IndexFlatIP measured ~5x slower than this on this
+   2-core box at k = 17, faiss.Kmeans likewise; OpenBLAS' own threads collapse on small
+   blocks when the machine is busy).
 2. **Start**: the point farthest from the mean direction - an "end" of the data, so the
    walk does not begin in the middle and strand one half for a long jump back; it does
    not depend on the input order (index 0 would).
@@ -41,7 +41,7 @@ Similarity chain (cosine distance 1 - cos of L2-normalised embeddings)
    * exact mode: lists are scanned by decreasing upper bound cos(max(0, angle(q, c) - r))
      (c centroid, r list radius) until no remaining list can beat the best point found
      -> the exact nearest unvisited point (the greedy chain equals the naive O(n^2) one);
-     on the bench it touches ~1/10 of the points per fallback.
+     on the 20k bench it reads ~2.3k points per fallback.
    * approximate mode: first the unvisited 2-hop neighbours (neighbours of neighbours,
      <= k^2 points; answers ~70 % of the fallbacks), else the ``nprobe`` nearest non-empty
      lists.
@@ -52,8 +52,15 @@ Similarity chain (cosine distance 1 - cos of L2-normalised embeddings)
    to it); a queue of nodes to examine, worst (longest edge vs nearest-neighbour
    distance) first, endpoints of changed edges re-queued; array representation, a move
    reverses the shorter arc. Work budget ``improve_evals * n`` examinations (default 5;
-   it converges at ~1.4 n on the bench). Shortens the greedy chain by ~10 %.
-5. **Quality**: ``mst_weight`` = weight of the minimum spanning tree (scipy) of the k-NN
+   it converges at ~1.2 n on the bench). Shortens the greedy chain by ~11 %: MST ratio
+   1.35 -> 1.21 (an iterated local search with 300 double-bridge kicks on 3k points only
+   got 1.8 % further, so most of the rest is the path-vs-tree gap of the bound).
+5. **Near-duplicates**: the objective (1-cos is half the squared chord, not a metric) can
+   prefer a photo x *between* two copies; groups = components of k-NN edges shorter than
+   ``dup_threshold`` (default min(0.01, median NN distance / 4)) are therefore made
+   contiguous afterwards (split members move next to the first one; cost and count in
+   ``stats``).
+6. **Quality**: ``mst_weight`` = weight of the minimum spanning tree (scipy) of the k-NN
    graph *plus the chain's own edges*. The chain edges make the graph connected (the
    k-NN graph alone may not be) and the chain is a spanning tree of that graph, so
    length >= mst_weight always; it is a lower bound for any chain that uses k-NN or
@@ -63,17 +70,22 @@ Similarity chain (cosine distance 1 - cos of L2-normalised embeddings)
    the photos"; on the synthetic bench it matches the subject changes); ``stats``
    also gives the MST's own edges above it (a floor for any chain in that graph).
 
-Costs (2 cores; synthetic 512-d, see bench/analyze.py): 100k ~40 s, 1M see bench
-output. Memory beyond the vectors: k-NN graph 8k bytes/point (int32 ids + float32
-distances), IVF lists 8 B/point, tour arrays ~40 B/point, MST temporaries ~0.6 KB/point.
+Costs (2 shared cores; synthetic clustered 512-d float32; bench/analyze.py): 100k in
+23 s (peak RSS 0.6 GB), 1M in 275 s (peak RSS 3.1 GB incl. the 2.0 GB of vectors:
+IVF 41 s, k-NN 82 s, walk 39 s, improvement 103 s, MST 6 s); naive O(n^2) greedy
+extrapolates to ~27 h for 1M. Memory beyond the vectors: k-NN graph 8*k bytes/point
+(int32 ids + float32 distances), IVF lists ~16 B/point, improvement ~150 B/point, MST
+temporaries ~0.6 KB/point (freed before return).
 
 **10 M photos in 24 GB**: pass the vectors as float16 (10.2 GB; a read-only np.memmap of
-the vector store is fine, no copy is made): every computation gathers rows into float32
-blocks of a few thousand. k-NN graph 1.3 GB, IVF/ranks/tour ~0.8 GB, improvement
-candidate lists 0.3 GB, MST on 8 neighbours ~5 GB transient -> ~18 GB peak.
-Time ~ kNN (nlist ~6300, 8 x 1600 candidates per query: ~1.3e14 flop, ~30 min) + walk
-(~10 min) + improvement (~20 min; cap it with ``improve_evals``). ``mst=False`` skips the
-bound (saves the 5 GB and ~3 min).
+the vector store works, no float32 copy is made - every computation gathers rows into
+float32 blocks of a few thousand). Then: k-NN graph 1.3 GB, IVF + walk arrays ~0.3 GB,
+improvement ~1.5 GB (freed), MST over 8 neighbours (used above 2M points) ~5 GB
+transient -> ~17 GB peak. Time, extrapolated from 1M on 2 cores (IVF and k-NN grow as
+n^1.5 with nlist ~ 2 sqrt(n), the rest ~linearly): IVF ~20 min, k-NN (~12.6k candidates
+per query, ~1.3e14 flop) ~45 min, walk ~10 min, improvement ~17 min (cap with
+``improve_evals``), MST ~1 min: ~1.5 h, IVF/k-NN scaling with cores (``nprobe=4``
+halves the k-NN at recall 0.985). ``mst=False`` skips the bound.
 
 Hamming chain (64-bit perceptual hashes)
 ----------------------------------------
@@ -414,16 +426,19 @@ def _default_nlist(n: int) -> int:
     return int(max(8, min(n // 16, round(2 * math.sqrt(n)))))
 
 
-def _assign(X: np.ndarray, C: np.ndarray, chunk: int = 16384):
+def _assign(X: np.ndarray, C: np.ndarray, chunk: int = 8192):
     """Nearest centroid (max inner product; ties -> lowest list) and its similarity."""
     n = X.shape[0]
     a = np.empty(n, dtype=np.int32)
     v = np.empty(n, dtype=np.float32)
-    for s in range(0, n, chunk):
+
+    def job(s):
         S = _f32(X[s:s + chunk]) @ C.T
         j = np.argmax(S, axis=1)
         a[s:s + chunk] = j
         v[s:s + chunk] = S[np.arange(len(j)), j]
+
+    _parallel(job, list(range(0, n, chunk)), None, n)
     return a, v
 
 
@@ -726,6 +741,45 @@ def _mst_weight(n: int, I: np.ndarray, D: np.ndarray, order: np.ndarray, steps: 
     return float(tw.sum()), tw
 
 
+def _gather_groups(order: np.ndarray, I: np.ndarray, D: np.ndarray, thr: float):
+    """Make near-duplicate groups contiguous. Groups = connected components of the k-NN
+    edges shorter than ``thr``. The chain objective (sum of 1-cos, a squared-chord
+    distance, not a metric) sometimes prefers x between two copies (d(a,x) + d(x,a') can
+    beat the detour elsewhere); for a photo browser copies belong together, so members of
+    a split group move right after its first member (in chain order). Returns the new
+    order and the number of groups moved."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(order)
+    rows, cols = np.nonzero(D <= thr)
+    if len(rows) == 0:
+        return order, 0
+    nb = I[rows, cols].astype(np.int64)
+    ok = nb >= 0
+    G = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (rows[ok], nb[ok])), shape=(n, n))
+    ncomp, lab = connected_components(G, directed=True, connection="weak")
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    size = np.bincount(lab, minlength=ncomp)
+    lo = np.full(ncomp, n, dtype=np.int64)
+    hi = np.full(ncomp, -1, dtype=np.int64)
+    np.minimum.at(lo, lab, pos)
+    np.maximum.at(hi, lab, pos)
+    split = (size > 1) & (hi - lo + 1 != size)
+    if not split.any():
+        return order, 0
+    key = pos.astype(np.float64)
+    mem = np.flatnonzero(split[lab])
+    mem = mem[np.lexsort((pos[mem], lab[mem]))]  # by group, then chain position
+    g = lab[mem]
+    first = np.r_[True, g[1:] != g[:-1]]
+    start = np.flatnonzero(first)
+    rank = np.arange(len(mem)) - np.repeat(start, np.diff(np.r_[start, len(mem)]))
+    key[mem] = lo[g] + rank / (size[g] + 1.0)
+    return order[np.argsort(key[order], kind="stable")], int(split.sum())
+
+
 def _jump_threshold(D: np.ndarray, q: float = 99.0) -> float:
     """Default long-jump threshold: the 99th percentile, over all points, of the distance
     to the k-th nearest neighbour - a step longer than that leaves the neighbourhood of
@@ -756,7 +810,8 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
                      improve: bool = True, progress: Progress = None,
                      jump_threshold: Optional[float] = None, mst: bool = True,
                      nprobe: int = 8, seed: int = 0, improve_evals: float = 5.0,
-                     improve_seconds: Optional[float] = None) -> ChainResult:
+                     improve_seconds: Optional[float] = None,
+                     dup_threshold: Optional[float] = None) -> ChainResult:
     """Greedy nearest-unvisited chain through L2-normalised embeddings (cosine distance),
     then 2-opt/Or-opt improvement. See the module docstring for the algorithm.
 
@@ -768,6 +823,8 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
     jump_threshold: cosine distance above which a step counts as a long jump (default:
         99th percentile of the distance to the k-th neighbour).
     mst: also compute the MST bound (``mst_weight``).
+    dup_threshold: k-NN edges at most this long join near-duplicate groups that are kept
+        contiguous (default min(0.01, median nearest-neighbour distance / 4); 0: off).
     nprobe: IVF lists probed per query (approximate path).
     progress: ``progress(done, total)`` over the phases kNN, walk, improve.
     """
@@ -775,11 +832,11 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
         return _similarity_chain(vectors, fast=fast, k=k, exact_limit=exact_limit, improve=improve,
                                  progress=progress, jump_threshold=jump_threshold, mst=mst,
                                  nprobe=nprobe, seed=seed, improve_evals=improve_evals,
-                                 improve_seconds=improve_seconds)
+                                 improve_seconds=improve_seconds, dup_threshold=dup_threshold)
 
 
 def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_threshold, mst,
-                      nprobe, seed, improve_evals, improve_seconds) -> ChainResult:
+                      nprobe, seed, improve_evals, improve_seconds, dup_threshold) -> ChainResult:
     t0 = time.perf_counter()
     X = _unit_rows(vectors)
     n = X.shape[0]
@@ -834,6 +891,20 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
         stats["improve"] = istats
         stats["t_improve"] = time.perf_counter() - t
         ph.next()
+
+    if dup_threshold is None:
+        dup_thr = min(0.01, 0.25 * float(np.median(D[:, 0])))
+    else:
+        dup_thr = float(dup_threshold)
+    if dup_thr > 0:
+        order2, ng = _gather_groups(order, I, D, dup_thr)
+        stats["dup_threshold"] = dup_thr
+        stats["dup_groups_regathered"] = ng
+        if ng:
+            steps2 = np.zeros(n, dtype=np.float32)
+            steps2[1:] = _pair_dist(X, order2[:-1], order2[1:])
+            stats["dup_regather_cost"] = float(steps2.sum(dtype=np.float64) - steps.sum(dtype=np.float64))
+            order, steps = order2, steps2
 
     mst_w = None
     if mst:
@@ -1159,6 +1230,7 @@ def _improve(X, order, steps, I, D, progress: Progress, seconds: Optional[float]
     st = {"before": before, "after": after, "moves_2opt": moves["2opt"],
           "moves_oropt": moves["oropt"], "moves_runs": moves["runs"], "evaluated": evaluated, "initial_queue": n_initial,
           "stopped_early": timed_out, "reversed_elements": T.reversed_elems,
+          "gain_of_moves": gain_total,
           "seconds": time.perf_counter() - t0}
     if after > before:  # cannot happen barring float noise; keep the better one
         return order, steps, st
