@@ -241,6 +241,63 @@ def _drop_self(D: np.ndarray, I: np.ndarray, self_rows: np.ndarray, k: int):
     return np.ascontiguousarray(D), np.ascontiguousarray(I)
 
 
+# --------------------------------------------------------------------------- dense math in numpy
+# The OpenBLAS bundled with faiss-cpu wheels is old and ~4x slower than numpy's on recent CPUs
+# (measured: 22 vs 85 GFLOP/s per core for 512-d inner products), so the heavy dense parts --
+# k-means, coarse assignment, exact search -- are numpy matmuls; FAISS does the rest.
+
+_QBLOCK = 2048  # query rows per matmul block
+_DBLOCK = 16384  # database rows per matmul block (QBLOCK x DBLOCK float32 = 128 MiB)
+
+
+def _topk_rows(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k columns of each row of S, best first: (scores, column indices)."""
+    k = min(k, S.shape[1])
+    if k < S.shape[1]:
+        idx = np.argpartition(S, S.shape[1] - k, axis=1)[:, S.shape[1] - k :]
+    else:
+        idx = np.broadcast_to(np.arange(S.shape[1]), S.shape)
+    sc = np.take_along_axis(S, idx, axis=1)
+    order = np.argsort(-sc, axis=1, kind="stable")
+    return np.take_along_axis(sc, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _assign(x: np.ndarray, C: np.ndarray, p: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The p most similar centroids of each row: (scores (n,p) float32, lists (n,p) int64)."""
+    n = len(x)
+    D = np.empty((n, p), np.float32)
+    I = np.empty((n, p), np.int64)
+    for s in range(0, n, _QBLOCK * 2):
+        S = x[s : s + _QBLOCK * 2] @ C.T
+        if p == 1:
+            a = S.argmax(axis=1)
+            D[s : s + len(S), 0] = S[np.arange(len(S)), a]
+            I[s : s + len(S), 0] = a
+        else:
+            D[s : s + len(S)], I[s : s + len(S)] = _topk_rows(S, p)
+    return D, I
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int = 0) -> np.ndarray:
+    """Unit-norm centroids maximising inner product (k-means on the sphere)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    C = x[rng.choice(n, k, replace=False)].copy()
+    for _ in range(niter):
+        a = _assign(x, C)[1][:, 0]
+        counts = np.bincount(a, minlength=k)
+        order = np.argsort(a, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        full = counts > 0
+        sums = np.add.reduceat(x[order], starts[full], axis=0)
+        C[full] = sums
+        empty = np.flatnonzero(~full)
+        if len(empty):  # re-seed empty clusters on random points
+            C[empty] = x[rng.choice(n, len(empty), replace=False)]
+        C = _normalise(C)
+    return C
+
+
 # --------------------------------------------------------------------------- GPU (guarded)
 
 _gpu_res = None
@@ -518,31 +575,55 @@ class VectorIndex:
         raise ValueError(kind)
 
     def _train(self, idx, n: int, params: dict) -> None:
+        """Spherical k-means for the coarse quantizer, then the SQ8 ranges on residuals."""
         if idx.is_trained:
             return
-        ntrain = min(n, self.policy.ivf_train_per_list * int(params["nlist"]))
+        nlist = int(params["nlist"])
+        ntrain = min(n, self.policy.ivf_train_per_list * nlist)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
         xt = np.asarray(self._view()[sample], dtype=np.float32)
         params["train_rows"] = int(ntrain)
-        gpu_km = None
         if _gpu_available():  # pragma: no cover
             try:
                 gpu_km = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(self._dim))
                 idx.clustering_index = gpu_km
+                idx.train(xt)
+                idx.clustering_index = None
+                return
             except Exception as e:
-                log.info("GPU k-means unavailable: %s", e)
-        idx.train(xt)
-        if gpu_km is not None:  # pragma: no cover
-            idx.clustering_index = None
+                log.info("GPU k-means failed, using the CPU: %s", e)
+        C = _spherical_kmeans(xt, nlist, self.policy.ivf_niter)
+        idx.quantizer.add(C)
+        xs = xt[:65536]
+        a = _assign(xs, C)[1][:, 0]
+        r = np.ascontiguousarray(xs - C[a])  # by_residual encoding
+        idx.sq.train(r)
+        idx.is_trained = True
 
     def _add(self, idx, x: np.ndarray, start: int) -> None:
         assert idx.ntotal == start, (idx.ntotal, start)
+        ivf = isinstance(idx, faiss.IndexIVF)
         for s in range(0, len(x), _CHUNK_ROWS):
-            idx.add(x[s : s + _CHUNK_ROWS])
+            xc = np.ascontiguousarray(x[s : s + _CHUNK_ROWS], dtype=np.float32)
+            if ivf:  # coarse assignment by numpy BLAS, then FAISS encodes and files them
+                a = np.ascontiguousarray(_assign(xc, self._centroids(idx))[1][:, 0])
+                idx.add_core(len(xc), faiss.swig_ptr(xc), None, faiss.swig_ptr(a))
+            else:
+                idx.add(xc)
         self._dirty = True
         self._gpu = None
         self._gpu_tried = False
+
+    def _centroids(self, idx) -> np.ndarray:
+        """IVF coarse centroids (nlist, d), cached per index object."""
+        c = self._keep.get("centroids")
+        if c is None or self._keep.get("centroids_of") is not idx:
+            q = faiss.extract_index_ivf(idx).quantizer
+            c = faiss.rev_swig_ptr(faiss.downcast_index(q).get_xb(), q.ntotal * self._dim)
+            c = np.array(c, dtype=np.float32).reshape(q.ntotal, self._dim)
+            self._keep["centroids"], self._keep["centroids_of"] = c, idx
+        return c
 
     def _build(self, reason: str) -> None:
         n = self._n
@@ -553,7 +634,7 @@ class VectorIndex:
         if kind == "ivf":
             self._train(idx, n, params)
         self._index = idx
-        self._keep = keep  # keep SWIG sub-objects alive
+        self._keep = dict(keep)  # keep SWIG sub-objects alive
         for s, x in self._chunks(0, n):
             self._add(idx, x, s)
         secs = time.perf_counter() - t0
@@ -732,7 +813,16 @@ class VectorIndex:
                 log.info("GPU search failed, using CPU: %s", e)
                 self._gpu = None
         if kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=int(nprobe or faiss.extract_index_ivf(idx).nprobe))
+            ivf = faiss.extract_index_ivf(idx)
+            npb = int(min(nprobe or ivf.nprobe, ivf.nlist))
+            if sel is None and len(q) >= 16:  # batch: coarse assignment by numpy BLAS
+                Dq, Iq = _assign(q, self._centroids(idx), npb)
+                saved, ivf.nprobe = ivf.nprobe, npb  # search_preassigned takes no params
+                try:
+                    return _clean(*ivf.search_preassigned(q, kk, Iq, Dq))
+                finally:
+                    ivf.nprobe = saved
+            params = faiss.SearchParametersIVF(nprobe=npb)
         elif kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=int(max(ef or idx.hnsw.efSearch, kk)))
         else:
@@ -804,6 +894,46 @@ class VectorIndex:
             I[s : s + step, : i.shape[1]] = i
         return D, I
 
+    def _knn_by_lists(self, idx, kq: int, nprobe: int | None, progress) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate k-NN graph through the IVF partition, as dense BLAS blocks: the members of
+        each list are scored exactly against all members of the ``nprobe`` lists whose centroids
+        are nearest to that list's centroid (itself included). ~10x faster than one IVF search
+        per row (which scans SQ8 codes), same candidate budget per row."""
+        n = self._n
+        ivf = faiss.extract_index_ivf(idx)
+        nlist = int(ivf.nlist)
+        C = self._centroids(idx)
+        P = int(min(nlist, nprobe or max(1, self.policy.nprobe // 2)))
+        invl = ivf.invlists
+        members = []
+        for l in range(nlist):
+            sz = invl.list_size(l)
+            if sz == 0:
+                members.append(np.empty(0, np.int64))
+                continue
+            ptr = invl.get_ids(l)
+            ids = np.array(faiss.rev_swig_ptr(ptr, sz), dtype=np.int64)
+            invl.release_ids(l, ptr)
+            members.append(np.sort(ids[ids < n]))
+        near = _assign(C, C, P)[1]  # each list's P nearest lists (itself first)
+        D, I = _pad(n, kq)
+        view = self._view()
+        done = 0
+        for l in range(nlist):
+            q_ids = members[l]
+            if len(q_ids) == 0:
+                continue
+            cand = np.sort(np.concatenate([members[j] for j in near[l]]))
+            Xc = np.asarray(view[cand], dtype=np.float32)
+            Xq = Xc[np.searchsorted(cand, q_ids)] if l in near[l] else np.asarray(view[q_ids], np.float32)
+            sc, ix = _topk_rows(Xq @ Xc.T, kq)
+            D[q_ids, : sc.shape[1]] = sc
+            I[q_ids, : ix.shape[1]] = cand[ix]
+            done += len(q_ids)
+            if progress is not None and (l % 64 == 63 or l == nlist - 1):
+                progress(done, n)
+        return D, I
+
     def exact_search(self, queries, k: int, *, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force top-k over the float16 store (chunked; no index needed). ``limit``: only
         rows < limit. Same conventions as ``search``."""
@@ -817,17 +947,17 @@ class VectorIndex:
         if n == 0 or m == 0 or k <= 0:
             return D, I
         kk = min(k, n)
-        heap = faiss.ResultHeap(m, kk, keep_max=True)
-        for s, x in self._chunks(0, n):
-            d, i = faiss.knn(q, x, min(kk, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
-            if d.shape[1] < kk:
-                pd, pi = _pad(m, kk - d.shape[1])
-                d, i = np.hstack([d, pd]), np.hstack([i, pi])
-            i = np.where(i >= 0, i + s, -1)
-            heap.add_result(np.ascontiguousarray(d, np.float32), np.ascontiguousarray(i, np.int64))
-        heap.finalize()
-        d, i = _clean(heap.D, heap.I)
-        D[:, :kk], I[:, :kk] = d, i
+        bd, bi = _pad(m, kk)  # running best
+        for s, x in self._chunks(0, n, _DBLOCK):
+            for qs in range(0, m, _QBLOCK):
+                qe = min(m, qs + _QBLOCK)
+                sc, ix = _topk_rows(q[qs:qe] @ x.T, kk)
+                cs = np.hstack([bd[qs:qe], sc])
+                ci = np.hstack([bi[qs:qe], ix + s])
+                order = np.argsort(-cs, axis=1, kind="stable")[:, :kk]
+                bd[qs:qe] = np.take_along_axis(cs, order, axis=1)
+                bi[qs:qe] = np.take_along_axis(ci, order, axis=1)
+        D[:, :kk], I[:, :kk] = _clean(bd, bi)
         return D, I
 
     def knn(
@@ -843,8 +973,9 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """k-NN graph of all stored vectors: (scores (N,k), rows (N,k)), best first, -1 padded.
 
-        ``exact=None``: exact when N < policy.flat_max (or the index is flat), else through the
-        ANN index. ``exact=True`` on a large store is O(N^2 d) -- slow but memory-bounded.
+        ``exact=None``: exact when the size rule picks a flat index (N < policy.flat_max), else
+        through the ANN index. Exact = blocked brute force over the float16 store (numpy BLAS),
+        O(N^2 d): ~10 s at 20 k, ~1 min at 50 k on 2 cores; memory-bounded at any N.
         Computed ``batch`` queries at a time; ``progress(done, N)`` after each batch.
         """
         n = self._n
@@ -854,19 +985,22 @@ class VectorIndex:
         if exact is None:
             exact = n < self.policy.flat_max or self.policy.kind_for(n) == "flat"
         kq = min(k + (1 if exclude_self else 0), n)
-        use_flat = False
-        if not exact or self.policy.kind_for(n) == "flat":
-            self._ensure_index()
-            use_flat = exact and self._meta["kind"] == "flat"
+        if not exact:
+            idx = self._ensure_index()
+            if isinstance(idx, faiss.IndexIVF):
+                d, i = self._knn_by_lists(idx, kq, nprobe, progress)
+                if exclude_self:
+                    d, i = _drop_self(d, i, np.arange(n, dtype=np.int64), k)
+                w = min(k, d.shape[1])
+                D[:, :w], I[:, :w] = d[:, :w], i[:, :w]
+                return D, I
         if batch is None:
-            batch = 4096 if (use_flat or not exact) else 16384
+            batch = 4096
         for s in range(0, n, batch):
             e = min(n, s + batch)
             q = self._rows_f32(s, e)
-            if exact and not use_flat:
+            if exact:
                 d, i = self._exact(q, kq, n)
-            elif use_flat:
-                d, i = self._raw_search(q, kq, None, None)
             else:
                 d, i = self._search_block(q, kq, nprobe, ef, None)
             if exclude_self:
