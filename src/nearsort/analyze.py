@@ -35,16 +35,7 @@ def _thumb_ids(cat: Catalog) -> np.ndarray:
 
 def pick_model(cat: Catalog, model: str | None) -> tuple[int, str, int]:
     """(model_id, name, dim) of the named model, or of the most recently featurized one."""
-    if model:
-        row = cat.execute("SELECT id, name, dim FROM models WHERE name=?", (model,)).fetchone()
-        if row is None:
-            known = [r[0] for r in cat.execute("SELECT name FROM models")]
-            raise CatalogError(f"no embeddings for model {model!r} (have: {', '.join(known) or 'none'}); "
-                               f"run `nearsort featurize {cat.root} --model {model}`")
-        return row[0], row[1], row[2]
-    row = cat.execute(
-        "SELECT m.id, m.name, m.dim FROM models m WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id=m.id)"
-        " ORDER BY m.id DESC LIMIT 1").fetchone()
+    row = cat.find_model(model)
     if row is None:
         raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first "
                            "(or use --by phash, which needs no model)")

@@ -356,6 +356,20 @@ class Catalog:
     def thumb_abspath(self, relpath: str) -> Path:
         return self.root / relpath
 
+    def find_model(self, name: str | None = None):
+        """``models`` row (id, name, dim, info) of ``name``, or of the newest model that has
+        embeddings when ``name`` is None (then None if there is none). Unknown names raise."""
+        if name:
+            row = self.conn.execute("SELECT id, name, dim, info FROM models WHERE name=?", (name,)).fetchone()
+            if row is None:
+                known = [r[0] for r in self.conn.execute("SELECT name FROM models")]
+                raise CatalogError(f"no embeddings for model {name!r} (have: {', '.join(known) or 'none'}); "
+                                   f"run `nearsort featurize {self.root} --model {name}`")
+            return row
+        return self.conn.execute(
+            "SELECT m.id, m.name, m.dim, m.info FROM models m WHERE EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.model_id=m.id) ORDER BY m.id DESC LIMIT 1").fetchone()
+
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
         return {

@@ -529,16 +529,11 @@ def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, 
 
 
 def _pick_model(cat: Catalog, model: Optional[str]):
-    if model:
-        row = cat.execute("SELECT id, name, dim FROM models WHERE name=?", (model,)).fetchone()
-        if row is None:
-            known = [r[0] for r in cat.execute("SELECT name FROM models")]
-            raise DupesError(f"no embeddings for model {model!r} (have: {', '.join(known) or 'none'}); "
-                             f"run `nearsort featurize {cat.root} --model {model}` first")
-        return row[0], row[1], row[2]
-    return cat.execute(
-        "SELECT m.id, m.name, m.dim FROM models m WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id=m.id)"
-        " ORDER BY m.id DESC LIMIT 1").fetchone()
+    try:
+        row = cat.find_model(model)
+    except CatalogError as e:
+        raise DupesError(f"{e} first") from None
+    return None if row is None else tuple(row)[:3]
 
 
 def near_candidates(cat: Catalog, model_id: int, name: str, dim: int, k: int, threshold: float,
