@@ -41,36 +41,43 @@ API::
     vi.exact_search(queries, k)                           # brute force over the store, chunked
     vi.knn(k, *, exclude_self=True, exact=None, batch=None, nprobe=None, ef=None, progress=None)
         -> (scores (N,k), rows (N,k))                     # k-NN graph of all N stored vectors
+                                                          # (exact below flat_max, else via the index)
     vi.save() -> dict                                     # persist index if needed; returns params()
     vi.rebuild() -> None                                  # rebuild the index from the store now
     vi.params() -> dict                                   # kind, parameters, ntotal... (for models.info)
     vi.close()                                            # also a context manager
     VectorIndex.folder_for(state_dir, model_name) -> Path
 
-Index choice (``IndexPolicy``, ``kind="auto"``), from bench/search.py on a 2-core machine with
-clustered 512-d vectors:
+Index choice (``IndexPolicy``, ``kind="auto"``), measured with bench/search.py (2 cores, 512-d,
+1000 clusters; numbers in the bench's docstring):
 
-* ``n < flat_max`` (50 000): exact ``IndexFlatIP``. One query scans n*d*4 bytes; measured p50
-  about 0.3 us per vector (memory bound), i.e. ~15 ms at 50 k, ~35 ms at 100 k: above 50 k the
-  flat index misses the 20 ms budget and the exact k-NN graph (N^2 d) gets slow.
-* ``n >= flat_max``: ``IndexIVFScalarQuantizer`` (8-bit SQ, inner product, spherical k-means),
-  ``nlist`` = power of two nearest 4*sqrt(n) (1024 at 100 k, 4096 at 1 M; at most n/39),
-  ``nprobe`` 32; the top ``refine * k`` candidates are re-scored exactly against the float16
-  store, so returned scores are exact and SQ8 quantisation costs no recall. It builds an order
-  of magnitude faster than HNSW on 2 cores (k-means + BLAS assignment vs. graph insertion)
-  and takes ~d bytes per vector in RAM (0.5 GB at 1 M) instead of 4d. An IVF index
-  is retrained on ``save()`` once the store has grown ``rebuild_growth`` (4) times past the size
-  it was trained on; a change of kind (flat -> ivf) also triggers a rebuild on ``save()``.
-* ``kind="hnsw"`` (``IndexHNSWFlat``, M=32, efConstruction=64, efSearch=64) is available on
-  request; ``kind="flat"``/``"ivf"`` force the others.
+* ``n < flat_max`` (50 000): exact ``IndexFlatIP``. A query scans all n*d floats (~6 ms p50
+  at 50 k, 35-50 ms at 100 k); the exact k-NN graph costs N^2*d (1.4 s at 10 k, ~50 s at
+  50 k, ~7 min at 200 k). Above 50 k both miss their budgets.
+* ``n >= flat_max``: ``IndexIVFScalarQuantizer`` (SQ8 codes, inner product), spherical
+  k-means centroids, ``nlist`` = power of two nearest 4*sqrt(n) (1024 at 100 k, 4096 at 1 M;
+  at most n/39), ``nprobe`` 64; the best ``refine*k`` candidates are re-scored exactly from
+  the float16 store, so scores are exact and SQ8 error costs no recall. At 1 M: build 87 s,
+  p50 2.9 ms, recall@10 1.00, 0.5 GB index, k-NN graph 2.5 min. HNSW (M=32, efC=64) at 1 M:
+  build 142 s, p50 0.4 ms but recall@10 0.82 (0.89 at ef=128) on the same data, 3.2 GB on
+  disk / 3.4 GB RSS; it wins only on diffuse data (spread 2 at 100 k: 1.00 vs 0.94), so it
+  is used on request only (``kind="hnsw"``).
+  An IVF index is retrained on ``save()`` once the store has grown ``rebuild_growth`` (4)
+  times past the size it was trained on; a change of kind (flat -> ivf) also rebuilds on save.
+* k-NN graph through IVF (``knn``) is list-major: per list, the rows that probe it
+  (``knn_nprobe`` = 16 nearest centroids per row) are scored against its members in one
+  float32 matmul -- ~10x faster than one IVF search per row.
+* Dense linear algebra (k-means, coarse assignment, exact search) is done with numpy, whose
+  OpenBLAS is ~4x faster here than the one bundled in faiss-cpu wheels.
 
 GPU: when ``faiss.get_num_gpus() > 0`` (faiss-gpu), IVF training and flat/IVF searches run on a
 GPU clone of the CPU index; the CPU index stays the master that is saved. Any GPU failure falls
 back to the CPU silently (logged).
 
 Memory: vectors are float16 on disk and read through ``np.memmap``; building, catching up,
-re-ranking, exact search and knn all work in chunks, so peak float32 copies stay at one chunk
-(plus the index itself: 4*n*d bytes for flat, ~n*d for IVF-SQ8).
+re-ranking, exact search and knn work in chunks (the IVF k-NN graph holds a float16 copy of
+up to 262 144 rows, 256 MiB at d=512), plus the index itself: 4*n*d bytes for flat, ~n*d for
+IVF-SQ8, 4*n*d + graph for HNSW. Measured peak RSS at 1 M (incl. mapped store pages): 2.8 GB.
 """
 from __future__ import annotations
 
@@ -117,7 +124,8 @@ class IndexPolicy:
 
     kind: str = "auto"  # auto | flat | ivf | hnsw
     flat_max: int = 50_000  # auto: exact IndexFlatIP below this many vectors, IVF at/above
-    nprobe: int = 32  # IVF lists visited per query (capped at nlist)
+    nprobe: int = 64  # IVF lists visited per query (capped at nlist)
+    knn_nprobe: int = 16  # IVF lists visited per row when building the k-NN graph
     refine: int = 2  # IVF: re-score refine*k candidates exactly from the float16 store
     ivf_train_per_list: int = 40  # training points per list (faiss wants >= 39)
     ivf_niter: int = 10  # k-means iterations
@@ -674,10 +682,12 @@ class VectorIndex:
         self._index = idx
         self._meta = {k: meta[k] for k in ("kind", "params", "built_rows", "build_seconds") if k in meta}
         self._dirty = False
-        if meta["kind"] == "ivf":
-            faiss.extract_index_ivf(idx).nprobe = int(meta["params"].get("nprobe", self.policy.nprobe))
+        params = self._meta.setdefault("params", {})
+        if meta["kind"] == "ivf":  # search-time knobs follow the current policy
+            ivf = faiss.extract_index_ivf(idx)
+            ivf.nprobe = params["nprobe"] = int(min(self.policy.nprobe, ivf.nlist))
         elif meta["kind"] == "hnsw":
-            idx.hnsw.efSearch = int(meta["params"].get("efSearch", self.policy.hnsw_ef_search))
+            idx.hnsw.efSearch = params["efSearch"] = int(self.policy.hnsw_ef_search)
         return True
 
     def _disk_rows(self) -> int:
@@ -895,15 +905,17 @@ class VectorIndex:
         return D, I
 
     def _knn_by_lists(self, idx, kq: int, nprobe: int | None, progress) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate k-NN graph through the IVF partition, as dense BLAS blocks: the members of
-        each list are scored exactly against all members of the ``nprobe`` lists whose centroids
-        are nearest to that list's centroid (itself included). ~10x faster than one IVF search
-        per row (which scans SQ8 codes), same candidate budget per row."""
+        """Approximate k-NN graph through the IVF partition, list-major with dense BLAS blocks.
+
+        Same candidates as one IVF search per row with ``nprobe`` lists (each row's nearest
+        centroids), but instead of scanning SQ8 codes row by row, for each list the rows that
+        probe it are scored exactly against its members in one float32 matmul, and merged into
+        running top-k. Rows are processed in waves (float16 copy of the wave's rows in RAM)."""
         n = self._n
         ivf = faiss.extract_index_ivf(idx)
         nlist = int(ivf.nlist)
         C = self._centroids(idx)
-        P = int(min(nlist, nprobe or max(1, self.policy.nprobe // 2)))
+        P = int(min(nlist, nprobe or self.policy.knn_nprobe))
         invl = ivf.invlists
         members = []
         for l in range(nlist):
@@ -915,23 +927,37 @@ class VectorIndex:
             ids = np.array(faiss.rev_swig_ptr(ptr, sz), dtype=np.int64)
             invl.release_ids(l, ptr)
             members.append(np.sort(ids[ids < n]))
-        near = _assign(C, C, P)[1]  # each list's P nearest lists (itself first)
         D, I = _pad(n, kq)
         view = self._view()
-        done = 0
-        for l in range(nlist):
-            q_ids = members[l]
-            if len(q_ids) == 0:
-                continue
-            cand = np.sort(np.concatenate([members[j] for j in near[l]]))
-            Xc = np.asarray(view[cand], dtype=np.float32)
-            Xq = Xc[np.searchsorted(cand, q_ids)] if l in near[l] else np.asarray(view[q_ids], np.float32)
-            sc, ix = _topk_rows(Xq @ Xc.T, kq)
-            D[q_ids, : sc.shape[1]] = sc
-            I[q_ids, : ix.shape[1]] = cand[ix]
-            done += len(q_ids)
-            if progress is not None and (l % 64 == 63 or l == nlist - 1):
-                progress(done, n)
+        wave = min(n, 262144)
+        for s in range(0, n, wave):
+            e = min(n, s + wave)
+            m = e - s
+            Xq16 = np.array(view[s:e])  # float16 copy of the wave's rows
+            L = np.empty((m, P), np.int64)
+            for c in range(0, m, _DBLOCK):
+                L[c : c + _DBLOCK] = _assign(np.asarray(Xq16[c : c + _DBLOCK], np.float32), C, P)[1]
+            flat = L.ravel()
+            order = np.argsort(flat, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=nlist))])
+            bd, bi = _pad(m, kq)
+            for j in range(nlist):
+                mem = members[j]
+                if bounds[j] == bounds[j + 1] or len(mem) == 0:
+                    continue
+                qs = order[bounds[j] : bounds[j + 1]] // P  # wave rows probing list j (each once)
+                Xm = np.asarray(view[mem], dtype=np.float32)
+                sc, ix = _topk_rows(np.asarray(Xq16[qs], np.float32) @ Xm.T, kq)
+                cs = np.hstack([bd[qs], sc])
+                ci = np.hstack([bi[qs], mem[ix]])
+                top = np.argsort(-cs, axis=1, kind="stable")[:, :kq]
+                bd[qs] = np.take_along_axis(cs, top, axis=1)
+                bi[qs] = np.take_along_axis(ci, top, axis=1)
+                if progress is not None and j % 256 == 255:
+                    progress(s + m * (j + 1) // nlist, n)
+            D[s:e], I[s:e] = bd, bi
+            if progress is not None:
+                progress(e, n)
         return D, I
 
     def exact_search(self, queries, k: int, *, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -976,7 +1002,8 @@ class VectorIndex:
         ``exact=None``: exact when the size rule picks a flat index (N < policy.flat_max), else
         through the ANN index. Exact = blocked brute force over the float16 store (numpy BLAS),
         O(N^2 d): ~10 s at 20 k, ~1 min at 50 k on 2 cores; memory-bounded at any N.
-        Computed ``batch`` queries at a time; ``progress(done, N)`` after each batch.
+        ``nprobe``: IVF lists per row (default policy.knn_nprobe); ``ef``: HNSW efSearch.
+        Computed ``batch`` rows at a time (IVF: in waves); ``progress(done, N)`` as it goes.
         """
         n = self._n
         D, I = _pad(n, k)
