@@ -789,6 +789,23 @@ def _jump_threshold(D: np.ndarray, q: float = 99.0) -> float:
     return float(np.percentile(D[:, -1].astype(np.float64), q))
 
 
+def _finish_chain(n, I, D, order, steps, thr, mst: bool, stats: dict, t0: float, ph,
+                  integer: bool = False) -> "ChainResult":
+    """MST lower bound (over the kNN graph + the chain's own edges), long jumps, timings."""
+    mst_w = None
+    if mst:
+        t = time.perf_counter()
+        mst_w, tw = _mst_weight(n, I, D, order, steps)
+        if integer:
+            mst_w = float(np.round(mst_w))  # Hamming weights (zero edges were stored as 1e-12)
+        stats["mst_long_edges"] = int((tw > thr).sum())
+        stats["t_mst"] = time.perf_counter() - t
+    cs = chain_stats(steps, thr)
+    stats["t_total"] = time.perf_counter() - t0
+    ph.finish()
+    return ChainResult(order, steps, cs["length"], mst_w, cs["long_jumps"], stats)
+
+
 def chain_stats(steps: np.ndarray, threshold: float) -> dict:
     steps = np.asarray(steps, dtype=np.float64)
     body = steps[1:]
@@ -906,16 +923,7 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
             stats["dup_regather_cost"] = float(steps2.sum(dtype=np.float64) - steps.sum(dtype=np.float64))
             order, steps = order2, steps2
 
-    mst_w = None
-    if mst:
-        t = time.perf_counter()
-        mst_w, tw = _mst_weight(n, I, D, order, steps)
-        stats["mst_long_edges"] = int((tw > thr).sum())
-        stats["t_mst"] = time.perf_counter() - t
-    cs = chain_stats(steps, thr)
-    stats["t_total"] = time.perf_counter() - t0
-    ph.finish()
-    return ChainResult(order, steps, cs["length"], mst_w, cs["long_jumps"], stats)
+    return _finish_chain(n, I, D, order, steps, thr, mst, stats, t0, ph)
 
 
 class _Tour:
@@ -1532,17 +1540,7 @@ def hamming_chain(hashes, *, fast: bool = False, k: int = 16, exact_limit: int =
     del vis, fb
     thr = 10.0 if jump_threshold is None else float(jump_threshold)
     stats["jump_threshold"] = thr
-    mst_w = None
-    if mst:
-        t = time.perf_counter()
-        mst_w, tw = _mst_weight(n, I, D, order, steps)
-        mst_w = float(np.round(mst_w))  # integer weights (zero edges were stored as 1e-12)
-        stats["mst_long_edges"] = int((tw > thr).sum())
-        stats["t_mst"] = time.perf_counter() - t
-    cs = chain_stats(steps, thr)
-    stats["t_total"] = time.perf_counter() - t0
-    ph.finish()
-    return ChainResult(order, steps, cs["length"], mst_w, cs["long_jumps"], stats)
+    return _finish_chain(n, I, D, order, steps, thr, mst, stats, t0, ph, integer=True)
 
 
 def _hamming_start(h: np.ndarray) -> int:
