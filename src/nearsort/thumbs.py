@@ -26,8 +26,8 @@ from .decode import DecodeError, decode_bytes
 
 THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
-# '{rank}_' prefix (refresh), then the name, then an optional '_N' collision suffix.
-NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16})(?:~\d+)?\.jpg$")
+# optional '{rank}_' prefix (refresh), then the name
+NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16})\.jpg$")
 
 
 @dataclass
