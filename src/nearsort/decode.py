@@ -150,6 +150,19 @@ def read_exif(img: Image.Image) -> tuple[dict, int]:
     return {k: v for k, v in out.items() if v is not None}, orientation
 
 
+def _decoded(img: Image.Image, full_w: int, full_h: int, fmt: str, exif: dict) -> Decoded:
+    def text(key):
+        v = exif.get(key)
+        return v if isinstance(v, str) else None
+
+    return Decoded(
+        image=img, width=full_w, height=full_h, format=fmt, exif=exif,
+        capture_time=_exif_time(exif.get("DateTimeOriginal")) or _exif_time(exif.get("DateTime")),
+        make=text("Make"), model=text("Model"),
+        gps=tuple(exif["GPS"]) if "GPS" in exif else None,
+    )
+
+
 def _finish(img: Image.Image, fmt: str, full_w: int, full_h: int, size: int) -> Decoded:
     exif, orientation = read_exif(img)
     img = _to_rgb(img)
@@ -159,14 +172,7 @@ def _finish(img: Image.Image, fmt: str, full_w: int, full_h: int, size: int) -> 
         img = img.transpose(_TRANSPOSE[orientation])
         if orientation >= 5:
             full_w, full_h = full_h, full_w
-    gps = tuple(exif["GPS"]) if "GPS" in exif else None
-    return Decoded(
-        image=img, width=full_w, height=full_h, format=fmt, exif=exif,
-        capture_time=_exif_time(exif.get("DateTimeOriginal")) or _exif_time(exif.get("DateTime")),
-        make=exif.get("Make") if isinstance(exif.get("Make"), str) else None,
-        model=exif.get("Model") if isinstance(exif.get("Model"), str) else None,
-        gps=gps,
-    )
+    return _decoded(img, full_w, full_h, fmt, exif)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -264,9 +270,4 @@ def _decode_raw(data: bytes, size: int) -> Decoded:
         img = img.transpose(Image.Transpose.ROTATE_270)
     if flip in (5, 6) or (flip == 0 and (img.width > img.height) != (full_w > full_h) and full_w != full_h):
         full_w, full_h = full_h, full_w
-    gps = tuple(exif["GPS"]) if "GPS" in exif else None
-    return Decoded(
-        image=img, width=full_w, height=full_h, format="RAW", exif=exif,
-        capture_time=_exif_time(exif.get("DateTimeOriginal")) or _exif_time(exif.get("DateTime")),
-        make=exif.get("Make"), model=exif.get("Model"), gps=gps,
-    )
+    return _decoded(img, full_w, full_h, "RAW", exif)

@@ -25,7 +25,7 @@ from typing import Callable
 from . import thumbmeta
 from .catalog import Catalog, catalog_path
 from .scan import ScanProblem, walk_images
-from .sync import import_meta, iter_thumb_files, reconcile, thumb_meta
+from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta
 from .thumbs import THUMB_EXT, FileResult, layout_folder, process_file
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
@@ -168,17 +168,9 @@ def _open_or_import(out: Path) -> Catalog:
     """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first."""
     fresh = not catalog_path(out).exists()
     cat = Catalog.open(out, create=True)
-    if fresh:
-        first = next(iter_thumb_files(out), None)
-        if first is not None:
-            with cat.tx():
-                for relpath, name, _ in iter_thumb_files(out):
-                    try:
-                        meta = thumbmeta.read(out / relpath)
-                    except Exception:
-                        continue
-                    if meta and meta.get("name") == name:
-                        import_meta(cat, relpath, meta)
+    if fresh and next(iter_thumb_files(out), None) is not None:
+        with cat.tx():
+            import_tree(cat)
     return cat
 
 

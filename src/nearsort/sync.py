@@ -124,6 +124,30 @@ def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
                 yield rel, parsed[0], parsed[1]
 
 
+def import_tree(cat: Catalog, run_id: int | None = None,
+                progress: Callable[[int], None] | None = None) -> tuple[int, int, list[tuple[str, str]]]:
+    """Import the metadata of every thumbnail below THUMBS (inside the caller's transaction).
+
+    Returns (thumbnail files seen, imported, [(relpath, problem)])."""
+    n_files = n_thumbs = 0
+    problems: list[tuple[str, str]] = []
+    for relpath, name, rank in iter_thumb_files(cat.root):
+        n_files += 1
+        try:
+            meta = thumbmeta.read(cat.root / relpath)
+        except Exception as e:
+            problems.append((relpath, f"unreadable metadata: {e}"))
+            continue
+        if not meta or meta.get("name") != name:
+            problems.append((relpath, "no nearsort metadata"))
+            continue
+        import_meta(cat, relpath, meta, run_id, rank)
+        n_thumbs += 1
+        if progress:
+            progress(n_thumbs)
+    return n_files, n_thumbs, problems
+
+
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
     """Recreate the catalog from the thumbnails below ``root``. The old catalog is kept aside."""
     root = Path(root)
@@ -141,30 +165,10 @@ def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = No
             side = Path(str(cpath) + suffix)
             if side.exists():
                 os.replace(side, Path(str(kept) + suffix))
-    n_files = n_thumbs = 0
-    problems: list[tuple[str, str]] = []
     with Catalog.open(root, create=True) as cat:
         run_id = cat.start_run("rebuild")
-        cat.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for relpath, name, rank in iter_thumb_files(root):
-                n_files += 1
-                try:
-                    meta = thumbmeta.read(root / relpath)
-                except Exception as e:
-                    problems.append((relpath, f"unreadable metadata: {e}"))
-                    continue
-                if not meta or meta.get("name") != name:
-                    problems.append((relpath, "no nearsort metadata"))
-                    continue
-                import_meta(cat, relpath, meta, run_id, rank)
-                n_thumbs += 1
-                if progress:
-                    progress(n_thumbs)
-            cat.conn.execute("COMMIT")
-        except BaseException:
-            cat.conn.execute("ROLLBACK")
-            raise
+        with cat.tx():
+            n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
         counts = cat.counts()
         summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
                    "previous_catalog": str(kept) if kept else None, **counts}
