@@ -23,9 +23,12 @@ Schema (version 1):
 """
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import struct
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +44,24 @@ class CatalogError(RuntimeError):
 
 class CatalogLocked(CatalogError):
     pass
+
+
+class DiskFull(CatalogError):
+    """No space left on THUMBS' disk; the message says what was kept and how to go on."""
+
+    def __init__(self, exc: BaseException, where, kept: str = "everything finished before was kept"):
+        what = getattr(exc, "filename", None) or where
+        super().__init__(f"no space left on the disk while writing {what}: {kept}; free some space "
+                         "and run the same command again to continue")
+
+
+class CatalogDamaged(CatalogError):
+    """The catalog file is not a readable SQLite database; ``nearsort rebuild`` recreates it."""
+
+    def __init__(self, root: Path, reason: str):
+        self.root, self.reason = Path(root), reason
+        super().__init__(f"catalog {catalog_path(root)} is damaged ({reason}): run `nearsort rebuild {root}` "
+                         "(it recreates the catalog from the thumbnails and keeps the damaged file aside)")
 
 
 # Each migration brings the schema from version i to i+1. Append, never edit.
@@ -167,6 +188,59 @@ def catalog_path(root: Path) -> Path:
     return state_dir(root) / CATALOG_NAME
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for 'no space left' from the OS (ENOSPC, EDQUOT) or from SQLite (SQLITE_FULL)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == _SQLITE_FULL if code is not None else "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True for SQLite errors that mean the database file itself is corrupt or not a database."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    msg = str(exc)
+    return "malformed" in msg or "not a database" in msg
+
+
+def file_damage(cpath: Path) -> str | None:
+    """Why the catalog file at ``cpath`` cannot be a healthy catalog (cheap checks only), or None.
+
+    Zero bytes, a header that is not SQLite's, or a file shorter than its header says (truncated).
+    With a non-empty -wal beside it the newest pages may live there, so size is not judged."""
+    try:
+        size = cpath.stat().st_size
+        with open(cpath, "rb") as fh:
+            head = fh.read(100)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    try:
+        wal = Path(str(cpath) + "-wal").stat().st_size
+    except OSError:
+        wal = 0
+    if size == 0:
+        return None if wal else "empty file (0 bytes)"
+    if not head.startswith(_SQLITE_HEADER[: len(head)]) or len(head) < 100:
+        return "not an SQLite database: unexpected bytes in its header" if len(head) >= 16 else \
+            f"truncated to {size} bytes"
+    page_size = struct.unpack(">H", head[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change, pages, valid_for = (struct.unpack(">I", head[i : i + 4])[0] for i in (24, 28, 92))
+    if not wal and pages and change == valid_for and size < pages * page_size:
+        return f"truncated: {size} of {pages * page_size} bytes"
+    return None
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -175,6 +249,45 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def check_thumbs_folder(root: Path) -> None:
+    """Refuse a THUMBS that exists but is not a folder (one clear line instead of an OS error)."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise CatalogError(f"THUMBS {root} is a file, not a folder: give the folder that holds (or will hold) "
+                           "the thumbnails")
+
+
+def _connect_checked(root: Path, cpath: Path) -> sqlite3.Connection:
+    try:
+        return _connect(cpath)
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise CatalogDamaged(root, str(e)) from None
+        raise
+
+
+def _create(cpath: Path) -> None:
+    """A new catalog, made whole under a temporary name and then renamed into place, so a kill
+    (or a full disk) never leaves an empty or half-made catalog.sqlite behind."""
+    tmp = cpath.with_name(cpath.name + ".new")
+    for leftover in (tmp, Path(str(tmp) + "-journal")):
+        if leftover.exists():
+            leftover.unlink()
+    conn = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        migrate(conn)
+        conn.close()
+        for orphan in ("-wal", "-shm"):  # of a catalog file that is gone: SQLite must not apply it to this one
+            if os.path.lexists(str(cpath) + orphan):
+                os.unlink(str(cpath) + orphan)
+        os.replace(tmp, cpath)
+    except BaseException:
+        conn.close()
+        for leftover in (tmp, Path(str(tmp) + "-journal")):
+            if leftover.exists():
+                leftover.unlink()
+        raise
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -214,8 +327,68 @@ def _split_sql(script: str) -> list[str]:
     return out
 
 
+_HELD_LOCKS: "weakref.WeakSet[_Lock]" = weakref.WeakSet()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close its copy of every lock fd. flock belongs to the open file, so a
+    child holding a copy (a decoder worker) would keep THUMBS locked after its parent was killed;
+    closing the copy (never LOCK_UN, which would unlock the parent too) leaves the parent's lock."""
+    for lock in list(_HELD_LOCKS):
+        fh, lock.fh = lock.fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _lock_holders(path: Path) -> list[int]:
+    """Pids of live processes that have ``path`` open (Linux /proc; [] elsewhere)."""
+    out = []
+    try:
+        target = os.stat(path)
+        procs = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return out
+    for pid in procs:
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                out.append(int(pid))
+                break
+    return out
+
+
 class _Lock:
-    """An exclusive advisory lock on THUMBS/.nearsort/lock (released by the OS if we die)."""
+    """An exclusive advisory lock (flock) on THUMBS/.nearsort/lock, which also names the holder's pid.
+
+    The kernel releases it when the holder dies, so a lock left by a killed run is simply taken
+    over; forked children never keep it (``_drop_inherited_locks``)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -223,6 +396,7 @@ class _Lock:
 
     def acquire(self) -> None:
         self.fh = open(self.path, "a+")
+        _HELD_LOCKS.add(self)
         try:
             import fcntl
 
@@ -243,18 +417,63 @@ class _Lock:
 
     def _refuse(self) -> None:
         self.fh.seek(0)
-        holder = self.fh.read().strip() or "?"
-        self.fh.close()
-        self.fh = None
+        named = self.fh.read().strip()
+        self.release()
+        where = self.path.parent.parent
+        pid = int(named) if named.isdigit() else None
+        if pid is not None and _pid_alive(pid):
+            raise CatalogLocked(
+                f"another nearsort process (pid {pid}) is working on {where}; "
+                "wait for it to finish (only one writer at a time keeps the catalog safe)"
+            )
+        # the pid in the file is gone: the lock is held by a process that inherited it
+        holders = [h for h in _lock_holders(self.path) if h != pid]
+        who = f"pid {', '.join(map(str, holders))}" if holders else "a process that inherited it"
         raise CatalogLocked(
-            f"another nearsort process (pid {holder}) is working on {self.path.parent.parent}; "
-            "wait for it to finish (only one writer at a time keeps the catalog safe)"
+            f"{self.path} is held by {who}, left over from nearsort pid {named or '?'} which is no longer "
+            f"running; stop {'it (kill ' + ' '.join(map(str, holders)) + ')' if holders else 'that process'} "
+            f"and run the command again"
         )
 
     def release(self) -> None:
+        _HELD_LOCKS.discard(self)
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+@contextmanager
+def writer_lock(root: Path) -> Iterator[_Lock]:
+    """Hold THUMBS' writer lock without opening the catalog (which may be damaged): rebuild."""
+    check_thumbs_folder(Path(root))
+    sdir = state_dir(Path(root))
+    sdir.mkdir(parents=True, exist_ok=True)
+    lock = _Lock(sdir / LOCK_NAME)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def damage(cpath: Path) -> str | None:
+    """Why the catalog file is damaged, or None if SQLite finds it sound (reads all of it: rebuild)."""
+    why = file_damage(cpath)
+    if why or not cpath.exists():
+        return why
+    try:
+        conn = sqlite3.connect(str(cpath), timeout=30.0)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                return "no nearsort tables in it"
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            return str(e)
+        raise
+    return None if rows == ["ok"] else "; ".join(rows)
 
 
 class Catalog:
@@ -264,6 +483,8 @@ class Catalog:
     ``write=False`` and can run beside a writer thanks to WAL.
     """
 
+    last_root: Path | None = None  # THUMBS of the latest open(), to name it in error messages
+
     def __init__(self, root: Path, conn: sqlite3.Connection, lock: _Lock | None):
         self.root = Path(root)
         self.conn = conn
@@ -271,8 +492,12 @@ class Catalog:
 
     # -- opening
     @classmethod
-    def open(cls, root: str | os.PathLike, *, write: bool = True, create: bool = False) -> "Catalog":
+    def open(cls, root: str | os.PathLike, *, write: bool = True, create: bool = False,
+             lock: _Lock | None = None) -> "Catalog":
+        """Open THUMBS' catalog. ``lock``: an already held ``_Lock`` to use (and not release)."""
         root = Path(root)
+        Catalog.last_root = root
+        check_thumbs_folder(root)
         sdir = state_dir(root)
         cpath = sdir / CATALOG_NAME
         if not cpath.exists() and not create:
@@ -280,27 +505,42 @@ class Catalog:
                 f"{root} has no nearsort catalog ({cpath} not found); run `nearsort resize SRC --out {root}` "
                 f"first, or `nearsort rebuild {root}` if it holds thumbnails"
             )
-        lock = None
-        if write or create:
+        own = None
+        if (write or create) and lock is None:
             sdir.mkdir(parents=True, exist_ok=True)
-            lock = _Lock(sdir / LOCK_NAME)
-            lock.acquire()
+            own = _Lock(sdir / LOCK_NAME)
+            own.acquire()
         try:
-            conn = _connect(cpath)
-            if write or create:
-                migrate(conn)
-            else:
+            why = file_damage(cpath)
+            if why:
+                raise CatalogDamaged(root, why)
+            if not cpath.exists():
+                _create(cpath)
+            conn = _connect_checked(root, cpath)
+            try:
                 v = conn.execute("PRAGMA user_version").fetchone()[0]
-                if v != SCHEMA_VERSION:
+                if v == 0:  # _create() never leaves a catalog without its schema
+                    raise CatalogDamaged(root, "no nearsort tables in it")
+                if write or create:
+                    migrate(conn)
+                elif v != SCHEMA_VERSION:
                     raise CatalogError(
                         f"catalog schema is version {v}, expected {SCHEMA_VERSION}; "
                         "run any writing command (e.g. `nearsort resize`) once to migrate it"
                     )
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                if is_damage(e):
+                    raise CatalogDamaged(root, str(e)) from None
+                raise
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            if lock:
-                lock.release()
+            if own:
+                own.release()
             raise
-        return cls(root, conn, lock)
+        return cls(root, conn, own)
 
     def close(self) -> None:
         try:

@@ -66,14 +66,36 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
+def _explain(e: BaseException) -> str | None:
+    """The one line an expected failure is shown as; None for a bug (its traceback is shown)."""
+    import sqlite3
+
+    from .catalog import CatalogDamaged, DiskFull, catalog_path, is_damage, is_disk_full
+
+    if isinstance(e, CatalogError):
+        return str(e)
+    root = Catalog.last_root
+    if is_disk_full(e):
+        return str(DiskFull(e, root or "the disk"))
+    if isinstance(e, sqlite3.DatabaseError) and root is not None:
+        if is_damage(e):
+            return str(CatalogDamaged(root, str(e)))
+        if isinstance(e, sqlite3.OperationalError):  # locked for too long, I/O error, read-only disk
+            return f"catalog {catalog_path(root)}: {e}"
+    if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
+        return str(e)
+    return None
+
+
 def _run(fn, *args, **kwargs):
     """Call into the library, turning expected problems into clear messages."""
     try:
         return fn(*args, **kwargs)
-    except CatalogError as e:
-        fail(str(e))
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        fail(str(e))
+    except Exception as e:
+        msg = _explain(e)
+        if msg is None:
+            raise
+        fail(msg)
 
 
 # --------------------------------------------------------------------------- resize
@@ -536,6 +558,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # raised outside _run (e.g. reading a damaged catalog inside a `with`)
+        msg = _explain(e)
+        if msg is None:
+            raise
+        try:
+            fail(msg)
+        except typer.Exit as x:
+            sys.exit(x.exit_code)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import thumbmeta
-from .catalog import STATE_DIR, Catalog, catalog_path
+from .catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
 from .thumbs import parse_thumb_filename
 
 
@@ -148,31 +148,42 @@ def import_tree(cat: Catalog, run_id: int | None = None,
     return n_files, n_thumbs, problems
 
 
+def _set_aside(cpath: Path, damaged: bool) -> Path:
+    """Move the catalog (with its -wal/-shm) to a new name beside it; return that name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        tag = stamp if n == 1 else f"{stamp}-{n}"
+        kept = cpath.with_name(f"{cpath.name}.damaged-{tag}" if damaged else f"catalog.before-rebuild.{tag}.sqlite")
+        if not any(os.path.lexists(str(kept) + sfx) for sfx in ("", "-wal", "-shm")):
+            break
+    for suffix in ("", "-wal", "-shm"):  # a -wal left behind by a kill here is dropped by Catalog._create
+        side = Path(str(cpath) + suffix)
+        if side.exists():
+            os.replace(side, Path(str(kept) + suffix))
+    return kept
+
+
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
-    """Recreate the catalog from the thumbnails below ``root``. The old catalog is kept aside."""
+    """Recreate the catalog from the thumbnails below ``root``. The old catalog is kept aside
+    (``catalog.before-rebuild.<time>.sqlite``, or ``catalog.sqlite.damaged-<time>`` if it was
+    damaged); it works whatever state the old file is in."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     cpath = catalog_path(root)
     kept = None
-    if cpath.exists():
-        # take the lock first so we never pull the file from under a running process
-        with Catalog.open(root, write=True):
-            pass
-        kept = cpath.with_name(f"catalog.before-rebuild.{time.strftime('%Y%m%d-%H%M%S')}.sqlite")
-        os.replace(cpath, kept)
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(cpath) + suffix)
-            if side.exists():
-                os.replace(side, Path(str(kept) + suffix))
-    with Catalog.open(root, create=True) as cat:
-        run_id = cat.start_run("rebuild")
-        with cat.tx():
-            n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
-        counts = cat.counts()
-        summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
-                   "previous_catalog": str(kept) if kept else None, **counts}
-        cat.finish_run(run_id, "done", json.dumps(summary))
+    # hold the lock throughout, so the file is never pulled from under a running process
+    with writer_lock(root) as lock:
+        if cpath.exists():
+            kept = _set_aside(cpath, damaged=damage(cpath) is not None)
+        with Catalog.open(root, create=True, lock=lock) as cat:
+            run_id = cat.start_run("rebuild")
+            with cat.tx():
+                n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
+            counts = cat.counts()
+            summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
+                       "previous_catalog": str(kept) if kept else None, **counts}
+            cat.finish_run(run_id, "done", json.dumps(summary))
     return summary
 
 
