@@ -3,6 +3,16 @@
 Columns: source_path, thumb_path (relative to THUMBS), width, height, content_hash, phash,
 capture_time, brightness, contrast, blur, status, error, rank, tags.
 Rows are sorted by source path, so two exports of the same catalog are byte-identical.
+
+Both files are valid UTF-8 whatever the file names hold (see :mod:`nearsort.textsafe`):
+
+* every text cell is ``textsafe.encode_path(value)``: a backslash is written ``\\\\`` and a byte
+  of a POSIX file name that is not UTF-8 is written ``\\xNN``; ``textsafe.decode_path(cell)``
+  gives back the exact value (a path usable with ``open``);
+* CSV only, against spreadsheet formula injection: a text cell starting with ``=``, ``+``, ``-``,
+  ``@``, tab, CR (or ``'``) gets a leading apostrophe (``textsafe.csv_cell``; ``csv_uncell``
+  strips it). Numeric columns stay plain numbers. Read a path back with
+  ``decode_path(csv_uncell(cell))``.
 """
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ import sys
 from typing import IO, Iterator
 
 from .catalog import Catalog
+from .textsafe import csv_cell, encode_path
 
 COLUMNS = [
     "source_path", "thumb_path", "width", "height", "content_hash", "phash", "capture_time",
@@ -48,12 +59,16 @@ def rows(cat: Catalog) -> Iterator[dict]:
         }
 
 
+def _text(v):
+    return encode_path(v) if isinstance(v, str) else v
+
+
 def write_csv(cat: Catalog, fh: IO[str]) -> int:
     w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     n = 0
     for row in rows(cat):
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        w.writerow({k: "" if v is None else csv_cell(_text(v)) for k, v in row.items()})
         n += 1
     return n
 
@@ -62,7 +77,8 @@ def write_json(cat: Catalog, fh: IO[str]) -> int:
     n = 0
     fh.write("[\n")
     for row in rows(cat):
-        fh.write((",\n" if n else "") + json.dumps(row, ensure_ascii=True, sort_keys=True))
+        fh.write((",\n" if n else "") + json.dumps({k: _text(v) for k, v in row.items()},
+                                                 ensure_ascii=True, sort_keys=True))
         n += 1
     fh.write("\n]\n")
     return n
@@ -79,8 +95,7 @@ def export(root, csv_path: str | None = None, json_path: str | None = None) -> i
                 n = fn(cat, sys.stdout)
             else:
                 tmp = f"{path}.tmp"
-                # surrogateescape writes non-UTF-8 file names back as their original bytes
-                with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+                with open(tmp, "w", encoding="utf-8", newline="") as fh:
                     n = fn(cat, fh)
                 os.replace(tmp, path)
     return n
