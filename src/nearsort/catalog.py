@@ -24,6 +24,7 @@ Schema (version 1):
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import struct
@@ -592,6 +593,22 @@ class Catalog:
             "UPDATE runs SET finished=?, status=?, summary=? WHERE id=?", (time.time(), status, summary, run_id)
         )
 
+    def source_roots(self) -> list[str]:
+        """The library: the SRC folders ``resize`` scanned into this catalog (absolute paths, first
+        scanned first). Every resize run that completed or was interrupted records its ``src`` in its
+        ``runs.summary``; a rebuilt catalog knows none until the next resize."""
+        roots: list[str] = []
+        for (summary,) in self.conn.execute(
+                "SELECT summary FROM runs WHERE command='resize' AND status IN ('done', 'interrupted') "
+                "AND summary IS NOT NULL ORDER BY id"):
+            try:
+                src = json.loads(summary).get("src")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(src, str) and src and src not in roots:
+                roots.append(src)
+        return roots
+
     # -- common lookups used across modules
     def thumb_abspath(self, relpath: str) -> Path:
         return self.root / relpath
@@ -616,6 +633,7 @@ class Catalog:
             "sources": q("SELECT count(*) FROM sources").fetchone()[0],
             "sources_ok": q("SELECT count(*) FROM sources WHERE status='ok'").fetchone()[0],
             "errors": q("SELECT count(*) FROM sources WHERE status='error'").fetchone()[0],
+            "missing": q("SELECT count(*) FROM sources WHERE status='missing'").fetchone()[0],  # gone from SRC
             "originals": q("SELECT count(*) FROM originals").fetchone()[0],
             "thumbs": q("SELECT count(*) FROM thumbs").fetchone()[0],
         }

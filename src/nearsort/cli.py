@@ -12,23 +12,31 @@ from rich.console import Console
 from rich.markup import escape
 
 from .catalog import Catalog, CatalogError
+from .textsafe import term
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Sort huge photo libraries by visual similarity -- originals are only ever read.",
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# emoji=False: a file named ":smile:.jpg" is printed as it is named
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
+    # every control character of the message is escaped (a name in it cannot drive the
+    # terminal); only the line breaks of multi-line messages stay
+    safe = "\n".join(term(line) for line in str(msg).split("\n"))
+    err.print(f"[bold red]error:[/] {escape(safe)}", highlight=False)
     raise typer.Exit(code)
 
 
-def _human_path(p: str) -> str:
-    return p.encode("utf-8", "backslashreplace").decode("utf-8")
+def _name(s) -> str:
+    """A file name, path, tag or message for a rich markup line: textsafe.term, then markup-escaped
+    (a file named "[bold]x" prints as it is named). Lines printed with markup=False or plain
+    print() use term() alone."""
+    return escape(term(s))
 
 
 class _Progress:
@@ -134,12 +142,12 @@ def resize(
             out.print(f"{s['missing']} previously seen files are gone from SRC (kept in the catalog as 'missing').")
         if s["errors"]:
             for e in s["error_samples"][:5]:
-                out.print(f"  [red]✗[/] {escape(_human_path(e['path']))}: {escape(e['error'])}", highlight=False)
-            out.print(f"See all with: nearsort errors {out_dir}")
+                out.print(f"  [red]✗[/] {_name(e['path'])}: {_name(e['error'])}", highlight=False)
+            out.print(f"See all with: nearsort errors {_name(out_dir)}", highlight=False)
         if interrupted:
             out.print("Everything finished so far is saved; run the same command again to continue.")
         else:
-            out.print(f"Thumbnails are in {out_dir}")
+            out.print(f"Thumbnails are in {_name(out_dir)}", highlight=False)
     if interrupted:
         raise typer.Exit(130)
 
@@ -154,9 +162,9 @@ def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     out.print(f"Rebuilt the catalog from {s['imported']} thumbnails: {s['sources']} source files, "
               f"{s['originals']} distinct originals.")
     if s["previous_catalog"]:
-        out.print(f"The previous catalog was kept as {s['previous_catalog']}")
+        out.print(f"The previous catalog was kept as {_name(s['previous_catalog'])}", highlight=False)
     for rel, why in s["problems"][:10]:
-        out.print(f"  [yellow]![/] {escape(rel)}: {escape(why)}", highlight=False)
+        out.print(f"  [yellow]![/] {_name(rel)}: {_name(why)}", highlight=False)
 
 
 @app.command()
@@ -172,7 +180,7 @@ def errors(
         print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=2))
         return
     for p, e in rows:
-        print(f"{_human_path(p)}\t{e}")
+        print(f"{term(p)}\t{term(e)}")
     err.print(f"{len(rows)} errors")
 
 
@@ -213,8 +221,6 @@ def featurize(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Embed every thumbnail that has no vector for the model yet (resumable)."""
-    from rich.markup import escape
-
     from .features import Interrupted, featurize as do_featurize
 
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
@@ -225,7 +231,7 @@ def featurize(
     with _Progress("featurize", not as_json) as prog:
         try:
             s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
-                     progress=prog, log=lambda msg: err.print(escape(msg), highlight=False))
+                     progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
         except Interrupted as e:
             s, interrupted = e.summary, True
     if as_json:
@@ -233,12 +239,17 @@ def featurize(
     else:
         rw = " [yellow](random weights — speed test only)[/]" if s.get("random_weights") else ""
         out.print(
-            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {escape(s['model'])}{rw} on {s['device']}: "
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {_name(s['model'])}{rw} on {_name(s['device'])}: "
             f"{s['embedded']} thumbnails embedded, {s['already']} already had a vector, {s['errors']} unreadable "
             f"({s['images_per_second']} images/s)."
         )
         for e in s["error_samples"][:5]:
-            out.print(f"  [red]✗[/] {escape(_human_path(e['path']))}: {escape(e['error'])}", highlight=False)
+            out.print(f"  [red]✗[/] {_name(e['path'])}: {_name(e['error'])}", highlight=False)
+        if s.get("relocated"):
+            out.print(f"{s['relocated']} thumbnails were found in the folders they were moved to (catalog updated).")
+        if s.get("missing"):
+            out.print(f"{s['missing']} thumbnails have no file below THUMBS (deleted?): "
+                      "`nearsort resize SRC --out THUMBS` remakes them.")
         if interrupted:
             out.print("Everything finished so far is saved; run the same command again to continue.")
     if interrupted:
@@ -246,23 +257,21 @@ def featurize(
 
 
 def _print_hits(r: dict, as_json: bool) -> None:
-    from rich.markup import escape
-
-    if as_json:
-        print(json.dumps(r, indent=2, ensure_ascii=False))
+    if as_json:  # ASCII: non-UTF-8 names (lone surrogates) and control characters come out escaped
+        print(json.dumps(r, indent=2, ensure_ascii=True))
         return
     if r.get("random_weights"):
-        err.print(f"[yellow]note:[/] {escape(r['model'])} has random weights (speed test only); results are meaningless")
+        err.print(f"[yellow]note:[/] {_name(r['model'])} has random weights (speed test only); results are meaningless")
     if r.get("fallback"):
         cls = ", ".join(f"{c['name']} ({c['weight']:.2f})" for c in r.get("classes", [])[:5])
-        err.print(f"[yellow]note:[/] {escape(r['model'])} has no text tower: ImageNet label search"
-                  + (f" over {escape(cls)}" if cls else ""), highlight=False)
+        err.print(f"[yellow]note:[/] {_name(r['model'])} has no text tower: ImageNet label search"
+                  + (f" over {_name(cls)}" if cls else ""), highlight=False)
     if r.get("message"):
-        err.print(escape(r["message"]), highlight=False)
+        err.print(_name(r["message"]), highlight=False)
     for i, h in enumerate(r["results"], 1):
-        src = _human_path(h["sources"][0]) if h["sources"] else "-"
+        src = _name(h["sources"][0]) if h["sources"] else "-"
         more = f" (+{len(h['sources']) - 1} copies)" if len(h["sources"]) > 1 else ""
-        out.print(f"{i:3d}  {h['score']:.3f}  {escape(h['relpath'])}  {escape(src)}{more}", highlight=False, soft_wrap=True)
+        out.print(f"{i:3d}  {h['score']:.3f}  {_name(h['relpath'])}  {src}{more}", highlight=False, soft_wrap=True)
     if not r["results"]:
         err.print("no results")
 
@@ -326,7 +335,7 @@ def dupes(
     cfg = DupesConfig(threshold=threshold, phash_distance=phash_distance, crop_distance=crop_distance,
                       model=model, keep=keep)
     res, q = _run(do_dupes, thumbs, cfg, move_to=move_to, dry_run=dry_run,
-                  progress=None if as_json else (lambda m: err.print(m, markup=False, highlight=False)))
+                  progress=None if as_json else (lambda m: err.print(term(m), markup=False, highlight=False)))
     if as_json:
         write_json(res, sys.stdout, q)
         return
@@ -334,10 +343,10 @@ def dupes(
     if q is not None:
         verb = "Would move" if dry_run else "Moved"
         n = len(q["moves"]) if dry_run else q["moved"]
-        out.print(f"\n{verb} {n} files ({human_bytes(q['bytes'])}) to {_human_path(q['dest'])}"
+        out.print(f"\n{verb} {n} files ({human_bytes(q['bytes'])}) to {term(q['dest'])}"
                   + ("" if dry_run else f"; undo with: nearsort undo {thumbs}"), markup=False, highlight=False)
         for s in q["skipped"][:10]:
-            out.print(f"  skipped {_human_path(s.get('path') or s.get('src'))}: {s['why']}", markup=False,
+            out.print(f"  skipped {term(s.get('path') or s.get('src'))}: {term(s['why'])}", markup=False,
                       highlight=False)
 
 
@@ -376,14 +385,14 @@ def report(
     from .report import report as do_report
 
     s = _run(do_report, thumbs, out_file, inline=inline)
-    out.print(f"Wrote {_human_path(s['path'])} ({human_bytes(s['bytes'])}): {s['groups']} duplicate groups, "
+    out.print(f"Wrote {term(s['path'])} ({human_bytes(s['bytes'])}): {s['groups']} duplicate groups, "
               f"{human_bytes(s['reclaimable'])} reclaimable, {s['errors']} unreadable files.",
               markup=False, highlight=False)
 
 
 # --------------------------------------------------------------------------- analyze / run
 def _print_analyze(s: dict) -> None:
-    out.print(f"[green]Ordered[/] {s['thumbnails']} thumbnails by {escape(s['ordering'])} in {s['seconds']} s.")
+    out.print(f"[green]Ordered[/] {s['thumbnails']} thumbnails by {_name(s['ordering'])} in {s['seconds']} s.")
     if s.get("chain_length") is not None:
         ratio = f" (ratio {s['mst_ratio']:.3f}; 1.0 is the best any chain can do)" if s.get("mst_ratio") else ""
         out.print(f"  chain length {s['chain_length']:.3f}, minimum-spanning-tree bound "
@@ -412,7 +421,7 @@ def analyze(
         print(json.dumps(s, indent=2, default=str))
     else:
         _print_analyze(s)
-        out.print(f"Apply it with: nearsort refresh {escape(str(thumbs))} --dry-run   (then without --dry-run)")
+        out.print(f"Apply it with: nearsort refresh {_name(thumbs)} --dry-run   (then without --dry-run)")
 
 
 @app.command()
@@ -441,19 +450,19 @@ def run(
     out.print(f"resize: {s['processed']} processed, {s['unchanged']} unchanged, {s['errors']} errors")
     with _Progress("2/4 featurize", True) as prog:
         f = _run(featurize, out_dir, model=model, progress=prog)
-    out.print(f"featurize: model {escape(str(f.get('model')))}, {f.get('embedded', 0)} new vectors")
+    out.print(f"featurize: model {_name(f.get('model'))}, {f.get('embedded', 0)} new vectors")
     with _Progress("3/4 analyze", True) as prog:
         a = _run(do_analyze, out_dir, model=f.get("model"), fast=fast, progress=prog)
     _print_analyze(a)
     r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
     if apply:
         out.print(f"refresh: {r['moved']} thumbnails renamed into {r.get('pages') or 0} page folders. "
-                  f"Undo with: nearsort undo {escape(str(out_dir))}")
-        out.print(f"[bold]Look in {escape(str(out_dir))}[/] -- open the p0001/ folder in your file browser, "
+                  f"Undo with: nearsort undo {_name(out_dir)}")
+        out.print(f"[bold]Look in {_name(out_dir)}[/] -- open the p0001/ folder in your file browser, "
                   "sorted by name: similar photos sit side by side.")
     else:
         out.print(f"refresh (dry run): {len(r['plan'])} thumbnails would be renamed; nothing changed. "
-                  f"Re-run with --apply, or: nearsort refresh {escape(str(out_dir))}")
+                  f"Re-run with --apply, or: nearsort refresh {_name(out_dir)}")
 
 
 # --------------------------------------------------------------------------- refresh / undo / tags
@@ -483,31 +492,31 @@ def refresh(
         return
     if dry_run:
         for old, new in s["plan"]:
-            print(f"{_human_path(old)} → {_human_path(new)}")
+            print(f"{term(old)} → {term(new)}")
         if s["pending_ops"]:
             err.print(f"an interrupted operation ({s['pending_ops']}) will be finished first")
         err.print(f"dry run: {len(s['plan'])} of {s['thumbnails']} thumbnails would move"
-                  + (f" ({escape(s['ordering'])})" if s.get("ordering") else "") + "; nothing was changed.")
+                  + (f" ({_name(s['ordering'])})" if s.get("ordering") else "") + "; nothing was changed.")
         return
     for r in s["recovered"]:
         out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
-    what = "reset to plain names" if reset else f"renamed in {escape(s['ordering'])} order"
+    what = "reset to plain names" if reset else f"renamed in {_name(s['ordering'])} order"
     if s["op_id"] is None:
         out.print(f"[green]Already done[/]: all {s['thumbnails']} thumbnails are {what}.")
     else:
         pages = f" into {s['pages']} page folders" if s.get("pages") and s["layout"] == "pages" else ""
         out.print(f"[green]Done[/]: {s['moved']} of {s['thumbnails']} thumbnails {what}{pages}.")
     if s["tags_added"]:
-        out.print(f"{s['tags_added']} folder tags recorded (list them: nearsort tags {escape(str(thumbs))}).")
+        out.print(f"{s['tags_added']} folder tags recorded (list them: nearsort tags {_name(thumbs)}).")
     if s.get("unranked"):
         out.print(f"{s['unranked']} thumbnails are newer than the last analyze: placed at the end "
                   "(run `nearsort analyze` to place them).")
     if s["missing"]:
         out.print(f"{s['missing']} catalog thumbnails have no file (deleted?); `nearsort resize` remakes them.")
     for x in s["skipped"][:10]:
-        out.print(f"  [yellow]![/] {escape(_human_path(x['src']))}: {x['why']}", highlight=False)
+        out.print(f"  [yellow]![/] {_name(x['src'])}: {_name(x['why'])}", highlight=False)
     if s["op_id"] is not None:
-        out.print(f"Undo with: nearsort undo {escape(str(thumbs))}")
+        out.print(f"Undo with: nearsort undo {_name(thumbs)}")
 
 
 @app.command()
@@ -532,7 +541,7 @@ def undo(
     if s["left"]:
         out.print(f"{len(s['left'])} files were moved or deleted since then and were left where they are.")
     for x in s["skipped"][:10]:
-        out.print(f"  [yellow]![/] {escape(_human_path(x['src']))}: {x['why']}", highlight=False)
+        out.print(f"  [yellow]![/] {_name(x['src'])}: {_name(x['why'])}", highlight=False)
 
 
 @app.command()
@@ -545,10 +554,10 @@ def tags(
 
     t = _run(list_tags, thumbs)
     if as_json:
-        print(json.dumps(t, indent=2, ensure_ascii=False))
+        print(json.dumps(t, indent=2, ensure_ascii=True))
         return
     for tag, n in sorted(t.items(), key=lambda kv: (-kv[1], kv[0])):
-        print(f"{n:>8}  {_human_path(tag)}")
+        print(f"{n:>8}  {term(tag)}")
     err.print(f"{len(t)} tags")
 
 

@@ -91,6 +91,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .catalog import Catalog, CatalogError, state_dir
+from .textsafe import term
+from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
 
 # ----------------------------------------------------------------------------- configuration
 DEFAULT_PHASH_DISTANCE = 8
@@ -891,17 +893,13 @@ def human_bytes(n: Optional[float]) -> str:
     return f"{n:.1f} TB"
 
 
-def _safe(p: str) -> str:
-    return p.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
     s = res.summary
     lines = [f"{s['groups']} duplicate groups ({s['exact_groups']} exact, {s['near_groups']} near) among "
              f"{s['sources']} photos: {s['duplicates']} files could go, {human_bytes(s['reclaimable_bytes'])} "
              f"reclaimable; {s['mirror_pairs']} mirror-image pairs (kept, not duplicates)."]
     for note in res.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {term(note)}")
     for g in res.groups[:limit] if limit else res.groups:
         lines.append("")
         lines.append(f"group {g['id']} [{g['kind']}; evidence: {', '.join(g['evidence'])}] "
@@ -909,10 +907,10 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
         for m in g["members"]:
             mark = "★ keep" if m["keeper"] else f"  {m['relation']:<10}"
             date = m["capture_time"] or (m["mtime"] and f"mtime {m['mtime']}") or "?"
-            lines.append(f"  {mark:<12} {m['width']}x{m['height']:<6} {human_bytes(m['bytes']):>9}  {date:<26} "
-                         f"{_safe(m['path'])}")
+            lines.append(f"  {mark:<12} {m['width']}x{m['height']:<6} {human_bytes(m['bytes']):>9}  {term(date):<26} "
+                         f"{term(m['path'])}")
         for sm in g["similar"]:
-            lines.append(f"  ↔ mirror      {', '.join(_safe(p) for p in sm['paths'])}")
+            lines.append(f"  ↔ mirror      {', '.join(term(p) for p in sm['paths'])}")
     if limit and len(res.groups) > limit:
         lines.append(f"... and {len(res.groups) - limit} more groups (--json for all)")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .models import Model, TOPK
+from .textsafe import term
 
 ProgressFn = Callable[[int, "int | None"], None]      # (done, total or None)
 ErrorFn = Callable[[int, object, BaseException], None]  # (index, path, exception)
@@ -36,8 +37,8 @@ class EmbeddedBatch(NamedTuple):
 
 
 def _default_on_error(index: int, path, exc: BaseException) -> None:
-    print(f"skipped unreadable image {os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: "
-          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    print(f"skipped unreadable image {term(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: "
+          f"{term(f'{type(exc).__name__}: {exc}')}", file=sys.stderr, flush=True)
 
 
 def default_workers(model: Model) -> int:

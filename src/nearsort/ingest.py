@@ -25,7 +25,7 @@ from typing import Callable
 from . import thumbmeta
 from .catalog import Catalog, catalog_path
 from .scan import ScanProblem, walk_images
-from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta
+from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
 from .thumbs import THUMB_EXT, FileResult, layout_folder, process_file
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
@@ -93,6 +93,7 @@ class _Scanner(threading.Thread):
         self.todo: "queue.Queue[str | None]" = queue.Queue(maxsize=4096)
         self.unchanged: "queue.SimpleQueue[int]" = queue.SimpleQueue()
         self.problems: "queue.SimpleQueue[ScanProblem]" = queue.SimpleQueue()
+        self.problem_paths: list[str] = []  # folders that could not be listed: their files were not seen
         self.found = 0
         self.n_unchanged = 0
         self.skipped_other = 0
@@ -104,7 +105,7 @@ class _Scanner(threading.Thread):
         conn = sqlite3.connect(str(self.db), timeout=30.0)
         try:
             batch: list[tuple[str, os.stat_result | None]] = []
-            for entry in walk_images(self.src, self.exclude, self.problems.put, self._skipped):
+            for entry in walk_images(self.src, self.exclude, self._problem, self._skipped):
                 if self.stop.is_set():
                     return
                 try:
@@ -126,6 +127,10 @@ class _Scanner(threading.Thread):
     def _skipped(self, path: str) -> None:
         self.skipped_other += 1
 
+    def _problem(self, p: ScanProblem) -> None:
+        self.problem_paths.append(os.path.abspath(p.path))
+        self.problems.put(p)
+
     def _flush(self, conn: sqlite3.Connection, batch) -> None:
         if not batch:
             return
@@ -142,8 +147,10 @@ class _Scanner(threading.Thread):
         for (path, st), key in zip(batch, keys):
             self.found += 1
             k = known.get(key)
+            # a 'missing' source that is back is processed again: its status and its thumbnail's
+            # metadata become 'ok' in the writer
             if (
-                k is not None and st is not None and k[3] in ("ok", "missing") and k[1] == st.st_size
+                k is not None and st is not None and k[3] == "ok" and k[1] == st.st_size
                 and k[2] == st.st_mtime_ns and k[4] not in self.force_ids
             ):
                 self.n_unchanged += 1
@@ -372,13 +379,8 @@ def resize(
             raise
         summary.scanned = scanner.found
         summary.skipped_other_files = scanner.skipped_other
-        if status == "done":
-            lo, hi = _prefix_range(os.fsencode(src_abs))
-            with cat.tx():
-                cur = cat.conn.execute(
-                    "UPDATE sources SET status='missing' WHERE path >= ? AND path < ? AND last_run IS NOT ? "
-                    "AND status='ok'", (lo, hi, run_id))
-                summary.missing = cur.rowcount
+        if status == "done":  # only a completed scan knows what is gone
+            summary.missing = _mark_missing(cat, src_abs, run_id, scanner.problem_paths)
         summary.status = status
         summary.seconds = round(time.monotonic() - t0, 3)
         summary.images_per_second = round(summary.processed / summary.seconds, 2) if summary.seconds else 0.0
@@ -388,6 +390,35 @@ def resize(
     if status == "interrupted":
         raise Interrupted(summary.as_dict())
     return summary.as_dict()
+
+
+def _mark_missing(cat: Catalog, src_abs: str, run_id: int, unlisted: list[str]) -> int:
+    """Mark 'missing' the ok/error sources below ``src_abs`` that this completed scan did not see
+    (kept as history; never photos, never keepers). Files below a folder the scan could not list
+    were not looked at, so they are left as they are. Returns how many were marked."""
+    lo, hi = _prefix_range(os.fsencode(src_abs))
+    blocked = [_prefix_range(os.fsencode(f)) for f in unlisted]
+    gone = [(sid, oid) for sid, path, oid in cat.conn.execute(
+        "SELECT id, path, original_id FROM sources WHERE path >= ? AND path < ? AND last_run IS NOT ? "
+        "AND status IN ('ok', 'error')", (lo, hi, run_id))
+        if not any(a <= bytes(path) < b for a, b in blocked)]
+    if not gone:
+        return 0
+    with cat.tx() as c:
+        c.executemany("UPDATE sources SET status='missing' WHERE id=?", [(sid,) for sid, _ in gone])
+        oids = sorted({oid for _, oid in gone if oid is not None})
+        tids = set()
+        for i in range(0, len(oids), 500):
+            chunk = oids[i:i + 500]
+            tids.update(t for (t,) in c.execute(
+                "SELECT DISTINCT thumb_id FROM originals WHERE id IN (%s) AND thumb_id IS NOT NULL"
+                % ",".join("?" * len(chunk)), chunk))
+        for tid in sorted(tids):  # the thumbnails carry their sources' status (rebuild)
+            try:
+                write_thumb_meta(cat, tid)
+            except (OSError, ValueError, TypeError):
+                pass  # a thumbnail the user deleted: the next resize makes it again
+    return len(gone)
 
 
 class _StopFlag:

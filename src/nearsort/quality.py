@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from .catalog import Catalog
+from .textsafe import term
 
 KINDS = ("dark", "bright", "blurry")
 DARK_PCT, DARK_GUARD = 5.0, (20.0, 35.0)
@@ -145,10 +146,6 @@ def quality(root, kinds=KINDS, given: Optional[Thresholds] = None, limit: Option
         return assess(cat, kinds, given, limit)
 
 
-def _safe(p: str) -> str:
-    return p.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 LABELS = {"dark": "Dark", "bright": "Overexposed (bright)", "blurry": "Blurry"}
 SCORE = {"dark": "brightness", "bright": "brightness", "blurry": "blur"}
 
@@ -162,12 +159,12 @@ def format_text(res: QualityResult, show_errors: bool = True) -> str:
                      f"{t['how']})")
         for it in items:
             more = f" (+{len(it['paths']) - 1} copies)" if len(it["paths"]) > 1 else ""
-            lines.append(f"  {SCORE[kind]} {it[SCORE[kind]]:>7.1f}  {_safe(it['paths'][0])}{more}")
+            lines.append(f"  {SCORE[kind]} {it[SCORE[kind]]:>7.1f}  {term(it['paths'][0])}{more}")
         lines.append("")
     if show_errors:
         lines.append(f"Unreadable files: {len(res.errors)}")
         for e in res.errors:
-            lines.append(f"  {_safe(e['path'])}: {e['error']}")
+            lines.append(f"  {term(e['path'])}: {term(e['error'])}")
     return "\n".join(lines).rstrip()
 
 
