@@ -512,12 +512,13 @@ def test_sigkill_mid_refresh_then_recover(big_lib, tmp_path, mode, stop_at, then
     u = rename.undo(root)
     _check_consistent(root)
     assert _files(root) == files0 and _dirs(root) == dirs0 and _thumbs(root) == th0
-    # either the killed undo was already journaled: this call finished it (roll forward) and found
-    # nothing left; or it was killed while still finishing the refresh: this call undid the refresh
+    # either the killed undo was already journaled: this call finished it (roll forward) and
+    # reverted nothing more; or it was killed while still finishing the refresh: this call undid it
+    assert u["undone_kind"] == "refresh"
     if then == "refresh":
-        assert u["undone"] is None and u["recovered"][-1]["kind"] == "undo"
+        assert u["finished_interrupted"] and u["recovered"][-1]["kind"] == "undo"
     else:
-        assert u["undone_kind"] == "refresh" and u["recovered"][-1]["kind"] == "refresh"
+        assert not u["finished_interrupted"] and u["recovered"][-1]["kind"] == "refresh"
     with Catalog.open(root) as cat:
         states = [tuple(r) for r in cat.execute("SELECT kind, state FROM ops ORDER BY id")]
     assert states == [("refresh", "undone"), ("undo", "done")]

@@ -45,7 +45,8 @@ undo
     journaling and applying the reverse moves as a new op of kind ``undo`` (so undo itself is
     crash-safe), then marks the reverted op ``undone``. A second ``undo`` reverts the op before
     that (undo is a stack, not a redo); with none left it says "nothing to undo". Files the user
-    moved or deleted since the op are left where they are (reported).
+    moved or deleted since the op are left where they are (reported). An ``undo`` that was killed
+    and is run again finishes the killed undo and stops there: it never reverts a second op.
 
 Journal rows (``journal.kind``): ``thumb`` (src/dst are paths relative to THUMBS, ``ref_id`` =
 ``thumbs.id``) and any kind another module registers with :func:`register_kind` (e.g.
@@ -531,15 +532,33 @@ def _logical_moves(rows: list[_Row], n1: Optional[int]) -> list[tuple]:
     return out
 
 
+def moves_done(cat: Catalog, op_id: int) -> int:
+    """How many of an op's moves are done (a two-phase move counts once, when both phases are)."""
+    row = cat.execute("SELECT params FROM ops WHERE id=?", (op_id,)).fetchone()
+    n1 = json.loads(row[0] or "{}").get("n1") if row else None
+    return len(_logical_moves(_load_rows(cat, op_id), n1))
+
+
 def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = None) -> dict:
     """Revert the most recent op in state 'done' (optionally only of ``kinds``).
 
     Finishes interrupted ops first. Returns {"undone": op id or None, "undone_kind", "op_id"
     (the undo op), "moved", "left": [paths moved/deleted since, left alone], "skipped": [...]}.
+    When one of the interrupted ops is an undo (an ``undo`` that was killed, now retried),
+    finishing it *is* the undo asked for: nothing else is reverted, and the result says so
+    (``finished_interrupted``: True, ``undone`` = the op that undo reverted).
     """
     cat, own = _as_catalog(cat)
     try:
         rec = recover(cat)
+        killed = [r for r in rec["recovered"] if r["kind"] == "undo"]
+        if killed:
+            u = killed[-1]
+            p = json.loads(cat.execute("SELECT params FROM ops WHERE id=?", (u["op_id"],)).fetchone()[0] or "{}")
+            return {"undone": p.get("undoes"), "undone_kind": p.get("undoes_kind"), "op_id": u["op_id"],
+                    "moved": moves_done(cat, u["op_id"]), "left": [], "skipped": u["skipped"],
+                    "finished_interrupted": True, "recovered": rec["recovered"],
+                    "message": f"finished the interrupted undo of {p.get('undoes_kind')} #{p.get('undoes')}"}
         q = "SELECT id, kind, params FROM ops WHERE state='done' AND kind != 'undo'"
         args: list = []
         if kinds:
@@ -549,7 +568,7 @@ def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = N
         target = cat.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
         if target is None:
             return {"undone": None, "undone_kind": None, "op_id": None, "moved": 0, "left": [], "skipped": [],
-                    "message": "nothing to undo", "recovered": rec["recovered"]}
+                    "finished_interrupted": False, "message": "nothing to undo", "recovered": rec["recovered"]}
         tparams = json.loads(target["params"] or "{}")
         rows = _load_rows(cat, target["id"])
         if any(r.kind == "thumb" for r in rows):
@@ -564,7 +583,7 @@ def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = N
                               allow_empty=True)
         res = apply_op(cat, op_id, progress, _recovering=False)
         return {"undone": target["id"], "undone_kind": target["kind"], "op_id": op_id,
-                "moved": res["moved"], "left": left, "skipped": res["skipped"],
+                "moved": res["moved"], "left": left, "skipped": res["skipped"], "finished_interrupted": False,
                 "message": f"undid {target['kind']} #{target['id']}", "recovered": rec["recovered"]}
     finally:
         if own:
