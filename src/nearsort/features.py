@@ -12,7 +12,10 @@ featurize
     ``VectorIndex.open(valid_rows=...)`` truncates them, so no vector is ever duplicated or
     orphaned and the next run simply continues. The FAISS index is saved at the end (a cache
     that index.py rebuilds from the store when needed). Thumbnails are streamed from the catalog
-    in pages of ``PAGE`` ids (bounded memory at 10^7 thumbnails).
+    in pages of ``PAGE`` ids (bounded memory at 10^7 thumbnails). Users move thumbnails into
+    their own folders: on the first one not at its catalog ``relpath``, ``sync.reconcile`` finds
+    every thumbnail where it is now (relpaths updated; ``relocated`` in the summary), so moved
+    ones are embedded; deleted ones are counted as ``missing`` (resize remakes them), not unreadable.
 
 search_text
     CLIP models: the text tower, in the same space as the images. CNN models (no text tower):
@@ -36,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import sync
 from .catalog import Catalog, CatalogError, state_dir
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
@@ -170,8 +174,11 @@ def featurize(
         run_id = cat.start_run("featurize")
         ids_by_pos: dict[int, int] = {}
         has_labels = m.has_labels
+        summary.update(relocated=0, missing=0)
+        located = False  # sync.reconcile ran (at most once, on the first thumbnail not at its relpath)
 
         def todo_paths():
+            nonlocal located
             last, pos = -1, 0
             while True:
                 page = cat.execute(
@@ -181,10 +188,21 @@ def featurize(
                 if not page:
                     return
                 for tid, rel in page:
+                    path = cat.thumb_abspath(rel)
+                    if not path.exists():
+                        if not located:
+                            # the user moved thumbnails into their own folders: find every one where
+                            # it is now (relpaths updated), then re-read this page
+                            located = True
+                            summary["relocated"] = sync.reconcile(cat)["moved"]
+                            break
+                        summary["missing"] += 1  # deleted: `nearsort resize` remakes it
+                        last = tid
+                        continue
+                    last = tid
                     ids_by_pos[pos] = tid
                     pos += 1
-                    yield cat.thumb_abspath(rel)
-                last = page[-1][0]
+                    yield path
 
         def on_error(pos, path, exc):
             ids_by_pos.pop(pos, None)
