@@ -328,7 +328,7 @@ def dupes(
     as_json: bool = typer.Option(False, "--json", help="Print groups, keepers and mirror images as JSON."),
 ):
     """Find duplicate photos (exact, perceptual, near); pick a keeper in each group; optionally quarantine the rest."""
-    from .dupes import DupesConfig, dupes as do_dupes, format_text, human_bytes, write_json
+    from .dupes import DupesConfig, dupes as do_dupes, format_quarantine, format_text, write_json
 
     if dry_run and move_to is None:
         fail("--dry-run goes with --move-to")
@@ -341,13 +341,9 @@ def dupes(
         return
     out.print(format_text(res, limit=limit or None), markup=False, highlight=False, soft_wrap=True)
     if q is not None:
-        verb = "Would move" if dry_run else "Moved"
-        n = len(q["moves"]) if dry_run else q["moved"]
-        out.print(f"\n{verb} {n} files ({human_bytes(q['bytes'])}) to {term(q['dest'])}"
-                  + ("" if dry_run else f"; undo with: nearsort undo {thumbs}"), markup=False, highlight=False)
-        for s in q["skipped"][:10]:
-            out.print(f"  skipped {term(s.get('path') or s.get('src'))}: {term(s['why'])}", markup=False,
-                      highlight=False)
+        out.print("")
+        for line in format_quarantine(q, thumbs):
+            out.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -533,11 +529,16 @@ def undo(
         print(json.dumps(s, indent=2, default=str))
         return
     for r in s["recovered"]:
-        out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
+        if not (s.get("finished_interrupted") and r["op_id"] == s["op_id"]):
+            out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
     if s["undone"] is None:
         out.print("Nothing to undo.")
         return
-    out.print(f"[green]Undone[/]: {s['undone_kind']} #{s['undone']} ({s['moved']} files moved back).")
+    if s.get("finished_interrupted"):  # a killed undo, retried: finished, nothing more reverted
+        out.print(f"[green]Finished the interrupted undo[/]: {s['undone_kind']} #{s['undone']} is undone "
+                  f"({s['moved']} files moved back); run undo again to revert the operation before it.")
+    else:
+        out.print(f"[green]Undone[/]: {s['undone_kind']} #{s['undone']} ({s['moved']} files moved back).")
     if s["left"]:
         out.print(f"{len(s['left'])} files were moved or deleted since then and were left where they are.")
     for x in s["skipped"][:10]:

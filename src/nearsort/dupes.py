@@ -72,10 +72,18 @@ absolute paths, through rename.py's journaled moves (op kind ``quarantine``, jou
 ``original``; ``nearsort undo`` restores them). It never deletes, refuses read-only source
 folders up front, skips files changed since the last resize, and marks moved sources
 ``status='quarantined'``; where each one went is the ``dst`` of its journal row
-(:func:`quarantined_paths`).
+(:func:`quarantined_paths`). It trusts nothing the catalog says about the files: before any move
+every file to move and each group's keeper is hashed again (sha256 = ``originals.content_hash``);
+a group whose keeper is missing, changed or outside the library is refused whole (the last
+verified copy never moves), a member that fails is skipped. "The library" is the source roots,
+the folders ``resize`` scanned (:meth:`Catalog.source_roots`): every file moved must lie inside
+one, also once symbolic links are resolved, and the quarantine folder must not (nor THUMBS).
+A quarantine a killed process left half-done is finished by the next ``dupes --move-to`` (which
+then plans nothing new), so one ``undo`` restores all of it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -1012,11 +1020,68 @@ def quarantined_paths(cat: Catalog) -> dict[int, str]:
     return out
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _library(cat: Catalog) -> list[tuple[str, str]]:
+    """(root, its real path) for every source root: the folders resize scanned (the library)."""
+    return [(r, os.path.realpath(r)) for r in cat.source_roots()]
+
+
+def _outside_library(path: str, roots: list[tuple[str, str]]) -> Optional[str]:
+    """None when ``path`` lies inside a source root both as written and once every symbolic link
+    is resolved; else why not."""
+    if not any(_is_within(path, r) or _is_within(path, real) for r, real in roots):
+        return "is outside the library (no folder resize scanned holds it)"
+    real = os.path.realpath(path)
+    if not any(_is_within(real, rr) for _, rr in roots):
+        return f"is outside the library once symbolic links are resolved (it leads to {real})"
+    return None
+
+
+def _verify_copy(path: str, content_hash: str, roots: list[tuple[str, str]]) -> Optional[str]:
+    """None when the file at ``path`` is still the copy the catalog knows: a regular file, inside
+    the library (symbolic links resolved), whose sha256 is ``content_hash``; else why not."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is missing (deleted or moved since the last resize)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    why = _outside_library(path, roots)
+    if why:
+        return why
+    try:
+        digest = _sha256(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if digest != content_hash:
+        return "has changed since the last resize: its content is not what the catalog holds (run resize again)"
+    return None
+
+
 def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
-    """Which files would move where; the refusals. Writes nothing."""
+    """Which files would move where; the refusals. Writes nothing.
+
+    Nothing is taken on trust from the catalog: every file to move *and* each group's keeper is
+    read again and its sha256 compared with ``originals.content_hash``; files must lie inside the
+    library (the source roots, symbolic links resolved). A group whose keeper is missing, changed
+    or outside the library is refused whole (``refused_groups``), so the last verified copy of a
+    photo never moves; a member that fails is skipped (``skipped``).
+    """
     dest = Path(os.path.abspath(os.fspath(dest)))
-    moves, skipped = [], []
-    for g in res.groups:
+    roots = _library(cat)
+    moves, skipped, refused = [], [], []
+    for g in res.groups if roots else ():
+        keeper = next(m for m in g["members"] if m["keeper"])
+        todo = []
         for m in g["members"]:
             if m["keeper"]:
                 continue
@@ -1033,6 +1098,25 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
             if os.path.lexists(dst):
                 skipped.append({"path": m["path"], "why": f"{dst} already exists (never overwritten)"})
                 continue
+            todo.append((m, dst))
+        if not todo:
+            continue
+        why = _verify_copy(keeper["path"], keeper["content_hash"], roots)
+        if why:  # without a verified keeper every move could take the last copy away
+            refused.append({"group": g["id"], "keeper": keeper["path"], "why": f"the keeper {why}",
+                            "files": len(todo)})
+            continue
+        for m, dst in todo:
+            why = _verify_copy(m["path"], m["content_hash"], roots)
+            if why is None:
+                try:
+                    if os.path.samefile(m["path"], keeper["path"]):
+                        why = "is the keeper's own file (a link to it)"
+                except OSError as e:
+                    why = f"cannot be read ({e.strerror or e})"
+            if why:
+                skipped.append({"path": m["path"], "why": f"it {why}"})
+                continue
             moves.append({"group": g["id"], "source_id": m["source_id"], "src": m["path"], "dst": str(dst),
                           "bytes": m["bytes"], "keeper": g["keeper"]})
     problems = []
@@ -1041,28 +1125,25 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
         why = _read_only_reason(f)
         if why:
             problems.append((f, why))
-    # the quarantine must not sit inside the library (resize would scan it again) nor in THUMBS
-    lib = [os.path.dirname(os.fsdecode(bytes(p))) for (p,) in cat.execute("SELECT path FROM sources")]
+    # the quarantine must not sit inside the library (resize would scan it again) nor in THUMBS,
+    # not even through a symbolic link
+    real_dest = os.path.realpath(dest)
     inside = None
-    if lib:
-        try:
-            common = os.path.commonpath(lib)
-        except ValueError:
-            common = None
-        if common and common != os.path.dirname(common) and _is_within(dest, Path(common)):
-            inside = common
-    if _is_within(dest, cat.root):
-        inside = str(cat.root)
+    for r, rr in roots + [(str(cat.root), os.path.realpath(cat.root))]:
+        if _is_within(dest, r) or _is_within(real_dest, rr):
+            inside = r
+            break
     probe = dest
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     dest_problem = _read_only_reason(str(probe)) if probe.exists() else "no such folder"
-    return {"dest": str(dest), "moves": moves, "skipped": skipped, "read_only": problems,
-            "dest_inside": inside, "dest_problem": dest_problem,
+    return {"dest": str(dest), "real_dest": real_dest, "moves": moves, "skipped": skipped,
+            "refused_groups": refused, "read_only": problems, "dest_inside": inside,
+            "dest_problem": dest_problem, "library": [r for r, _ in roots],
             "bytes": sum(mv["bytes"] or 0 for mv in moves)}
 
 
-def _is_within(p: Path, parent: Path) -> bool:
+def _is_within(p, parent) -> bool:
     try:
         Path(os.path.abspath(p)).relative_to(os.path.abspath(parent))
         return True
@@ -1070,19 +1151,57 @@ def _is_within(p: Path, parent: Path) -> bool:
         return False
 
 
+def finish_interrupted(cat: Catalog) -> Optional[dict]:
+    """Finish (roll forward) what a killed process left half-done. When that was a quarantine,
+    return its summary (``finished_interrupted``: True, ``moved``: all the files it moved, before
+    and after the kill) -- a re-run of ``dupes --move-to`` finishes it instead of planning a new
+    one, so one ``undo`` still restores every file. Else None."""
+    from . import rename
+
+    done = [r for r in rename.recover(cat)["recovered"] if r["kind"] == "quarantine"]
+    if not done:
+        return None
+    r = done[-1]
+    params = json.loads(cat.execute("SELECT params FROM ops WHERE id=?", (r["op_id"],)).fetchone()[0] or "{}")
+    return {"dest": params.get("dest"), "moves": [], "skipped": r["skipped"], "refused_groups": [],
+            "read_only": [], "dest_inside": None, "dest_problem": None, "bytes": params.get("bytes") or 0,
+            "dry_run": False, "op_id": r["op_id"], "moved": rename.moves_done(cat, r["op_id"]),
+            "moved_now": r["moved"], "finished_interrupted": True}
+
+
 def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optional[Catalog] = None) -> dict:
     """Move every non-keeper of ``res`` into ``dest`` (mirroring absolute paths), journaled.
 
-    Returns the plan plus {"op_id", "moved", "skipped"}. Raises DupesError (nothing moved) when a
-    source folder or the destination is read-only, or the destination is inside the library.
+    Returns the plan plus {"op_id", "moved", "skipped", "refused_groups"}. Raises DupesError
+    (nothing moved) when a source folder or the destination is read-only, the destination is
+    inside the library (symbolic links resolved), or the catalog does not know the library.
+    A quarantine a killed process left half-done is finished instead (see
+    :func:`finish_interrupted`); a dry run then only says it would be.
     """
     own = cat is None
     if own:
         cat = Catalog.open(root, write=not dry_run)
     try:
-        if not dry_run:
+        if dry_run:
+            pend = cat.execute("SELECT id, params FROM ops WHERE kind='quarantine' AND state IN "
+                               "('planned', 'applying') ORDER BY id DESC LIMIT 1").fetchone()
+            if pend:
+                params = json.loads(pend[1] or "{}")
+                return {"dest": params.get("dest"), "moves": [], "skipped": [], "refused_groups": [],
+                        "read_only": [], "dest_inside": None, "dest_problem": None,
+                        "bytes": params.get("bytes") or 0, "dry_run": True, "op_id": None, "moved": 0,
+                        "pending_quarantine": pend[0]}
+        else:
+            fin = finish_interrupted(cat)
+            if fin:
+                return fin
             heal_statuses(cat)
         plan = plan_quarantine(cat, res, dest)
+        if not plan["library"]:
+            raise DupesError(
+                f"refusing to quarantine: the catalog of {cat.root} does not record which folders are the "
+                "photo library (a rebuilt catalog does not), so no file can be checked to lie inside it; run "
+                f"`nearsort resize SRC --out {cat.root}` once, then this command again (nothing was moved)")
         if plan["read_only"]:
             lines = "\n".join(f"  {_safe(f)}: {why}" for f, why in plan["read_only"][:10])
             more = f"\n  ... and {len(plan['read_only']) - 10} more" if len(plan["read_only"]) > 10 else ""
@@ -1091,9 +1210,11 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
                 f"duplicates cannot be moved (nothing was moved):\n{lines}{more}\n"
                 "Make them writable first, or delete duplicates yourself using `nearsort dupes --json`.")
         if plan["dest_inside"]:
-            raise DupesError(f"refusing to quarantine into {plan['dest']}: it is inside {plan['dest_inside']} "
-                             "(the photo library or THUMBS), where the next resize would pick the files up "
-                             "again; choose a folder outside it")
+            linked = os.path.normcase(plan["real_dest"]) != os.path.normcase(plan["dest"])
+            how = f"through a symbolic link it leads to {plan['real_dest']}, inside" if linked else "it is inside"
+            raise DupesError(f"refusing to quarantine into {plan['dest']}: {how} the photo library or THUMBS "
+                             f"({plan['dest_inside']}), where the next resize would pick the files up again; "
+                             "choose a folder outside it (nothing was moved)")
         if plan["dest_problem"]:
             raise DupesError(f"cannot quarantine into {plan['dest']}: {plan['dest_problem']}")
         plan.update(dry_run=dry_run, op_id=None, moved=0)
@@ -1101,7 +1222,6 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
             return plan
         from . import rename
 
-        rename.recover(cat)
         d = Path(plan["dest"])
         d.mkdir(parents=True, exist_ok=True)
         marker = d / MARKER
@@ -1121,12 +1241,42 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
 
 def dupes(root, config: Optional[DupesConfig] = None, move_to=None, dry_run: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> tuple[DupesResult, Optional[dict]]:
-    """CLI entry: find groups, optionally quarantine. Returns (result, quarantine summary or None)."""
+    """CLI entry: find groups, optionally quarantine. Returns (result, quarantine summary or None).
+
+    With ``move_to``, a quarantine a killed process left half-done is finished first (the groups
+    are then found on the finished state) and nothing new is planned in that run."""
     if move_to is None:
         return find_duplicates(root, config, progress), None
     with Catalog.open(root, write=not dry_run) as cat:
+        fin = None if dry_run else finish_interrupted(cat)
         res = find_duplicates(cat, config, progress)
-        return res, quarantine(root, res, move_to, dry_run=dry_run, cat=cat)
+        return res, fin or quarantine(root, res, move_to, dry_run=dry_run, cat=cat)
+
+
+def format_quarantine(q: dict, thumbs) -> list[str]:
+    """The lines the CLI prints about a quarantine summary: what moved (or would, or was finished),
+    one line per refused group, the first skipped files."""
+    dest = _safe(q["dest"] or "?")
+    undo = f"; undo with: nearsort undo {_safe(str(thumbs))}"
+    if q.get("finished_interrupted"):
+        return [f"Finished an interrupted quarantine: {q['moved']} files moved to {dest} "
+                f"({q['moved_now']} of them now){undo}",
+                "Nothing new was planned: run the command again to look for more duplicates."]
+    if q.get("pending_quarantine"):
+        return [f"An interrupted quarantine (op #{q['pending_quarantine']}, into {dest}) would be finished "
+                "first; nothing new is planned until it is (run without --dry-run)."]
+    if q["dry_run"]:
+        lines = [f"Would move {len(q['moves'])} files ({human_bytes(q['bytes'])}) to {dest}"]
+    else:
+        lines = [f"Moved {q['moved']} files ({human_bytes(q['bytes'])}) to {dest}" + (undo if q["moved"] else "")]
+    for g in q.get("refused_groups", []):
+        lines.append(f"  refused group {g['group']} (keeper {_safe(g['keeper'])}): {_safe(g['why'])}; "
+                     f"none of its {g['files']} other files was moved")
+    for s in q["skipped"][:10]:
+        lines.append(f"  skipped {_safe(s.get('path') or s.get('src'))}: {_safe(s['why'])}")
+    if len(q["skipped"]) > 10:
+        lines.append(f"  ... and {len(q['skipped']) - 10} more skipped (--json lists them all)")
+    return lines
 
 
 def write_json(res: DupesResult, fh, quarantine_summary: Optional[dict] = None) -> None:
