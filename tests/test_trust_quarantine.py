@@ -254,6 +254,10 @@ def test_sigkill_mid_quarantine_rerun_finishes_it_and_one_undo_restores_all(tmp_
     gone = [p for p in movers if not p.exists()]
     assert 5 <= len(gone) < len(movers)          # really killed half-way (the 6th: two names)
     assert _ops(thumbs) == [("quarantine", "applying")]
+    half = tree_snapshot(src)
+    r = _cli("dupes", thumbs, "--move-to", q, "--dry-run")   # says so, changes nothing
+    assert r.returncode == 0 and "interrupted quarantine (op #1" in r.stdout and "would be finished" in r.stdout
+    assert tree_snapshot(src) == half and _ops(thumbs) == [("quarantine", "applying")]
 
     r = _cli("dupes", thumbs, "--move-to", q)
     assert r.returncode == 0, r.stderr
