@@ -25,6 +25,7 @@ import numpy as np
 
 from . import order as orders
 from .catalog import Catalog, CatalogError
+from .thumbs import name_phash
 
 BY = ("similarity", "date", "size", "phash", "name")
 
@@ -84,7 +85,7 @@ def _names(cat: Catalog, ids: np.ndarray) -> list[str]:
 
 def _phashes(cat: Catalog, ids: np.ndarray) -> np.ndarray:
     names = dict(cat.execute("SELECT id, name FROM thumbs").fetchall())
-    return np.array([int(names[int(t)].rsplit("_", 1)[1], 16) for t in ids], dtype=np.uint64)
+    return np.array([int(name_phash(names[int(t)]), 16) for t in ids], dtype=np.uint64)
 
 
 def analyze(

@@ -101,6 +101,7 @@ import numpy as np
 from .catalog import Catalog, CatalogError, state_dir
 from .textsafe import term
 from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
+from .thumbs import name_phash
 
 # ----------------------------------------------------------------------------- configuration
 DEFAULT_PHASH_DISTANCE = 8
@@ -649,7 +650,7 @@ class _Finder:
             self.by_thumb.setdefault(m.thumb_id, []).append(m)
         self.tids = sorted(self.by_thumb)
         self.pos = {t: i for i, t in enumerate(self.tids)}
-        self.hash = hex_to_u64(self.names[t].rsplit("_", 1)[-1] for t in self.tids)
+        self.hash = hex_to_u64(name_phash(self.names[t]) for t in self.tids)
         self.sigs = Signatures(cat.root, self.names, self.rels, cfg.workers, cfg.cache)
         self.keep_keys = parse_keep(cfg.keep)
         self.notes: list[str] = []

@@ -26,7 +26,7 @@ from . import thumbmeta
 from .catalog import Catalog, catalog_path
 from .scan import ScanProblem, walk_images
 from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
-from .thumbs import THUMB_EXT, FileResult, layout_folder, process_file
+from .thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
@@ -48,7 +48,7 @@ class ResizeSummary:
     unchanged: int = 0
     processed: int = 0
     new_thumbnails: int = 0
-    merged: int = 0  # files whose content or name matched an existing thumbnail
+    merged: int = 0  # files whose content or pixels matched an existing thumbnail
     errors: int = 0
     skipped_other_files: int = 0
     missing: int = 0
@@ -188,6 +188,7 @@ class _Writer:
         self.cat, self.layout, self.run_id, self.s = cat, layout, run_id, summary
         self.dirty: set[int] = set()
         self.pending: dict[int, tuple[bytes, int]] = {}  # thumb id -> (jpeg, mtime_ns) to write
+        self.prints: dict[int, object] = {}  # thumb id -> pixel_print, for the thumbnails of a name collision
         self.in_tx = False
         self.n_in_tx = 0
         self.last_commit = time.monotonic()
@@ -241,14 +242,24 @@ class _Writer:
             if not (self.cat.root / rel).exists() and thumb_id not in self.pending:
                 self.pending[thumb_id] = (r.jpeg, r.mtime_ns)  # the user deleted it: make it again
             return row[0], thumb_id
-        name = r.name
-        t = c.execute("SELECT id, relpath FROM thumbs WHERE name=?", (name,)).fetchone()
-        if t:
+        # the same size and phash is not the same picture (uniform frames all hash alike): share a
+        # thumbnail only with one whose pixels agree, else take the next free '_n' name
+        taken: set[str] = set()
+        thumb_id = mine = None
+        for tid, tname in c.execute("SELECT id, name FROM thumbs WHERE name=? OR name GLOB ? ORDER BY id",
+                                    (r.name, r.name + "_*")).fetchall():
+            taken.add(tname)
+            mine = pixel_print(r.jpeg) if mine is None else mine
+            if self._same_picture(tid, mine):
+                thumb_id = tid
+                break
+        if thumb_id is not None:
             self.s.merged += 1
-            thumb_id = t[0]
-            if not (self.cat.root / t[1]).exists() and thumb_id not in self.pending:
-                self.pending[thumb_id] = (r.jpeg, r.mtime_ns)
         else:
+            n = 1
+            while thumb_name(r.width, r.height, r.phash, n) in taken:
+                n += 1
+            name = thumb_name(r.width, r.height, r.phash, n)
             folder = layout_folder(self.layout, r.phash, r.capture_time, r.mtime_ns)
             relpath = f"{folder}/{name}{THUMB_EXT}"
             target = self.cat.root / relpath
@@ -274,6 +285,26 @@ class _Writer:
              r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True)),
         ).lastrowid
         return oid, thumb_id
+
+    def _same_picture(self, thumb_id: int, mine) -> bool:
+        """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose
+        ``pixel_print`` is ``mine``? A thumbnail that cannot be read proves nothing: False."""
+        p = self.prints.get(thumb_id)
+        if p is None:
+            if thumb_id in self.pending:
+                data = self.pending[thumb_id][0]
+            else:
+                rel = self.cat.conn.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+                try:
+                    data = (self.cat.root / rel).read_bytes()
+                except OSError:
+                    return False
+            try:
+                p = pixel_print(data)
+            except Exception:  # a damaged thumbnail file
+                return False
+            self.prints[thumb_id] = p
+        return prints_agree(p, mine)
 
     def mark_unchanged(self, ids: list[int]) -> None:
         if ids:
@@ -305,6 +336,7 @@ class _Writer:
         self.in_tx = False
         self.dirty.clear()
         self.pending.clear()
+        self.prints.clear()
         self.n_in_tx = 0
         self.last_commit = time.monotonic()
 
@@ -314,6 +346,7 @@ class _Writer:
             self.in_tx = False
             self.dirty.clear()
             self.pending.clear()
+            self.prints.clear()
 
 
 def resize(

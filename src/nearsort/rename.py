@@ -78,7 +78,7 @@ from typing import Callable, Iterable, Optional
 
 from . import sync
 from .catalog import Catalog, CatalogError, CatalogLocked
-from .thumbs import THUMB_EXT, layout_folder, parse_thumb_filename
+from .thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -714,7 +714,7 @@ def _reset_folders(cat: Catalog, locs: dict[int, str], layout: str, names: dict[
                 mt = os.stat(os.path.join(cat.root, rel)).st_mtime_ns
             except OSError:
                 mt = time.time_ns()
-        phash = names[tid].rsplit("_", 1)[-1]
+        phash = name_phash(names[tid])
         out[tid] = layout_folder(layout, phash, ct, mt or 0)
     return out
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from . import thumbmeta
 from .catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
-from .thumbs import parse_thumb_filename
+from .thumbs import parse_thumb_filename, same_pixels
 
 
 def _fs(path_blob: bytes) -> str:
@@ -124,6 +124,13 @@ def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
                 yield rel, parsed[0], parsed[1]
 
 
+def _same_picture_files(a: Path, b: Path) -> bool:
+    try:
+        return same_pixels(a.read_bytes(), b.read_bytes())
+    except Exception:  # unreadable or damaged: nothing proves they agree
+        return False
+
+
 def import_tree(cat: Catalog, run_id: int | None = None,
                 progress: Callable[[int], None] | None = None) -> tuple[int, int, list[tuple[str, str]]]:
     """Import the metadata of every thumbnail below THUMBS (inside the caller's transaction).
@@ -140,6 +147,13 @@ def import_tree(cat: Catalog, run_id: int | None = None,
             continue
         if not meta or meta.get("name") != name:
             problems.append((relpath, "no nearsort metadata"))
+            continue
+        other = cat.conn.execute("SELECT relpath FROM thumbs WHERE name=?", (name,)).fetchone()
+        if other and other[0] != relpath and not _same_picture_files(cat.root / other[0], cat.root / relpath):
+            # a copy of a thumbnail merges; a different picture under the same name (a thumbnail
+            # from another THUMBS) must not: its originals are not this name's
+            problems.append((relpath, f"a different picture than {other[0]} with the same name; not imported "
+                                      "(move it out of THUMBS; `nearsort resize` gives its originals their own)"))
             continue
         import_meta(cat, relpath, meta, run_id, rank)
         n_thumbs += 1

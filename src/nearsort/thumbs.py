@@ -6,8 +6,11 @@ encodes the thumbnail JPEG. It never writes anything: the single writer (ingest.
 where the thumbnail goes and records it in the catalog.
 
 Names: ``{W}x{H}_{phash}`` -- W x H of the upright original, 64-bit DCT perceptual hash
-(imagehash.phash) in 16 hex digits. Layouts (folders below THUMBS): ``week`` = ``YYYY/Www``
-(ISO week of the capture time, else the file's mtime), ``hash`` = ``ab/cd`` from the phash.
+(imagehash.phash) in 16 hex digits -- then ``_{n}`` (n >= 2) when a *different* picture already
+has that size and phash (uniform frames all hash alike): two originals share a thumbnail only
+when their thumbnails' pixels agree (``same_pixels``), not just their size and phash.
+Layouts (folders below THUMBS): ``week`` = ``YYYY/Www`` (ISO week of the capture time, else the
+file's mtime), ``hash`` = ``ab/cd`` from the phash.
 """
 from __future__ import annotations
 
@@ -26,8 +29,18 @@ from .decode import DecodeError, decode_bytes
 
 THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
-# optional '{rank}_' prefix (refresh), then the name
-NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16})\.jpg$")
+# optional '{rank}_' prefix (refresh), then the name, with its optional '_{n}' collision suffix
+NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16}(?:_[1-9]\d*)?)\.jpg$")
+# same_pixels: both thumbnails reduced to PRINT_SIDE x PRINT_SIDE RGB; they agree when the mean
+# absolute difference is <= SAME_MEAN and its 99th percentile <= SAME_P99 (0..255 levels).
+# Measured by bench/names.py on the 124 bench photos: a re-encode at quality 30..95, an
+# EXIF-stripped copy or a PNG conversion that keeps the name stays within mean 3.1 / p99 13 (610
+# of 610 collapse); the 15 pairs of visibly different 480x360 tiles of one photo whose names
+# collide (near-white, over-exposed) differ by p99 >= 17 (mean as low as 0.5): 0 collapse.
+# Uniform frames differ by their level difference everywhere: levels up to 4 apart collapse.
+PRINT_SIDE = 32
+SAME_MEAN = 4.0
+SAME_P99 = 16.0
 
 
 @dataclass
@@ -58,8 +71,34 @@ class FileResult:
         return thumb_name(self.width, self.height, self.phash)
 
 
-def thumb_name(width: int, height: int, phash: str) -> str:
-    return f"{width}x{height}_{phash}"
+def thumb_name(width: int, height: int, phash: str, n: int = 1) -> str:
+    """``'{W}x{H}_{phash}'``, or ``'{W}x{H}_{phash}_{n}'`` for the n-th distinct picture (n >= 2)."""
+    base = f"{width}x{height}_{phash}"
+    return base if n <= 1 else f"{base}_{n}"
+
+
+def name_phash(name: str) -> str:
+    """The 16-hex-digit phash in a thumbnail name (with or without its '_n' suffix)."""
+    return name.split("_")[1]
+
+
+def pixel_print(jpeg: bytes) -> np.ndarray:
+    """A thumbnail's pixels reduced to PRINT_SIDE x PRINT_SIDE RGB (float32), for ``same_pixels``.
+    Full decode (about a millisecond): libjpeg's reduced-scale decode adds enough error to
+    double the worst difference between a photo and its re-encoded copy."""
+    with Image.open(io.BytesIO(jpeg)) as im:
+        small = im.convert("RGB").resize((PRINT_SIDE, PRINT_SIDE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32)
+
+
+def prints_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    d = np.abs(a - b)
+    return bool(d.mean() <= SAME_MEAN and np.percentile(d, 99) <= SAME_P99)
+
+
+def same_pixels(jpeg_a: bytes, jpeg_b: bytes) -> bool:
+    """Do two thumbnails show the same picture (within JPEG re-encoding noise)?"""
+    return prints_agree(pixel_print(jpeg_a), pixel_print(jpeg_b))
 
 
 def parse_thumb_filename(filename: str) -> tuple[str, int | None] | None:
