@@ -5,12 +5,11 @@ phash: two originals share a thumbnail only when their thumbnails' pixels agree.
 """
 from __future__ import annotations
 
-import io
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageOps
 
 from conftest import make_photo
@@ -259,3 +258,96 @@ def test_low_texture_tiles_with_one_name_stay_apart(tmp_path, shared_bench):
     assert len({by_src[str(t)][0] for t in tiles}) == 6
     assert sorted(n.count("_") for n in {by_src[str(t)][0] for t in tiles}) == [1, 1, 2, 2, 2, 2]
     assert len({by_src[str(lib / f"{t.stem} small.jpg")][0] for t in tiles}) == 6
+
+
+# ----------------------------------------------------------------------------- rebuild keeps vectors
+
+QUIET = {"log": lambda s: None}
+LITE0 = "efficientnet-lite0"
+
+
+def _drop_catalog(out: Path) -> None:
+    for side in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (out / ".nearsort" / side).unlink(missing_ok=True)
+
+
+def _queries(out: Path) -> dict:
+    """What a user sees from search and similar (by relpath, ids change with a rebuild)."""
+    from nearsort import features as F
+    from nearsort.models import class_name
+
+    with Catalog.open(out, write=False) as cat:
+        label = cat.execute("SELECT label FROM labels ORDER BY prob DESC LIMIT 1").fetchone()[0]
+        rels = [r for (r,) in cat.execute("SELECT relpath FROM thumbs ORDER BY relpath")]
+    text = F.search_text(out, class_name(label), k=3)
+    assert text["results"], "precondition: the top label of some thumbnail finds it"
+    res = {"text": [(x["relpath"], x["score"]) for x in text["results"]]}
+    for rel in rels:
+        res[rel] = [(x["relpath"], x["score"]) for x in F.similar(out, rel, k=3)["results"]]
+    return res
+
+
+def _library_with_error(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    for i in range(6):
+        make_photo(src / f"p{i}.jpg", 100 + i, size=(480, 360))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "thumbs"
+    s = resize(src, out, workers=1)
+    assert s["errors"] == 1 and s["new_thumbnails"] == 6
+    return src, out
+
+
+def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_path):
+    from nearsort import features as F
+
+    src, out = _library_with_error(tmp_path)
+    assert F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)["embedded"] == 6
+    before = _queries(out)
+    with Catalog.open(out, write=False) as cat:
+        n_labels = cat.execute("SELECT count(*) FROM labels").fetchone()[0]
+        info = cat.execute("SELECT info FROM models").fetchone()[0]
+    _drop_catalog(out)
+    s = rebuild(out)
+    assert s["vectors"] == {LITE0: 6} and s["imported"] == 6
+    assert _queries(out) == before
+    with Catalog.open(out, write=False) as cat:
+        assert cat.execute("SELECT count(*) FROM labels").fetchone()[0] == n_labels
+        assert json.loads(cat.execute("SELECT info FROM models").fetchone()[0]) == json.loads(info)
+        assert cat.execute("SELECT count(*) FROM sources WHERE status='error'").fetchone()[0] == 0
+    again = F.featurize(out, model=LITE0, device="cpu", **QUIET)
+    assert again["embedded"] == 0 and again["already"] == 6
+    # the error record is not in any thumbnail: the next resize finds it again
+    r = resize(src, out, workers=1)
+    assert r["errors"] == 1 and r["new_thumbnails"] == 0 and r["unchanged"] == 6
+    assert r["error_samples"][0]["path"] == str(src / "broken.jpg")
+    # resize on a THUMBS without a catalog imports the thumbnails, and their vectors too
+    _drop_catalog(out)
+    resize(src, out, workers=1)
+    assert _queries(out) == before
+    assert F.featurize(out, model=LITE0, device="cpu", **QUIET)["embedded"] == 0
+
+
+def test_vector_row_records_follow_the_committed_rows(tmp_path):
+    """rows.bin is cut back to the committed rows, and filled in for a store made before it."""
+    from nearsort import features as F
+    from nearsort.catalog import state_dir
+    from nearsort.index import VectorIndex
+
+    src, out = _library_with_error(tmp_path)
+    F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)
+    rows_bin = VectorIndex.folder_for(state_dir(out), LITE0) / F.ROWS_FILE
+    size = rows_bin.stat().st_size
+    assert size == 6 * F._row_dtype().itemsize
+    with open(rows_bin, "ab") as fh:  # a record written before a crash, never committed
+        fh.write(b"\x00" * F._row_dtype().itemsize + b"torn")
+    F.featurize(out, model=LITE0, device="cpu", **QUIET)
+    assert rows_bin.stat().st_size == size
+    good = rows_bin.read_bytes()
+    rows_bin.unlink()  # a vector store made before rows.bin existed
+    assert F.featurize(out, model=LITE0, device="cpu", **QUIET)["embedded"] == 0
+    assert rows_bin.read_bytes() == good, "filled in from the catalog: the same records"
+    before = _queries(out)
+    _drop_catalog(out)
+    assert rebuild(out)["vectors"] == {LITE0: 6}
+    assert _queries(out) == before

@@ -163,6 +163,10 @@ def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
               f"{s['originals']} distinct originals.")
     if s["previous_catalog"]:
         out.print(f"The previous catalog was kept as {_name(s['previous_catalog'])}", highlight=False)
+    for model, n in s.get("vectors", {}).items():
+        out.print(f"Kept the vectors of {n} thumbnails for model {_name(model)} (featurize does not redo them).",
+                  highlight=False)
+    out.print("Files that could not be made into thumbnails are listed again by the next `nearsort resize`.")
     for rel, why in s["problems"][:10]:
         out.print(f"  [yellow]![/] {_name(rel)}: {_name(why)}", highlight=False)
 

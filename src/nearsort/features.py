@@ -5,12 +5,16 @@ featurize
     thumbnail keeps its vector when sources or thumbnails are renamed/moved). Per batch:
 
     1. ``VectorIndex.append(vectors)`` -- durable (fdatasync) on return;
-    2. one catalog transaction: ``embeddings(model_id, thumb_id, row)`` (+ top-5 ``labels`` for
+    2. the same rows in ``rows.bin`` beside the store: each row's thumbnail *name* and top-5
+       labels, durable too (``_RowLog``; ``model.json`` there keeps the model's catalog row);
+    3. one catalog transaction: ``embeddings(model_id, thumb_id, row)`` (+ top-5 ``labels`` for
        ImageNet CNNs).
 
-    A crash or Ctrl-C between 1 and 2 leaves rows past ``max(row)+1`` in the store; the next
-    ``VectorIndex.open(valid_rows=...)`` truncates them, so no vector is ever duplicated or
-    orphaned and the next run simply continues. The FAISS index is saved at the end (a cache
+    A crash or Ctrl-C between 1 and 3 leaves rows past ``max(row)+1`` in the store; the next
+    ``VectorIndex.open(valid_rows=...)`` truncates them (and ``_RowLog`` its records), so no
+    vector is ever duplicated or orphaned and the next run simply continues. A rebuilt catalog
+    gets every vector back from 2 (``reattach_vectors``, by thumbnail name): nothing is
+    embedded again. The FAISS index is saved at the end (a cache
     that index.py rebuilds from the store when needed). Thumbnails are streamed from the catalog
     in pages of ``PAGE`` ids (bounded memory at 10^7 thumbnails). Users move thumbnails into
     their own folders: on the first one not at its catalog ``relpath``, ``sync.reconcile`` finds
@@ -130,6 +134,148 @@ def _load_for(name: str, info: dict, device: str, log=None):
                       log=log or (lambda s: None))
 
 
+# ------------------------------------------------------------------ what each vector row embeds (rebuild)
+
+ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (index.py): one record per vector row
+CARD_FILE = "model.json"  # the model's catalog row: {"format", "version", "name", "dim", "info"}
+CARD_FORMAT = "nearsort.model"
+_NAME_BYTES = 64
+
+
+def _row_dtype() -> np.dtype:
+    from .models import TOPK
+
+    return np.dtype([("name", f"S{_NAME_BYTES}"), ("label", "<i4", (TOPK,)), ("prob", "<f4", (TOPK,))])
+
+
+class _RowLog:
+    """``rows.bin``: record i names the thumbnail that vector row i embeds -- by thumbnail name,
+    which a rebuild keeps (thumb ids it does not) -- with its top-k labels (label -1: none).
+
+    Written (fdatasync) after the vectors and before the catalog commit. On open it is made exactly
+    as long as the rows the catalog has committed: records past them (a crash before the commit)
+    are cut, missing ones (a store made before rows.bin existed) are filled in from the catalog."""
+
+    def __init__(self, folder: Path, n: int, cat: Catalog, model_id: int):
+        self.dtype = _row_dtype()
+        self.rec = self.dtype.itemsize
+        self.path = folder / ROWS_FILE
+        self.fh = open(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
+        have = os.fstat(self.fh.fileno()).st_size // self.rec
+        if have * self.rec != os.fstat(self.fh.fileno()).st_size or have > n:
+            have = min(have, n)
+            self.fh.truncate(have * self.rec)
+        for start in range(have, n, PAGE):
+            self._backfill(cat, model_id, start, min(n, start + PAGE))
+        os.fsync(self.fh.fileno())
+
+    def _records(self, names: list[str], topk) -> np.ndarray:
+        out = np.zeros(len(names), self.dtype)
+        out["label"] = -1
+        out["name"] = [nm.encode("ascii") if len(nm) <= _NAME_BYTES else b"" for nm in names]
+        if topk is not None:
+            ids, probs = (np.asarray(a) for a in topk)
+            k = min(ids.shape[1], out["label"].shape[1])
+            out["label"][:, :k] = ids[:, :k]
+            out["prob"][:, :k] = probs[:, :k]
+        return out
+
+    def _put(self, start: int, recs: np.ndarray) -> None:
+        self.fh.seek(start * self.rec)
+        view = memoryview(recs.tobytes())
+        while view:
+            view = view[self.fh.write(view):]
+
+    def _backfill(self, cat: Catalog, model_id: int, start: int, stop: int) -> None:
+        names = [""] * (stop - start)
+        labels: dict[int, list[tuple[int, float]]] = {}
+        for row, name, label, prob in cat.execute(
+                "SELECT e.row, t.name, l.label, l.prob FROM embeddings e JOIN thumbs t ON t.id=e.thumb_id "
+                "LEFT JOIN labels l ON l.model_id=e.model_id AND l.thumb_id=e.thumb_id "
+                "WHERE e.model_id=? AND e.row>=? AND e.row<? ORDER BY e.row, l.prob DESC",
+                (model_id, start, stop)):
+            names[row - start] = name
+            if label is not None:
+                labels.setdefault(row - start, []).append((int(label), float(prob)))
+        recs = self._records(names, None)
+        for i, lp in labels.items():
+            lp = lp[: recs["label"].shape[1]]
+            recs["label"][i, : len(lp)] = [l for l, _ in lp]
+            recs["prob"][i, : len(lp)] = [p for _, p in lp]
+        self._put(start, recs)
+
+    def write(self, rows: np.ndarray, names: list[str], topk=None) -> None:
+        """Records for ``rows`` (consecutive, as ``VectorIndex.append`` returns them); durable on return."""
+        if len(rows):
+            self._put(int(rows[0]), self._records(names, topk))
+            (getattr(os, "fdatasync", None) or os.fsync)(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
+    """Keep the model's catalog row beside its vectors (atomic), for ``reattach_vectors``."""
+    from .index import _atomic_write_text
+
+    name, dim, info = cat.execute("SELECT name, dim, info FROM models WHERE id=?", (model_id,)).fetchone()
+    card = {"format": CARD_FORMAT, "version": 1, "name": name, "dim": int(dim), "info": json.loads(info or "{}")}
+    _atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
+
+
+def reattach_vectors(cat: Catalog) -> dict[str, int]:
+    """Re-create the ``models``, ``embeddings`` and ``labels`` rows of every vector store below
+    THUMBS/.nearsort/vectors from its model.json and rows.bin, for the thumbnails the catalog has
+    (matched by name): a rebuilt catalog keeps every vector, nothing is embedded again. For a
+    catalog just made from the thumbnails (rebuild, resize's first-run import), inside the
+    caller's transaction; a model the catalog already has is left alone. Returns
+    {model name: thumbnails re-attached}."""
+    from .index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
+
+    c = cat.conn
+    out: dict[str, int] = {}
+    base = state_dir(cat.root) / VECTORS_DIR
+    dtype = _row_dtype()
+    for folder in sorted(base.iterdir() if base.is_dir() else []):
+        try:
+            card, store = _read_json(folder / CARD_FILE), _read_json(folder / STORE_META)
+            n_vec = (folder / STORE_FILE).stat().st_size // (2 * int(card["dim"]))
+            n = min(n_vec, (folder / ROWS_FILE).stat().st_size // dtype.itemsize)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # a store made before rows.bin, or damaged: featurize embeds again
+        if (card.get("format") != CARD_FORMAT or not store or store.get("model") != card.get("name")
+                or int(store.get("dim", -1)) != int(card["dim"])):
+            continue
+        name = card["name"]
+        if c.execute("SELECT 1 FROM models WHERE name=?", (name,)).fetchone():
+            continue
+        model_id = c.execute("INSERT INTO models(name, dim, info) VALUES(?, ?, ?)",
+                             (name, int(card["dim"]), json.dumps(card.get("info") or {}))).lastrowid
+        recs = np.memmap(folder / ROWS_FILE, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+        for start in range(0, n, PAGE):
+            chunk = np.array(recs[start:start + PAGE])
+            names = [x.decode("ascii", "replace") for x in chunk["name"].tolist()]
+            wanted = sorted({x for x in names if x})
+            ids: dict[str, int] = {}
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                ids.update((nm, tid) for tid, nm in c.execute(
+                    "SELECT id, name FROM thumbs WHERE name IN (%s)" % ",".join("?" * len(part)), part))
+            last: dict[int, int] = {}  # thumb id -> its latest row in this chunk
+            for j, nm in enumerate(names):
+                if nm in ids:
+                    last[ids[nm]] = j
+            c.executemany("INSERT OR REPLACE INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
+                          [(model_id, t, start + j) for t, j in last.items()])
+            c.executemany("DELETE FROM labels WHERE model_id=? AND thumb_id=?", [(model_id, t) for t in last])
+            c.executemany("INSERT OR REPLACE INTO labels(model_id, thumb_id, label, prob) VALUES(?, ?, ?, ?)",
+                          [(model_id, t, int(l), float(p)) for t, j in last.items()
+                           for l, p in zip(chunk["label"][j].tolist(), chunk["prob"][j].tolist()) if l >= 0])
+        del recs
+        out[name] = c.execute("SELECT count(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+    return out
+
+
 # ------------------------------------------------------------------ featurize
 
 
@@ -156,11 +302,13 @@ def featurize(
     t0 = time.monotonic()
     root = Path(root)
     cat = Catalog.open(root)  # fails fast (no catalog / locked) before loading a model
-    vi = None
+    vi = rowlog = None
     try:
         m = load_model(model, weights=weights, device=device, log=log)
         model_id = _register_model(cat, m)
         vi = VectorIndex.open(state_dir(root), m.name, m.dim, valid_rows=_valid_rows(cat, model_id))
+        rowlog = _RowLog(vi.folder, len(vi), cat, model_id)
+        _save_card(cat, model_id, vi.folder)
         total_thumbs = cat.execute("SELECT count(*) FROM thumbs").fetchone()[0]
         todo = cat.execute(
             "SELECT count(*) FROM thumbs t WHERE NOT EXISTS "
@@ -225,6 +373,9 @@ def featurize(
                                  on_error=on_error):
                 tids = [ids_by_pos.pop(p) for p in b.indices]
                 rows = vi.append(b.vectors)  # durable before the catalog references it
+                names = dict(cat.execute("SELECT id, name FROM thumbs WHERE id IN (%s)" % ",".join("?" * len(tids)),
+                                         tids).fetchall())
+                rowlog.write(rows, [names[t] for t in tids], b.topk if has_labels else None)  # durable too
                 with cat.tx() as c:
                     c.executemany("INSERT INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
                                   [(model_id, t, int(r)) for t, r in zip(tids, rows)])
@@ -247,12 +398,15 @@ def featurize(
         if status == "done":
             params = vi.save()
             _update_info(cat, model_id, {**_model_info(m, params)})
+            _save_card(cat, model_id, vi.folder)
             summary["index"] = params
         summary["status"] = status
         summary["seconds"] = round(time.monotonic() - t0, 3)
         summary["images_per_second"] = round(summary["embedded"] / secs, 2) if secs > 0 else 0.0
         cat.finish_run(run_id, status, json.dumps(summary))
     finally:
+        if rowlog is not None:
+            rowlog.close()
         if vi is not None:
             vi.close()
         cat.close()

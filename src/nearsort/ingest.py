@@ -172,12 +172,16 @@ class _Scanner(threading.Thread):
 
 
 def _open_or_import(out: Path) -> Catalog:
-    """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first."""
+    """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first
+    (with the vectors already on disk, like ``nearsort rebuild``)."""
+    from .features import reattach_vectors
+
     fresh = not catalog_path(out).exists()
     cat = Catalog.open(out, create=True)
     if fresh and next(iter_thumb_files(out), None) is not None:
         with cat.tx():
             import_tree(cat)
+            reattach_vectors(cat)
     return cat
 
 

@@ -178,9 +178,12 @@ def _set_aside(cpath: Path, damaged: bool) -> Path:
 
 
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
-    """Recreate the catalog from the thumbnails below ``root``. The old catalog is kept aside
-    (``catalog.before-rebuild.<time>.sqlite``, or ``catalog.sqlite.damaged-<time>`` if it was
-    damaged); it works whatever state the old file is in."""
+    """Recreate the catalog from the thumbnails below ``root``, and re-attach the vectors already
+    on disk (``features.reattach_vectors``; ``vectors`` in the summary: {model: thumbnails}).
+    The old catalog is kept aside (``catalog.before-rebuild.<time>.sqlite``, or
+    ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in."""
+    from .features import reattach_vectors
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
@@ -194,9 +197,12 @@ def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = No
             run_id = cat.start_run("rebuild")
             with cat.tx():
                 n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
+                vectors = reattach_vectors(cat)
             counts = cat.counts()
+            # error records are not in any thumbnail: the next resize retries those files and
+            # records them again (a source that is not 'ok' is never skipped)
             summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
-                       "previous_catalog": str(kept) if kept else None, **counts}
+                       "previous_catalog": str(kept) if kept else None, "vectors": vectors, **counts}
             cat.finish_run(run_id, "done", json.dumps(summary))
     return summary
 
