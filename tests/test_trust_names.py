@@ -351,3 +351,36 @@ def test_vector_row_records_follow_the_committed_rows(tmp_path):
     _drop_catalog(out)
     assert rebuild(out)["vectors"] == {LITE0: 6}
     assert _queries(out) == before
+
+
+def test_reattached_vector_follows_the_picture_not_a_reused_name(tmp_path):
+    """Thumbnails and catalog lost, the vectors kept: the picture that now gets the name another
+    picture had must get its own vector back, not the other one's."""
+    from nearsort import features as F
+
+    lib = tmp_path / "lib"
+    uniform(lib / "a.png", 250)
+    uniform(lib / "b.png", 60)
+    out = tmp_path / "thumbs"
+    resize(lib, out, workers=1)
+    F.featurize(out, model=LITE0, device="cpu", **QUIET)
+    row_of, name_of_src = {}, {}
+    with Catalog.open(out, write=False) as cat:
+        for p, name, row in cat.execute(
+                "SELECT s.path, t.name, e.row FROM sources s JOIN originals o ON o.id=s.original_id "
+                "JOIN thumbs t ON t.id=o.thumb_id JOIN embeddings e ON e.thumb_id=t.id"):
+            row_of[bytes(p).decode()], name_of_src[bytes(p).decode()] = row, name
+    assert sorted(name_of_src.values()) == [UNIFORM, UNIFORM + "_2"]
+    second = next(p for p, n in name_of_src.items() if n == UNIFORM + "_2")
+    first = next(p for p in name_of_src if p != second)
+    for t in all_thumbs(out):
+        t.unlink()
+    _drop_catalog(out)
+    Path(first).unlink()
+    resize(lib, out, workers=1)  # the second picture is alone now: it is named UNIFORM
+    assert [t.stem for t in all_thumbs(out)] == [UNIFORM]
+    _drop_catalog(out)
+    assert rebuild(out)["vectors"] == {LITE0: 1}
+    with Catalog.open(out, write=False) as cat:
+        (row,) = cat.execute("SELECT row FROM embeddings").fetchone()
+    assert row == row_of[second] != row_of[first]

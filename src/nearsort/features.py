@@ -145,12 +145,26 @@ _NAME_BYTES = 64
 def _row_dtype() -> np.dtype:
     from .models import TOPK
 
-    return np.dtype([("name", f"S{_NAME_BYTES}"), ("label", "<i4", (TOPK,)), ("prob", "<f4", (TOPK,))])
+    return np.dtype([("name", f"S{_NAME_BYTES}"), ("original", "u1", (32,)), ("label", "<i4", (TOPK,)),
+                     ("prob", "<f4", (TOPK,))])
+
+
+def _row_keys(cat: Catalog, tids: list[int]) -> dict[int, tuple[str, str | None]]:
+    """thumb id -> (name, content_hash of its first original): what rows.bin records of a thumbnail."""
+    out = {}
+    for i in range(0, len(tids), 500):
+        part = tids[i:i + 500]
+        out.update((tid, (name, h)) for tid, name, h in cat.execute(
+            "SELECT t.id, t.name, (SELECT o.content_hash FROM originals o WHERE o.thumb_id=t.id ORDER BY o.id LIMIT 1)"
+            " FROM thumbs t WHERE t.id IN (%s)" % ",".join("?" * len(part)), part))
+    return out
 
 
 class _RowLog:
-    """``rows.bin``: record i names the thumbnail that vector row i embeds -- by thumbnail name,
-    which a rebuild keeps (thumb ids it does not) -- with its top-k labels (label -1: none).
+    """``rows.bin``: record i says which thumbnail vector row i embeds, by what a rebuild keeps
+    (thumb ids it does not): the sha256 of one of its originals -- a thumbnail shows the picture of
+    each of its originals, whatever its name is after a rebuild -- and its name (used alone only
+    when it had no original); with its top-k labels (label -1: none).
 
     Written (fdatasync) after the vectors and before the catalog commit. On open it is made exactly
     as long as the rows the catalog has committed: records past them (a crash before the commit)
@@ -169,10 +183,13 @@ class _RowLog:
             self._backfill(cat, model_id, start, min(n, start + PAGE))
         os.fsync(self.fh.fileno())
 
-    def _records(self, names: list[str], topk) -> np.ndarray:
-        out = np.zeros(len(names), self.dtype)
+    def _records(self, keys: list[tuple[str, str | None]], topk) -> np.ndarray:
+        out = np.zeros(len(keys), self.dtype)
         out["label"] = -1
-        out["name"] = [nm.encode("ascii") if len(nm) <= _NAME_BYTES else b"" for nm in names]
+        out["name"] = [nm.encode("ascii") if len(nm) <= _NAME_BYTES else b"" for nm, _ in keys]
+        for i, (_, h) in enumerate(keys):
+            if h:
+                out["original"][i] = np.frombuffer(bytes.fromhex(h), np.uint8)
         if topk is not None:
             ids, probs = (np.asarray(a) for a in topk)
             k = min(ids.shape[1], out["label"].shape[1])
@@ -187,27 +204,28 @@ class _RowLog:
             view = view[self.fh.write(view):]
 
     def _backfill(self, cat: Catalog, model_id: int, start: int, stop: int) -> None:
-        names = [""] * (stop - start)
+        tids: dict[int, int] = {}
         labels: dict[int, list[tuple[int, float]]] = {}
-        for row, name, label, prob in cat.execute(
-                "SELECT e.row, t.name, l.label, l.prob FROM embeddings e JOIN thumbs t ON t.id=e.thumb_id "
+        for row, tid, label, prob in cat.execute(
+                "SELECT e.row, e.thumb_id, l.label, l.prob FROM embeddings e "
                 "LEFT JOIN labels l ON l.model_id=e.model_id AND l.thumb_id=e.thumb_id "
                 "WHERE e.model_id=? AND e.row>=? AND e.row<? ORDER BY e.row, l.prob DESC",
                 (model_id, start, stop)):
-            names[row - start] = name
+            tids[row - start] = tid
             if label is not None:
                 labels.setdefault(row - start, []).append((int(label), float(prob)))
-        recs = self._records(names, None)
+        keys = _row_keys(cat, sorted(set(tids.values())))
+        recs = self._records([keys.get(tids.get(i), ("", None)) for i in range(stop - start)], None)
         for i, lp in labels.items():
             lp = lp[: recs["label"].shape[1]]
             recs["label"][i, : len(lp)] = [l for l, _ in lp]
             recs["prob"][i, : len(lp)] = [p for _, p in lp]
         self._put(start, recs)
 
-    def write(self, rows: np.ndarray, names: list[str], topk=None) -> None:
+    def write(self, rows: np.ndarray, keys: list[tuple[str, str | None]], topk=None) -> None:
         """Records for ``rows`` (consecutive, as ``VectorIndex.append`` returns them); durable on return."""
         if len(rows):
-            self._put(int(rows[0]), self._records(names, topk))
+            self._put(int(rows[0]), self._records(keys, topk))
             (getattr(os, "fdatasync", None) or os.fsync)(self.fh.fileno())
 
     def close(self) -> None:
@@ -223,10 +241,20 @@ def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
     _atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
 
 
+def _lookup(c, sql: str, keys: set) -> dict:
+    """{key: value} for the rows of ``sql`` (``... IN (%s)``) over ``keys``, 500 at a time."""
+    out, keys = {}, sorted(keys)
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        out.update(c.execute(sql % ",".join("?" * len(part)), part).fetchall())
+    return out
+
+
 def reattach_vectors(cat: Catalog) -> dict[str, int]:
     """Re-create the ``models``, ``embeddings`` and ``labels`` rows of every vector store below
     THUMBS/.nearsort/vectors from its model.json and rows.bin, for the thumbnails the catalog has
-    (matched by name): a rebuilt catalog keeps every vector, nothing is embedded again. For a
+    (the one holding the row's original; by name only for a row recorded without one): a rebuilt
+    catalog keeps every vector, nothing is embedded again. For a
     catalog just made from the thumbnails (rebuild, resize's first-run import), inside the
     caller's transaction; a model the catalog already has is left alone. Returns
     {model name: thumbnails re-attached}."""
@@ -254,17 +282,17 @@ def reattach_vectors(cat: Catalog) -> dict[str, int]:
         recs = np.memmap(folder / ROWS_FILE, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
         for start in range(0, n, PAGE):
             chunk = np.array(recs[start:start + PAGE])
+            hashes = [r.tobytes().hex() if r.any() else "" for r in chunk["original"]]
             names = [x.decode("ascii", "replace") for x in chunk["name"].tolist()]
-            wanted = sorted({x for x in names if x})
-            ids: dict[str, int] = {}
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                ids.update((nm, tid) for tid, nm in c.execute(
-                    "SELECT id, name FROM thumbs WHERE name IN (%s)" % ",".join("?" * len(part)), part))
+            by_hash = _lookup(c, "SELECT content_hash, thumb_id FROM originals WHERE content_hash IN (%s)",
+                              {h for h in hashes if h})
+            by_name = _lookup(c, "SELECT name, id FROM thumbs WHERE name IN (%s)",
+                              {nm for h, nm in zip(hashes, names) if not h and nm})
             last: dict[int, int] = {}  # thumb id -> its latest row in this chunk
-            for j, nm in enumerate(names):
-                if nm in ids:
-                    last[ids[nm]] = j
+            for j, (h, nm) in enumerate(zip(hashes, names)):
+                tid = by_hash.get(h) if h else by_name.get(nm)
+                if tid is not None:
+                    last[tid] = j
             c.executemany("INSERT OR REPLACE INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
                           [(model_id, t, start + j) for t, j in last.items()])
             c.executemany("DELETE FROM labels WHERE model_id=? AND thumb_id=?", [(model_id, t) for t in last])
@@ -373,9 +401,8 @@ def featurize(
                                  on_error=on_error):
                 tids = [ids_by_pos.pop(p) for p in b.indices]
                 rows = vi.append(b.vectors)  # durable before the catalog references it
-                names = dict(cat.execute("SELECT id, name FROM thumbs WHERE id IN (%s)" % ",".join("?" * len(tids)),
-                                         tids).fetchall())
-                rowlog.write(rows, [names[t] for t in tids], b.topk if has_labels else None)  # durable too
+                keys = _row_keys(cat, tids)
+                rowlog.write(rows, [keys[t] for t in tids], b.topk if has_labels else None)  # durable too
                 with cat.tx() as c:
                     c.executemany("INSERT INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
                                   [(model_id, t, int(r)) for t, r in zip(tids, rows)])
