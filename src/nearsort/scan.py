@@ -3,11 +3,13 @@
 Follows symlinked folders (libraries often use them) but never enters the same folder
 twice (device + inode), so symlink loops end. Skips THUMBS if it lies inside SRC, and
 hidden/system folders (``.nearsort``, ``@eaDir``, ``.thumbnails``...). Unreadable folders
-and broken links are reported, not fatal.
+and broken links are reported, not fatal. Special files (a FIFO, socket or device named like a
+photo) are reported without ever being opened: opening a FIFO blocks until someone writes to it.
 """
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -20,6 +22,25 @@ SKIP_DIRS = {".nearsort", "@eaDir", ".thumbnails", ".Trash", ".Trashes", "$RECYC
 class ScanProblem:
     path: str
     reason: str
+
+
+def special_file(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is no photo (never to be opened), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"{kind}, not a photo file: skipped without opening it"
+
+
+def _check_file(entry: os.DirEntry) -> ScanProblem | None:
+    try:
+        st = entry.stat(follow_symlinks=True)
+    except OSError:
+        return None  # vanished or unreadable: the worker reports it precisely
+    why = special_file(st.st_mode)
+    return ScanProblem(entry.path, why) if why else None
 
 
 def walk_images(
@@ -48,7 +69,11 @@ def walk_images(
             parent = os.path.dirname(os.path.abspath(root)) or "."
             for entry in os.scandir(parent):
                 if entry.name == os.path.basename(root):
-                    yield entry
+                    problem = _check_file(entry)
+                    if problem:
+                        report(problem)
+                    else:
+                        yield entry
             return
         raise NotADirectoryError(f"{root!r} is not a folder")
     stack = [root]
@@ -93,6 +118,10 @@ def walk_images(
                 continue
             if entry.is_symlink() and not os.path.exists(entry.path):
                 report(ScanProblem(entry.path, "broken symbolic link"))
+                continue
+            problem = _check_file(entry)
+            if problem:
+                report(problem)
                 continue
             yield entry
         stack.extend(reversed(subdirs))

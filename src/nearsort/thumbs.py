@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DecodeError, decode_bytes
+from .scan import special_file
 
 THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
@@ -161,6 +163,10 @@ def process_bytes(data: bytes, path: str, size: int = 256, quality: int = JPEG_Q
     )
 
 
+def _not_a_file(mode: int) -> str | None:
+    return "is a directory" if stat.S_ISDIR(mode) else special_file(mode)
+
+
 def process_file(path: str, size: int = 256, quality: int = JPEG_QUALITY) -> FileResult:
     """Read, hash, decode and thumbnail one source file. Never raises for bad input."""
     try:
@@ -172,8 +178,17 @@ def process_file(path: str, size: int = 256, quality: int = JPEG_QUALITY) -> Fil
     except OSError as e:
         return FileResult(path, 0, 0, error=f"cannot stat: {e.strerror or e}")
     res = FileResult(path, st.st_size, st.st_mtime_ns)
+    res.error = _not_a_file(st.st_mode)
+    if res.error:
+        return res
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a file swapped for a FIFO after the scan must not block open() forever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            fst = os.fstat(fd)
+            res.error = _not_a_file(fst.st_mode)
+            if res.error:
+                return res
             data = fh.read()
         st2 = os.stat(path)
     except FileNotFoundError:
@@ -188,7 +203,8 @@ def process_file(path: str, size: int = 256, quality: int = JPEG_QUALITY) -> Fil
     except OSError as e:
         res.error = f"cannot read: {e.strerror or e}"
         return res
-    if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != st.st_size:
+    if ((st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != st.st_size
+            or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino)):
         res.error = "changed while being read (will be retried on the next run)"
         return res
     try:
