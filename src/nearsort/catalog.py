@@ -190,15 +190,28 @@ def catalog_path(root: Path) -> Path:
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """True for 'no space left' from the OS (ENOSPC, EDQUOT) or from SQLite (SQLITE_FULL)."""
+def is_disk_full(exc: BaseException, where=None) -> bool:
+    """True for 'no space left' from the OS (ENOSPC, EDQUOT) or from SQLite (SQLITE_FULL; and an
+    SQLite I/O error while the disk holding ``where`` is full: SQLite reports a -shm or -wal it
+    cannot grow that way)."""
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
-        return code == _SQLITE_FULL if code is not None else "database or disk is full" in str(exc)
+        if (code == _SQLITE_FULL) if code is not None else "database or disk is full" in str(exc):
+            return True
+        io_error = (code & 0xFF) == _SQLITE_IOERR if code is not None else "disk I/O error" in str(exc)
+        return io_error and where is not None and _nearly_full(where)
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _nearly_full(where) -> bool:
+    try:
+        st = os.statvfs(where)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def is_damage(exc: BaseException) -> bool:

@@ -83,7 +83,7 @@ def _explain(e: BaseException) -> str | None:
     if isinstance(e, CatalogError):
         return str(e)
     root = Catalog.last_root
-    if is_disk_full(e):
+    if is_disk_full(e, root):
         return str(DiskFull(e, root or "the disk"))
     if isinstance(e, sqlite3.DatabaseError) and root is not None:
         if is_damage(e):

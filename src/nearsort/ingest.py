@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import thumbmeta
-from .catalog import Catalog, catalog_path
+from .catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
 from .scan import ScanProblem, walk_images
 from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
 from .thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
@@ -66,11 +66,39 @@ def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return p, p[:-1] + b"0"  # '0' is '/' + 1
 
 
-def _worker_init():
+def _worker_init(parent: int | None = None):
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Make this worker end when the process that started it dies, even by ``kill -9``: an orphan
+    would go on decoding (or wait on a file forever). Linux: the kernel sends SIGKILL
+    (PR_SET_PDEATHSIG); elsewhere a thread watches for the parent to change. ``parent``: the pid
+    the parent must have (fork), to catch a parent that died before this ran."""
+    import signal
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    ppid = os.getppid()
+    if parent is not None and ppid != parent:
+        os._exit(1)
+    if not armed:
+        def watch():
+            while os.getppid() == ppid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="nearsort-parent-watch").start()
 
 
 def _pool_context():
@@ -195,6 +223,7 @@ class _Writer:
         self.prints: dict[int, object] = {}  # thumb id -> pixel_print, for the thumbnails of a name collision
         self.in_tx = False
         self.n_in_tx = 0
+        self.committed = 0  # results of this run safely in the catalog
         self.last_commit = time.monotonic()
 
     def begin(self) -> None:
@@ -337,12 +366,18 @@ class _Writer:
             elif path.exists():
                 thumbmeta.rewrite(path, meta)
         c.execute("COMMIT")
+        self.committed += self.n_in_tx
         self.in_tx = False
         self.dirty.clear()
         self.pending.clear()
         self.prints.clear()
         self.n_in_tx = 0
         self.last_commit = time.monotonic()
+
+    def tick(self) -> None:
+        """Commit what is pending if it has waited long enough (called while no result arrives)."""
+        if self.in_tx and time.monotonic() - self.last_commit > COMMIT_SECONDS:
+            self.flush()
 
     def abort(self) -> None:
         if self.in_tx:
@@ -373,6 +408,8 @@ def resize(
     out = Path(out).absolute()
     if not os.path.exists(src_abs):
         raise FileNotFoundError(f"source folder {src_abs} does not exist (is the NAS mounted?)")
+    check_thumbs_folder(out)
+    _check_apart(src_abs, out)
     out.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers or os.cpu_count() or 1)
     summary = ResizeSummary(src=src_abs, out=str(out))
@@ -390,10 +427,23 @@ def resize(
         try:
             # The pool is forked before the scanner thread starts (fork with no other thread
             # running is safe), so workers start instantly with every module already loaded.
-            with stop, _pool_context().Pool(workers, initializer=_worker_init) as pool:
+            ctx = _pool_context()
+            parent = os.getpid() if ctx.get_start_method() == "fork" else None
+            with stop, ctx.Pool(workers, initializer=_worker_init, initargs=(parent,)) as pool:
                 scanner.start()
                 args = ((p, size, quality) for p in scanner.paths())
-                for res in pool.imap_unordered(_work, args, chunksize=1):
+                results = pool.imap_unordered(_work, args, chunksize=1)
+                while True:
+                    try:
+                        res = results.next(timeout=0.5)
+                    except mp.TimeoutError:  # every worker is on a slow file: commit, and hear Ctrl-C
+                        _drain(scanner, writer)
+                        writer.tick()
+                        if stop.requested:
+                            raise KeyboardInterrupt from None
+                        continue
+                    except StopIteration:
+                        break
                     writer.add(res)
                     done += 1
                     _drain(scanner, writer)
@@ -409,10 +459,16 @@ def resize(
             scanner.stop.set()
             status = "interrupted"
             writer.flush()  # everything finished so far is kept
-        except BaseException:
+        except BaseException as e:
             scanner.stop.set()
-            writer.abort()
-            cat.finish_run(run_id, "failed")
+            try:
+                writer.abort()
+                cat.finish_run(run_id, "failed")
+            except sqlite3.Error:
+                pass  # a full disk or a damaged catalog: the first error is the one to report
+            if is_disk_full(e, out):
+                raise DiskFull(e, out, kept=f"the {writer.committed} photos committed before it were kept "
+                                            "(their thumbnails and the catalog agree)") from e
             raise
         summary.scanned = scanner.found
         summary.skipped_other_files = scanner.skipped_other
@@ -456,6 +512,28 @@ def _mark_missing(cat: Catalog, src_abs: str, run_id: int, unlisted: list[str]) 
             except (OSError, ValueError, TypeError):
                 pass  # a thumbnail the user deleted: the next resize makes it again
     return len(gone)
+
+
+def _check_apart(src_abs: str, out: Path) -> None:
+    """SRC and THUMBS must not be the same folder, and SRC must not lie inside THUMBS (refresh and
+    undo move files inside THUMBS; photos there would be read back as thumbnails and vice
+    versa). THUMBS inside SRC is fine: the scan skips it."""
+    src_real, out_real = os.path.realpath(src_abs), os.path.realpath(out)
+    same = src_real == out_real
+    if not same and os.path.isdir(out):
+        try:
+            same = os.path.samefile(src_abs, out)
+        except OSError:
+            pass
+    if same:
+        raise CatalogError(
+            f"SRC and THUMBS are the same folder ({src_abs}): thumbnails would be mixed with your photos; "
+            f"give --out a folder of its own, e.g. {os.path.join(src_abs, 'thumbs')} (the scan skips a THUMBS "
+            "inside SRC)")
+    if os.path.commonpath([src_real, out_real]) == out_real:
+        raise CatalogError(
+            f"SRC {src_abs} is inside THUMBS {out}: nearsort renames and moves files inside THUMBS, so photos "
+            "must not live there; give --out a folder that does not contain SRC")
 
 
 class _StopFlag:

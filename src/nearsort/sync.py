@@ -98,8 +98,9 @@ def import_meta(cat: Catalog, relpath: str, meta: dict, run_id: int | None = Non
     return thumb_id
 
 
-def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
-    """(relpath, name, rank) of every file below ``root`` named like a nearsort thumbnail."""
+def iter_thumb_files(root: Path, on_temp: Callable[[str], None] | None = None) -> Iterator[tuple[str, str, int | None]]:
+    """(relpath, name, rank) of every file below ``root`` named like a nearsort thumbnail;
+    ``on_temp(path)`` is called for each temp file of ``thumbmeta.write_atomic`` met on the way."""
     root = Path(root)
     stack = [root]
     while stack:
@@ -122,6 +123,8 @@ def iter_thumb_files(root: Path) -> Iterator[tuple[str, str, int | None]]:
                 except UnicodeEncodeError:
                     continue  # a folder name that is not UTF-8 cannot be stored as TEXT; leave it alone
                 yield rel, parsed[0], parsed[1]
+            elif on_temp is not None and thumbmeta.TEMP_RE.match(e.name):
+                on_temp(e.path)
 
 
 def _same_picture_files(a: Path, b: Path) -> bool:
@@ -211,13 +214,24 @@ def reconcile(cat: Catalog) -> dict:
     """Update ``thumbs.relpath`` for thumbnails a user moved; return what was found.
 
     Returns {"moved": n, "missing": [thumb ids whose file is nowhere below THUMBS],
-    "unknown": [relpaths of thumbnail files the catalog has no row for]}.
+    "unknown": [relpaths of thumbnail files the catalog has no row for], "temps_removed": n}.
+    Runs under the writer lock, so the temp files of thumbnail writes found on the way are
+    leftovers of a killed or failed (disk full) run: they are removed.
     """
     c = cat.conn
     known = {name: (tid, rel) for tid, name, rel in c.execute("SELECT id, name, relpath FROM thumbs")}
     found: dict[str, str] = {}
     unknown = []
-    for relpath, name, _rank in iter_thumb_files(cat.root):
+    temps = []
+
+    def remove_temp(path: str) -> None:
+        try:
+            os.unlink(path)
+            temps.append(path)
+        except OSError:
+            pass
+
+    for relpath, name, _rank in iter_thumb_files(cat.root, on_temp=remove_temp):
         if name in known:
             if name not in found or relpath == known[name][1]:
                 found[name] = relpath
@@ -233,4 +247,4 @@ def reconcile(cat: Catalog) -> dict:
             elif new != rel:
                 c.execute("UPDATE thumbs SET relpath=? WHERE id=?", (new, tid))
                 moved += 1
-    return {"moved": moved, "missing": missing, "unknown": unknown}
+    return {"moved": moved, "missing": missing, "unknown": unknown, "temps_removed": len(temps)}

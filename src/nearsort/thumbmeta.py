@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -128,16 +129,30 @@ def read(path: str | os.PathLike) -> dict | None:
         return extract(fh.read())
 
 
+# write_atomic's temp files for thumbnails: '.{name}.jpg.{pid}.tmp'
+TEMP_RE = re.compile(r"^\..+\.jpg\.\d+\.tmp$")
+
+
 def write_atomic(path: Path, data: bytes, mtime_ns: int | None = None) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename: a crash never leaves half a thumbnail."""
+    """Write ``data`` to ``path`` via a temp file + rename: a crash never leaves half a thumbnail.
+
+    On an error (a full disk) the temp file is removed; one left by a kill is removed by the next
+    writing run (``sync.reconcile``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    if mtime_ns is not None:
-        os.utime(tmp, ns=(mtime_ns, mtime_ns))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def rewrite(path: Path, meta: dict) -> None:
