@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from . import sync
-from .catalog import Catalog, CatalogError, state_dir
+from .catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
@@ -417,9 +418,15 @@ def featurize(
                 summary["embedded"] += len(tids)
         except KeyboardInterrupt:
             status = "interrupted"
-        except BaseException:
+        except BaseException as e:
             summary["status"] = "failed"
-            cat.finish_run(run_id, "failed", json.dumps(summary))
+            try:
+                cat.finish_run(run_id, "failed", json.dumps(summary))
+            except sqlite3.Error:
+                pass  # a full disk or a damaged catalog: the first error is the one to report
+            if is_disk_full(e, root):
+                raise DiskFull(e, state_dir(root), kept=f"the {summary['embedded']} thumbnails embedded before it "
+                                                       "were kept") from e
             raise
         secs = time.monotonic() - t_run
         if status == "done":
@@ -578,6 +585,8 @@ def _find_thumb(cat: Catalog, ref: str) -> int | None:
 def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 20, model: str | None = None,
             device: str = "auto") -> dict:
     """Nearest thumbnails to a library thumbnail (its stored vector) or to any image file (embedded now)."""
+    from PIL import Image
+
     from .embedder import embed_pil
 
     with Catalog.open(root, write=False) as cat:
@@ -606,6 +615,8 @@ def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 
             m = _load_for(name, info, device)
             try:
                 vecs, _ = embed_pil(m, [src])
+            except Image.DecompressionBombError as e:
+                raise CatalogError(f"{src} is too large to decode safely ({e}); use a smaller copy of it") from None
             except (OSError, ValueError, SyntaxError) as e:
                 raise CatalogError(f"cannot read {src} as an image: {e}") from e
             q = vecs[0]

@@ -81,6 +81,7 @@ IVF-SQ8, 4*n*d + graph for HNSW. Measured peak RSS at 1 M (incl. mapped store pa
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -183,13 +184,24 @@ def _sync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
 
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no temp file is left behind
+        _unlink_quietly(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -741,10 +753,16 @@ class VectorIndex:
         token = secrets.token_hex(6)
         fname = f"index-{token}.faiss"
         tmp = self.folder / (fname + ".tmp")
-        faiss.write_index(idx, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / fname)
+        try:
+            faiss.write_index(idx, str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / fname)
+        except BaseException as e:  # a full disk: no partial index file is left behind
+            _unlink_quietly(tmp)
+            if isinstance(e, RuntimeError) and "No space left on device" in str(e):  # how faiss says it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
+            raise
         meta = {
             "format": INDEX_FORMAT,
             "version": FORMAT_VERSION,
