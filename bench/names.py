@@ -35,7 +35,7 @@ def thumb(data: bytes, name: str) -> tuple[str, bytes]:
 
 
 def diff(a: bytes, b: bytes) -> tuple[float, float]:
-    d = np.abs(pixel_print(a) - pixel_print(b))
+    d = np.abs(pixel_print(a).astype(np.float32) - pixel_print(b))
     return float(d.mean()), float(np.percentile(d, 99))
 
 

@@ -30,6 +30,7 @@ from .thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_ag
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
+PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -220,7 +221,9 @@ class _Writer:
         self.cat, self.layout, self.run_id, self.s = cat, layout, run_id, summary
         self.dirty: set[int] = set()
         self.pending: dict[int, tuple[bytes, int]] = {}  # thumb id -> (jpeg, mtime_ns) to write
-        self.prints: dict[int, object] = {}  # thumb id -> pixel_print, for the thumbnails of a name collision
+        # thumb id -> pixel_print of the thumbnails met in name collisions (3 KiB each, at most
+        # PRINTS_KEPT): many different uniform frames of one size are each decoded once
+        self.prints: dict[int, object] = {}
         self.in_tx = False
         self.n_in_tx = 0
         self.committed = 0  # results of this run safely in the catalog
@@ -336,6 +339,8 @@ class _Writer:
                 p = pixel_print(data)
             except Exception:  # a damaged thumbnail file
                 return False
+            if len(self.prints) >= PRINTS_KEPT:
+                self.prints.clear()
             self.prints[thumb_id] = p
         return prints_agree(p, mine)
 
@@ -370,7 +375,6 @@ class _Writer:
         self.in_tx = False
         self.dirty.clear()
         self.pending.clear()
-        self.prints.clear()
         self.n_in_tx = 0
         self.last_commit = time.monotonic()
 
@@ -385,7 +389,7 @@ class _Writer:
             self.in_tx = False
             self.dirty.clear()
             self.pending.clear()
-            self.prints.clear()
+            self.prints.clear()  # thumb ids rolled back here are given out again
 
 
 def resize(
