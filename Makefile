@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= /tmp/nearsort-demo
 
-.PHONY: install test demo bench clean chromium
+.PHONY: install test demo bench peers clean chromium
 
 install: $(STAMP)
 
@@ -37,5 +37,11 @@ bench: install
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/ingest.py
 
+# Peer tools for bench/peers.py: imagededup in .venv (the bench extra), fastdup in its own
+# .venv-fastdup (it needs numpy < 2). Then: nice $(BIN)/python bench/peers.py BENCH...
+peers: install
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -c 'import sys; sys.path.insert(0, "bench"); import peers; peers.ensure_fastdup()'
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-fastdup build src/*.egg-info .pytest_cache
