@@ -63,6 +63,7 @@ def score(result: dict, bench: Path, truth: dict[str, dict]) -> dict:
     pred = set()
     flips_grouped = 0
     unknown = 0
+    mixed = 0
     for g in result["groups"]:
         files = []
         for m in g["members"]:
@@ -75,6 +76,8 @@ def score(result: dict, bench: Path, truth: dict[str, dict]) -> dict:
                 flips_grouped += 1
         for a, b in combinations(sorted(files), 2):
             pred.add(frozenset((a, b)))
+        mixed += len({_photo(truth[f]) for f in files}) > 1
+    shot_pairs = sum(1 for p in pred if _shots(truth, *p))
     pred -= ign
     tp = len(pred & pos)
     fp = len(pred - pos)
@@ -99,14 +102,27 @@ def score(result: dict, bench: Path, truth: dict[str, dict]) -> dict:
     return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn,
             "flips_in_groups": flips_grouped, "flips_labelled": len(labelled), "flips": len(flips),
             "groups": len(result["groups"]), "unknown_files": unknown, "keeper_original": keep_ok,
-            "keeper_groups": keep_n}
+            "keeper_groups": keep_n, "mixed_groups": mixed, "shot_pairs": shot_pairs,
+            "fp_cross_photo": sum(1 for p in pred - pos if len({_photo(truth[f]) for f in p}) > 1)}
+
+
+def _photo(row: dict) -> str:
+    """The photo a bench file was made from: make_hard_bench.py's tiles are named PHOTO__YY_XX.jpg."""
+    return row.get("source", "").split("__")[0] if "__" in row.get("source", "") else row.get("source", "")
+
+
+def _shots(truth: dict, a: str, b: str) -> bool:
+    """Two different shots of one scene (make_hard_bench.py shots): never a copy pair."""
+    sa, sb = truth[a].get("scene"), truth[b].get("scene")
+    return bool(sa) and sa == sb and truth[a]["group_id"] != truth[b]["group_id"]
 
 
 def fmt(s: dict) -> str:
     return (f"P {s['precision']:.4f}  R {s['recall']:.4f}  F1 {s['f1']:.4f}  (tp {s['tp']}, fp {s['fp']}, "
             f"fn {s['fn']}; {s['groups']} groups; flips grouped {s['flips_in_groups']}, "
             f"labelled mirror {s['flips_labelled']}/{s['flips']}; keeper = the original in "
-            f"{s['keeper_original']}/{s['keeper_groups']} groups)")
+            f"{s['keeper_original']}/{s['keeper_groups']} groups; different shots paired {s['shot_pairs']}; "
+            f"false pairs across photos {s['fp_cross_photo']}; mixed groups {s['mixed_groups']})")
 
 
 def prepare(bench: Path, thumbs: Path, workers: int | None = None) -> dict:

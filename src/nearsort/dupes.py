@@ -99,6 +99,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .catalog import Catalog, CatalogError, state_dir
+from .pixels import PixelVerifier
 from .textsafe import term
 from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
 from .thumbs import name_phash
@@ -132,6 +133,7 @@ class DupesConfig:
     use_embeddings: bool = True
     mirror_margin: int = DEFAULT_MIRROR_MARGIN
     keep: str = DEFAULT_KEEP
+    verify: bool = True                  # confirm every copy pair on the thumbnails' pixels (pixels.py)
     workers: Optional[int] = None        # processes for thumbnail signatures (None: all cores)
     cache: bool = True                   # keep crop-aware signatures in THUMBS/.nearsort
 
@@ -655,7 +657,24 @@ class _Finder:
         self.keep_keys = parse_keep(cfg.keep)
         self.notes: list[str] = []
         self.model_name: Optional[str] = None
-        self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0}
+        self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
+                      "pixel_rejected": 0, "shot_pairs": 0}
+        self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
+        self._shot_edges: list[_Edge] = []
+
+    def _confirmed(self, e: "_Edge") -> bool:
+        """Pixel check of a candidate copy pair; a local change makes it a similar shot."""
+        if self.pixels is None:
+            return True
+        v = self.pixels.compare(e.a, e.b)
+        if v.copy:
+            return True
+        if v.kind == "shot":
+            self._shot_edges.append(e)
+            self.stats["shot_pairs"] += 1
+        else:
+            self.stats["pixel_rejected"] += 1
+        return False
 
     def phash_d(self, a: int, b: int) -> int:
         return int(popcount64(self.hash[self.pos[a]] ^ self.hash[self.pos[b]]))
@@ -668,6 +687,7 @@ class _Finder:
         tid = np.array(self.tids, dtype=np.int64)
         perceptual = [_Edge(int(tid[a]), int(tid[b]), "perceptual", int(x)) for a, b, x in zip(i, j, d)]
         self.stats["phash_pairs"] = len(perceptual)
+        perceptual = [e for e in perceptual if self._confirmed(e)]
         self.progress(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
                       f"({time.monotonic() - t0:.1f} s)")
         near: list[_Edge] = []
@@ -695,7 +715,8 @@ class _Finder:
                     if self._is_mirror(e.crop, e.mirror):
                         mirrors.append(e)
                     elif e.crop <= cfg.crop_distance:
-                        near.append(e)
+                        if self._confirmed(e):
+                            near.append(e)
                     else:
                         self.stats["rejected"] += 1
                 self.stats["near_edges"] = len(near)
@@ -710,15 +731,19 @@ class _Finder:
     # ---- star check around the keeper
     def _matches(self, anchor: int, t: int) -> str:
         """'ok' | 'mirror' | 'no' for thumbnail t against the keeper's thumbnail."""
-        if anchor == t or self.phash_d(anchor, t) <= self.cfg.phash_distance:
+        if anchor == t:
             return "ok"
-        dist = self.sigs.distances(anchor, t)
-        if dist is None:
-            return "no"
-        crop, mirror = dist
-        if self._is_mirror(crop, mirror):
-            return "mirror"
-        return "ok" if crop <= self.cfg.crop_distance + ANCHOR_SLACK else "no"
+        if self.phash_d(anchor, t) > self.cfg.phash_distance:
+            dist = self.sigs.distances(anchor, t)
+            if dist is None:
+                return "no"
+            crop, mirror = dist
+            if self._is_mirror(crop, mirror):
+                return "mirror"
+            if crop > self.cfg.crop_distance + ANCHOR_SLACK:
+                return "no"
+        # every member must be the keeper's picture on pixels, not only linked to it
+        return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"
 
     def _split(self, comp: list[int], adj: dict[int, list[tuple[int, str]]], out: list, mirrored: list) -> None:
         """Check a component as a star around its keeper; regroup the members that fail."""
@@ -795,7 +820,9 @@ class _Finder:
             "exact_groups": exact_groups, "near_groups": len(out_groups) - exact_groups,
             "duplicates": sum(len(g["members"]) - 1 for g in out_groups),
             "reclaimable_bytes": sum(g["reclaimable_bytes"] for g in out_groups),
-            "mirror_pairs": len(similar), "model": self.model_name, **self.stats,
+            "mirror_pairs": sum(1 for x in similar if x["relation"] == "mirror"),
+            "similar_shots": sum(1 for x in similar if x["relation"] == "shot"),
+            "model": self.model_name, **self.stats, "pixel_checks": self.pixels.compared if self.pixels else 0,
             "signatures_computed": self.sigs.computed,
         }
         self.sigs.save()
@@ -850,31 +877,35 @@ class _Finder:
         }
 
     def _similar(self, mirrored, group_of_thumb, out_groups) -> list:
-        pairs = {}
+        """Pairs shown side by side, never joined: mirror images and similar shots (a local
+        change on the same framing: bursts, an object moved or added)."""
+        pairs: dict[tuple[int, int], tuple] = {}
         for e in self._mirror_edges:
-            pairs[(e.a, e.b)] = e.crop, e.mirror
+            pairs[(e.a, e.b)] = "mirror", e.crop, e.mirror
         for anchor, ts in mirrored:
             for t in ts:
                 key = (min(anchor, t), max(anchor, t))
-                pairs.setdefault(key, self.sigs.distances(anchor, t) or (None, None))
+                pairs.setdefault(key, ("mirror",) + (self.sigs.distances(anchor, t) or (None, None)))
+        for e in self._shot_edges:
+            pairs.setdefault((min(e.a, e.b), max(e.a, e.b)), ("shot", e.crop, e.mirror))
         out, seen = [], set()
         by_id = {g["id"]: g for g in out_groups}
-        for (a, b), (crop, mir) in sorted(pairs.items()):
+        for (a, b), (relation, crop, mir) in sorted(pairs.items()):
             ga, gb = group_of_thumb.get(a), group_of_thumb.get(b)
             if ga is not None and ga == gb:
                 continue  # joined anyway through other evidence (symmetric picture)
-            key = (ga or ("t", a), gb or ("t", b))
-            if key in seen or key[::-1] in seen:
+            key = (relation, ga or ("t", a), gb or ("t", b))
+            if key in seen or (relation, key[2], key[1]) in seen:
                 continue
             seen.add(key)
             pa = [m.path for m in self.by_thumb[a]]
             pb = [m.path for m in self.by_thumb[b]]
-            out.append({"relation": "mirror", "a": pa, "b": pb, "group_a": ga, "group_b": gb,
+            out.append({"relation": relation, "a": pa, "b": pb, "group_a": ga, "group_b": gb,
                         "thumb_a": self.rels[a], "thumb_b": self.rels[b],
                         "crop_distance": crop, "mirror_distance": mir})
             for g, other, t in ((ga, pb, b), (gb, pa, a)):
                 if g is not None:
-                    by_id[g]["similar"].append({"relation": "mirror", "paths": other, "thumb": self.rels[t],
+                    by_id[g]["similar"].append({"relation": relation, "paths": other, "thumb": self.rels[t],
                                                 "thumb_id": t})
         return out
 
@@ -906,7 +937,8 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
     s = res.summary
     lines = [f"{s['groups']} duplicate groups ({s['exact_groups']} exact, {s['near_groups']} near) among "
              f"{s['sources']} photos: {s['duplicates']} files could go, {human_bytes(s['reclaimable_bytes'])} "
-             f"reclaimable; {s['mirror_pairs']} mirror-image pairs (kept, not duplicates)."]
+             f"reclaimable; {s['mirror_pairs']} mirror-image pairs and {s.get('similar_shots', 0)} similar shots "
+             "(kept, not duplicates)."]
     for note in res.notes:
         lines.append(f"note: {term(note)}")
     for g in res.groups[:limit] if limit else res.groups:
@@ -919,7 +951,8 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
             lines.append(f"  {mark:<12} {m['width']}x{m['height']:<6} {human_bytes(m['bytes']):>9}  {term(date):<26} "
                          f"{term(m['path'])}")
         for sm in g["similar"]:
-            lines.append(f"  ↔ mirror      {', '.join(term(p) for p in sm['paths'])}")
+            label = "mirror" if sm["relation"] == "mirror" else "similar shot"
+            lines.append(f"  ↔ {label:<12}{', '.join(term(p) for p in sm['paths'])}")
     if limit and len(res.groups) > limit:
         lines.append(f"... and {len(res.groups) - limit} more groups (--json for all)")
     return "\n".join(lines)

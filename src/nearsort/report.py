@@ -169,7 +169,7 @@ def build(cat: Catalog, out_path: Path, *, dupes_result=None, dupes_config=None,
         mirrors = []
         for s in g["similar"]:
             tid = s.get("thumb_id")
-            mirrors.append([[T.src(p) for p in s["paths"]], T.thumb(tid)])
+            mirrors.append([[T.src(p) for p in s["paths"]], T.thumb(tid), s["relation"]])
         groups.append([g["id"], g["kind"], g["evidence"], g["reclaimable_bytes"], mem, mirrors])
 
     # ---- chain
@@ -477,7 +477,7 @@ else lazy($("groups"), M.sizes.groups, 20, function (frag, i) {
       [el("div", "res", m[3] + " × " + m[4]), meta, el("div", "m", extra)], keep ? "keep" : ""));
   });
   g[5].forEach(function (s) {
-    row.appendChild(tile(s[0][0], s[1], "mirror image", "mirror",
+    row.appendChild(tile(s[0][0], s[1], s[2] === "shot" ? "similar shot" : "mirror image", "mirror",
       [el("div", "m", "similar, kept" + (s[0].length > 1 ? " (+" + (s[0].length - 1) + " copies)" : ""))], "mirror"));
   });
   box.appendChild(row);

@@ -1,0 +1,289 @@
+"""Pixel verification: do two thumbnails show the *same picture*, or two pictures that look alike?
+
+Hashes and embeddings only propose candidate pairs. Near-uniform frames, skies, walls, paper,
+dark pocket shots and bursts defeat both (a 64-bit phash of a flat frame is noise; an embedding
+says "sky" for every sky), so every pair that would join a copy group is confirmed here, on the
+thumbnails' pixels, member to keeper. :func:`compare` answers with a :class:`Verdict`:
+
+``copy``
+    the same picture: re-encoded, resized, converted, cropped (centre crops down to 76 %),
+    bordered / letterboxed, slightly rotated (up to 3 degrees), tone-shifted, or greyed.
+``shot``
+    the same framing with a local change: an object moved, added or removed (a burst, a
+    stereo pair, the same scene a moment later). A *similar shot*: shown next to each other,
+    never a copy.
+``different`` / ``colour`` / ``tone`` / ``uniform``
+    not the same picture, with the reason.
+
+How (thumbnails are <= 256 px JPEGs):
+
+1. Uniform borders (letterbox, frames) are trimmed (:func:`nearsort.dupes.trim_box`).
+2. *Content.* A frame with no structure (luma std < ``UNIFORM_STD``) carries nothing to compare:
+   two such frames are copies only when they are the same bytes (the caller's exact evidence),
+   never here. A frame whose structure is almost only a smooth gradient (residual std of a
+   quadratic fit < ``LOW_INFO``: clear skies, blank paper, blurred walls) is compared in absolute
+   terms: mean RGB difference and mean brightness within ``LOW_INFO_TONE`` levels at 64 px, no
+   tone or crop allowance (a brightness-shifted copy of a blank page cannot be told from another
+   blank page, so it is not claimed).
+3. *Alignment.* Centre crops of either image at 13 scales (1.00 ... 0.76) against the other's
+   full frame, each with the translation found by phase correlation (<= 6 % of the side), then a
+   rotation search (+-1..3 degrees) around the best scale when the residual is not yet small;
+   the best (lowest mean difference of the zero-mean / unit-variance images) wins. 64 px.
+4. *Structure* at 128 px, on the chosen alignment: the difference of the normalised images with
+   a one-pixel tolerance (each pixel matched to the best of its 3x3 neighbours, both ways, so a
+   sub-pixel misalignment costs nothing). Its mean must be <= ``MAX_DIFF`` (else ``different``);
+   its worst 16x16 block may exceed the 90th-percentile block by <= ``MAX_LOCAL`` (else ``shot``:
+   a compact change on an otherwise identical picture).
+5. *Colour*: unless one side is (nearly) grey, the aligned chroma must agree within
+   ``CHROMA_ABS`` + ``CHROMA_REL`` x its magnitude (a grey copy is a copy; a beige wall is not a
+   grey one).
+
+Thresholds come from ``bench/dupes.py`` on the dev bench, a tiles bench and a shots bench
+(``bench/make_hard_bench.py``); see README "Duplicates".
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+SIDE = 64                  # alignment resolution
+FINE = 128                 # structure check resolution
+SCALES = tuple(round(1.0 - 0.02 * k, 2) for k in range(13))   # 1.00 .. 0.76
+ROTATIONS = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
+MAX_SHIFT = 0.06           # of the side, for phase correlation
+UNIFORM_STD = 1.0          # luma std (0..255) below which a frame is uniform
+LOW_INFO = 1.2             # residual std of a quadratic fit below which a frame is "low detail"
+LOW_INFO_TONE = 1.5        # low-detail frames: mean |RGB| and mean-luma difference allowed
+MAX_DIFF = 0.25            # mean tolerant difference of normalised images (128 px)
+MAX_LOCAL = 0.2            # worst block minus 90th-percentile block
+CHROMA_ABS, CHROMA_REL, GREY = 3.0, 0.3, 3.0
+ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
+
+
+@dataclass
+class Verdict:
+    kind: str                       # copy | shot | different | colour | tone | uniform | unreadable
+    diff: Optional[float] = None    # mean tolerant difference (normalised units)
+    local: Optional[float] = None   # worst block minus the 90th-percentile block
+    scale: Optional[float] = None   # crop scale of the image that was cropped
+    rotation: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def copy(self) -> bool:
+        return self.kind == "copy"
+
+
+class _Picture:
+    """One decoded thumbnail: grey + RGB images and the trimmed content box."""
+
+    __slots__ = ("gray", "rgb", "box", "_crops", "_specs", "_rot", "std", "info")
+
+    def __init__(self, path: Path):
+        from PIL import Image
+
+        from .dupes import trim_box
+
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        self.rgb = rgb
+        self.gray = rgb.convert("L")
+        a = np.asarray(self.gray, dtype=np.float32)
+        t, b, left, right = trim_box(a)
+        self.box = (left, t, right, b)
+        self._crops: dict = {}
+        self._specs: dict = {}
+        self._rot: dict = {}
+        x = self.crop(1.0, 0.0, SIDE)
+        self.std = float(x.std())
+        self.info = _residual_std(x)
+
+    def _box(self, f: float) -> tuple[float, float, float, float]:
+        left, t, right, b = self.box
+        w, h = right - left, b - t
+        return (left + w * (1 - f) / 2, t + h * (1 - f) / 2, left + w * (1 + f) / 2, t + h * (1 + f) / 2)
+
+    def crop(self, f: float, rot: float, side: int, rgb: bool = False) -> np.ndarray:
+        key = (f, rot, side, rgb)
+        out = self._crops.get(key)
+        if out is None:
+            from PIL import Image
+
+            src = self.rgb if rgb else self.gray
+            if rot:
+                rkey = (rot, rgb)
+                if rkey not in self._rot:
+                    left, t, right, b = self.box
+                    self._rot[rkey] = src.rotate(rot, Image.BILINEAR, center=((left + right) / 2, (t + b) / 2))
+                src = self._rot[rkey]
+            out = np.asarray(src.resize((side, side), Image.BILINEAR, box=self._box(f)), dtype=np.float32)
+            self._crops[key] = out
+        return out
+
+    def spec(self, f: float, rot: float) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised SIDE crop and its spectrum (for phase correlation), cached."""
+        key = (f, rot)
+        out = self._specs.get(key)
+        if out is None:
+            z = _norm(self.crop(f, rot, SIDE))
+            out = self._specs[key] = (z, np.fft.rfft2(z))
+        return out
+
+
+def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:side, 0:side]
+    yy, xx = yy / side - 0.5, xx / side - 0.5
+    basis = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], -1).reshape(-1, 6)
+    return basis, np.linalg.pinv(basis)
+
+
+_BASIS, _PINV = _quadratic_basis(SIDE)
+
+
+def _residual_std(x: np.ndarray) -> float:
+    """Std of what a quadratic surface does not explain: ~0 for flat frames and smooth gradients."""
+    v = x.ravel().astype(np.float64)
+    return float((v - _BASIS @ (_PINV @ v)).std())
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), 4.0)
+
+
+def _phase_shift(a: np.ndarray, b: np.ndarray, lim: int, fa=None, fb=None) -> tuple[int, int]:
+    """Integer translation (dy, dx), |d| <= lim, that best maps b onto a (fa, fb: their rfft2)."""
+    r = (np.fft.rfft2(a) if fa is None else fa) * np.conj(np.fft.rfft2(b) if fb is None else fb)
+    r /= np.abs(r) + 1e-6
+    c = np.fft.irfft2(r, s=a.shape)
+    c = np.roll(c, (lim, lim), axis=(0, 1))[:2 * lim + 1, :2 * lim + 1]
+    dy, dx = np.unravel_index(int(np.argmax(c)), c.shape)
+    return int(dy) - lim, int(dx) - lim
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = a.shape[:2]
+    ya, yb = (dy, 0) if dy >= 0 else (0, -dy)
+    xa, xb = (dx, 0) if dx >= 0 else (0, -dx)
+    hh, ww = h - abs(dy), w - abs(dx)
+    return a[ya:ya + hh, xa:xa + ww], b[yb:yb + hh, xb:xb + ww]
+
+
+def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    """|za - zb| where each pixel may match any of the other's 3x3 neighbours (both ways)."""
+    h, w = za.shape
+    pa, pb = np.pad(za, 1, mode="edge"), np.pad(zb, 1, mode="edge")
+    m1 = np.full(za.shape, np.inf, np.float32)
+    m2 = m1.copy()
+    for y in range(3):
+        for x in range(3):
+            m1 = np.minimum(m1, np.abs(za - pb[y:y + h, x:x + w]))
+            m2 = np.minimum(m2, np.abs(zb - pa[y:y + h, x:x + w]))
+    return np.maximum(m1, m2)
+
+
+def _blocks(d: np.ndarray, n: int) -> np.ndarray:
+    h, w = d.shape
+    hh, ww = h // n * n, w // n * n
+    return d[:hh, :ww].reshape(hh // n, n, ww // n, n).mean(axis=(1, 3))
+
+
+def _chroma(x: np.ndarray) -> np.ndarray:
+    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return np.stack([x[..., 2] - y, x[..., 0] - y], -1)
+
+
+def compare_pictures(pa: _Picture, pb: _Picture) -> Verdict:
+    if min(pa.std, pb.std) < UNIFORM_STD:
+        return Verdict("uniform", metrics={"std": min(pa.std, pb.std)})
+    if min(pa.info, pb.info) < LOW_INFO:  # low detail: the same pixels, in absolute terms
+        ra, rb = pa.crop(1.0, 0.0, SIDE, True), pb.crop(1.0, 0.0, SIDE, True)
+        mad = float(np.abs(ra - rb).mean())
+        dmean = abs(float(pa.crop(1.0, 0.0, SIDE).mean() - pb.crop(1.0, 0.0, SIDE).mean()))
+        kind = "copy" if mad <= LOW_INFO_TONE and dmean <= LOW_INFO_TONE else "tone"
+        return Verdict(kind, metrics={"mad": mad, "dmean": dmean, "info": min(pa.info, pb.info)})
+    # 3. alignment at SIDE: (cropped side, scale, rotation, dy, dx, mean diff)
+    lim = max(1, int(SIDE * MAX_SHIFT))
+
+    def trial(side: str, f: float, rot: float):
+        (x, fx), (y, fy) = (pa.spec(f, rot), pb.spec(1.0, 0.0)) if side == "a" else (pa.spec(1.0, 0.0), pb.spec(f, rot))
+        dy, dx = _phase_shift(x, y, lim, fx, fy)
+        xa, yb = _overlap(x, y, dy, dx)
+        return float(np.abs(_norm(xa) - _norm(yb)).mean()), side, f, rot, dy, dx
+
+    best = min(trial(s, f, 0.0) for s in ("a", "b") for f in SCALES if not (s == "b" and f == 1.0))
+    if best[0] > ROTATE_ABOVE:
+        k = SCALES.index(best[2])
+        near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
+        best = min([best] + [trial(best[1], f, r) for f in near for r in ROTATIONS])
+    _, side, f, rot, _, _ = best
+    # 4. structure at FINE on that alignment
+    fa = pa.crop(f, rot, FINE) if side == "a" else pa.crop(1.0, 0.0, FINE)
+    fb = pb.crop(f, rot, FINE) if side == "b" else pb.crop(1.0, 0.0, FINE)
+    dy, dx = _phase_shift(_norm(fa), _norm(fb), max(1, int(FINE * MAX_SHIFT)))
+    xa, yb = _overlap(fa, fb, dy, dx)
+    d = _tolerant_diff(_norm(xa), _norm(yb))
+    bl = _blocks(d, FINE // 8)
+    diff = float(d.mean())
+    local = float(bl.max() - np.percentile(bl, 90))
+    # 5. colour on the same alignment (SIDE, RGB)
+    ca = pa.crop(f, rot, SIDE, True) if side == "a" else pa.crop(1.0, 0.0, SIDE, True)
+    cb = pb.crop(f, rot, SIDE, True) if side == "b" else pb.crop(1.0, 0.0, SIDE, True)
+    s = SIDE / FINE
+    ra, rb = _overlap(ca, cb, int(round(dy * s)), int(round(dx * s)))
+    ka, kb = _chroma(ra), _chroma(rb)
+    grey = min(float(np.abs(ka).mean()), float(np.abs(kb).mean()))
+    chd = float(np.abs(ka - kb).mean())
+    chmag = max(float(np.abs(ka).mean()), float(np.abs(kb).mean()))
+    m = {"diff": diff, "local": local, "chroma": chd, "scale": f, "rotation": rot, "side": side}
+    if diff > MAX_DIFF:
+        kind = "different"
+    elif local > MAX_LOCAL:
+        kind = "shot"
+    elif grey >= GREY and chd > CHROMA_ABS + CHROMA_REL * chmag:
+        kind = "colour"
+    else:
+        kind = "copy"
+    return Verdict(kind, diff, local, f, rot, m)
+
+
+class PixelVerifier:
+    """Compares thumbnails by id; decoded pictures are kept in a bounded LRU cache and verdicts
+    are remembered (both orders)."""
+
+    def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 1024):
+        self.root, self.relpaths, self.cap = Path(root), relpaths, cache
+        self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
+        self._verdicts: dict[tuple[int, int], Verdict] = {}
+        self.compared = 0
+
+    def _pic(self, tid: int) -> Optional[_Picture]:
+        if tid in self._pics:
+            self._pics.move_to_end(tid)
+            return self._pics[tid]
+        try:
+            p = _Picture(self.root / self.relpaths[tid])
+        except Exception:  # noqa: BLE001 - an unreadable thumbnail proves nothing
+            p = None
+        self._pics[tid] = p
+        if len(self._pics) > self.cap:
+            self._pics.popitem(last=False)
+        return p
+
+    def compare(self, a: int, b: int) -> Verdict:
+        key = (a, b) if a < b else (b, a)
+        v = self._verdicts.get(key)
+        if v is None:
+            pa, pb = self._pic(key[0]), self._pic(key[1])
+            v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb)
+            self._verdicts[key] = v
+            self.compared += 1
+        return v
+
+
+def compare_files(a, b) -> Verdict:
+    """Compare two thumbnail (or any small image) files."""
+    return compare_pictures(_Picture(Path(a)), _Picture(Path(b)))
