@@ -242,7 +242,7 @@ def make_crops(src: Path, out: Path, seed: int, n: int) -> None:
         x, y = rng.randrange(0, im.width - cw + 1), rng.randrange(0, im.height - ch + 1)
         c = im.crop((x, y, x + cw, y + ch))
         c.thumbnail((400, 400), Image.BICUBIC)
-        w.emit(jpeg(c, 90), ".jpg", f"c{i:06d}", "crop", f"{x},{y},{cw},{ch}", name, c.size, name)
+        w.emit(jpeg(c, 90), ".jpg", f"c{i:06d}", "crop", f"{x},{y},{cw},{ch}", name, c.size)
         if (i + 1) % 5000 == 0:
             print(f"  {i + 1} crops", file=sys.stderr)
     w.close()

@@ -658,7 +658,7 @@ class _Finder:
         self.notes: list[str] = []
         self.model_name: Optional[str] = None
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
-                      "pixel_rejected": 0, "shot_pairs": 0}
+                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0}
         self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
         self._shot_edges: list[_Edge] = []
 
@@ -806,6 +806,16 @@ class _Finder:
             members = [m for t in thumbs for m in self.by_thumb[t]]
             if len(members) < 2:
                 continue
+            if len(thumbs) == 1 and self.pixels is not None and self.pixels.uniform(thumbs[0]):
+                # a uniform frame shows nothing to compare: only byte-identical files are copies
+                by_hash: dict[str, list[Member]] = {}
+                for m in members:
+                    by_hash.setdefault(m.content_hash, []).append(m)
+                self.stats["uniform_split"] += len(by_hash) - 1
+                for ms in by_hash.values():
+                    if len(ms) > 1:
+                        groups.append((thumbs, min(ms, key=keeper_key(self.keep_keys, ms)), ms))
+                continue
             groups.append((thumbs, keeper, members))
         groups.sort(key=lambda g: (-sum(m.bytes or 0 for m in g[2] if m is not g[1]), g[1].path))
         out_groups = []
@@ -861,10 +871,12 @@ class _Finder:
         kind = max(kinds, key=lambda k: KIND_RANK[k]) if kinds else "exact"
         tset = set(thumbs)
         evidence = set()
-        if any(len({m.content_hash for m in self.by_thumb[t]}) < len(self.by_thumb[t]) for t in thumbs):
-            evidence.add("exact")
-        if any(len({m.content_hash for m in self.by_thumb[t]}) > 1 for t in thumbs):
-            evidence.add("perceptual")
+        for t in thumbs:
+            hashes = [m.content_hash for m in members if m.thumb_id == t]
+            if len(set(hashes)) < len(hashes):
+                evidence.add("exact")
+            if len(set(hashes)) > 1:
+                evidence.add("perceptual")
         for t in thumbs:
             for u, k in adj.get(t, ()):
                 if u in tset:

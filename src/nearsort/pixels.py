@@ -26,7 +26,7 @@ How (thumbnails are <= 256 px JPEGs):
    tone or crop allowance (a brightness-shifted copy of a blank page cannot be told from another
    blank page, so it is not claimed).
 3. *Alignment.* Centre crops of either image at 13 scales (1.00 ... 0.76) against the other's
-   full frame, each with the translation found by phase correlation (<= 6 % of the side), then a
+   full frame, each with the translation found by phase correlation (<= 3.5 % of the side), then a
    rotation search (+-1..3 degrees) around the best scale when the residual is not yet small;
    the best (lowest mean difference of the zero-mean / unit-variance images) wins. 64 px.
 4. *Structure* at 128 px, on the chosen alignment: the difference of the normalised images with
@@ -54,7 +54,7 @@ SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
 SCALES = tuple(round(1.0 - 0.02 * k, 2) for k in range(13))   # 1.00 .. 0.76
 ROTATIONS = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
-MAX_SHIFT = 0.06           # of the side, for phase correlation
+MAX_SHIFT = 0.035          # of the side, for phase correlation (imperfect border trims)
 UNIFORM_STD = 1.0          # luma std (0..255) below which a frame is uniform
 LOW_INFO = 1.2             # residual std of a quadratic fit below which a frame is "low detail"
 LOW_INFO_TONE = 1.5        # low-detail frames: mean |RGB| and mean-luma difference allowed
@@ -78,29 +78,15 @@ class Verdict:
         return self.kind == "copy"
 
 
-class _Picture:
-    """One decoded thumbnail: grey + RGB images and the trimmed content box."""
+class _View:
+    """One framing of a thumbnail (its border-trimmed box, or the whole frame): crops and spectra."""
 
-    __slots__ = ("gray", "rgb", "box", "_crops", "_specs", "_rot", "std", "info")
+    __slots__ = ("pic", "box", "_crops", "_specs")
 
-    def __init__(self, path: Path):
-        from PIL import Image
-
-        from .dupes import trim_box
-
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-        self.rgb = rgb
-        self.gray = rgb.convert("L")
-        a = np.asarray(self.gray, dtype=np.float32)
-        t, b, left, right = trim_box(a)
-        self.box = (left, t, right, b)
+    def __init__(self, pic: "_Picture", box: tuple[int, int, int, int]):
+        self.pic, self.box = pic, box
         self._crops: dict = {}
         self._specs: dict = {}
-        self._rot: dict = {}
-        x = self.crop(1.0, 0.0, SIDE)
-        self.std = float(x.std())
-        self.info = _residual_std(x)
 
     def _box(self, f: float) -> tuple[float, float, float, float]:
         left, t, right, b = self.box
@@ -113,13 +99,7 @@ class _Picture:
         if out is None:
             from PIL import Image
 
-            src = self.rgb if rgb else self.gray
-            if rot:
-                rkey = (rot, rgb)
-                if rkey not in self._rot:
-                    left, t, right, b = self.box
-                    self._rot[rkey] = src.rotate(rot, Image.BILINEAR, center=((left + right) / 2, (t + b) / 2))
-                src = self._rot[rkey]
+            src = self.pic.rotated(rot, rgb, self.box)
             out = np.asarray(src.resize((side, side), Image.BILINEAR, box=self._box(f)), dtype=np.float32)
             self._crops[key] = out
         return out
@@ -132,6 +112,45 @@ class _Picture:
             z = _norm(self.crop(f, rot, SIDE))
             out = self._specs[key] = (z, np.fft.rfft2(z))
         return out
+
+
+class _Picture:
+    """One decoded thumbnail: grey + RGB images and its framings (trimmed box first; the whole
+    frame too when a border was trimmed, since a trim can eat into a dark or pale picture edge)."""
+
+    __slots__ = ("gray", "rgb", "views", "_rot", "std", "info")
+
+    def __init__(self, path: Path):
+        from PIL import Image
+
+        from .dupes import trim_box
+
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        self.rgb = rgb
+        self.gray = rgb.convert("L")
+        a = np.asarray(self.gray, dtype=np.float32)
+        t, b, left, right = trim_box(a)
+        full = (0, 0, a.shape[1], a.shape[0])
+        self._rot: dict = {}
+        self.views = [_View(self, (left, t, right, b))]
+        if self.views[0].box != full:
+            self.views.append(_View(self, full))
+        x = self.views[0].crop(1.0, 0.0, SIDE)
+        self.std = float(x.std())
+        self.info = _residual_std(x)
+
+    def rotated(self, rot: float, rgb: bool, box) -> "object":
+        src = self.rgb if rgb else self.gray
+        if not rot:
+            return src
+        key = (rot, rgb, box)
+        if key not in self._rot:
+            from PIL import Image
+
+            left, t, right, b = box
+            self._rot[key] = src.rotate(rot, Image.BILINEAR, center=((left + right) / 2, (t + b) / 2))
+        return self._rot[key]
 
 
 def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,29 +219,32 @@ def compare_pictures(pa: _Picture, pb: _Picture) -> Verdict:
     if min(pa.std, pb.std) < UNIFORM_STD:
         return Verdict("uniform", metrics={"std": min(pa.std, pb.std)})
     if min(pa.info, pb.info) < LOW_INFO:  # low detail: the same pixels, in absolute terms
-        ra, rb = pa.crop(1.0, 0.0, SIDE, True), pb.crop(1.0, 0.0, SIDE, True)
+        va, vb = pa.views[0], pb.views[0]
+        ra, rb = va.crop(1.0, 0.0, SIDE, True), vb.crop(1.0, 0.0, SIDE, True)
         mad = float(np.abs(ra - rb).mean())
-        dmean = abs(float(pa.crop(1.0, 0.0, SIDE).mean() - pb.crop(1.0, 0.0, SIDE).mean()))
+        dmean = abs(float(va.crop(1.0, 0.0, SIDE).mean() - vb.crop(1.0, 0.0, SIDE).mean()))
         kind = "copy" if mad <= LOW_INFO_TONE and dmean <= LOW_INFO_TONE else "tone"
         return Verdict(kind, metrics={"mad": mad, "dmean": dmean, "info": min(pa.info, pb.info)})
-    # 3. alignment at SIDE: (cropped side, scale, rotation, dy, dx, mean diff)
+    # 3. alignment at SIDE over both framings of each: (mean diff, views, cropped side, scale, rotation)
     lim = max(1, int(SIDE * MAX_SHIFT))
 
-    def trial(side: str, f: float, rot: float):
-        (x, fx), (y, fy) = (pa.spec(f, rot), pb.spec(1.0, 0.0)) if side == "a" else (pa.spec(1.0, 0.0), pb.spec(f, rot))
+    def trial(va: _View, vb: _View, side: str, f: float, rot: float):
+        (x, fx), (y, fy) = (va.spec(f, rot), vb.spec(1.0, 0.0)) if side == "a" else (va.spec(1.0, 0.0), vb.spec(f, rot))
         dy, dx = _phase_shift(x, y, lim, fx, fy)
         xa, yb = _overlap(x, y, dy, dx)
-        return float(np.abs(_norm(xa) - _norm(yb)).mean()), side, f, rot, dy, dx
+        return float(np.abs(_norm(xa) - _norm(yb)).mean()), id(va), id(vb), side, f, rot, va, vb
 
-    best = min(trial(s, f, 0.0) for s in ("a", "b") for f in SCALES if not (s == "b" and f == 1.0))
+    best = min((trial(va, vb, s, f, 0.0) for va in pa.views for vb in pb.views
+                for s in ("a", "b") for f in SCALES if not (s == "b" and f == 1.0)), key=lambda r: r[0])
     if best[0] > ROTATE_ABOVE:
-        k = SCALES.index(best[2])
+        k = SCALES.index(best[4])
         near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
-        best = min([best] + [trial(best[1], f, r) for f in near for r in ROTATIONS])
-    _, side, f, rot, _, _ = best
+        best = min([best] + [trial(best[6], best[7], best[3], f, r) for f in near for r in ROTATIONS],
+                   key=lambda r: r[0])
+    _, _, _, side, f, rot, va, vb = best
     # 4. structure at FINE on that alignment
-    fa = pa.crop(f, rot, FINE) if side == "a" else pa.crop(1.0, 0.0, FINE)
-    fb = pb.crop(f, rot, FINE) if side == "b" else pb.crop(1.0, 0.0, FINE)
+    fa = va.crop(f, rot, FINE) if side == "a" else va.crop(1.0, 0.0, FINE)
+    fb = vb.crop(f, rot, FINE) if side == "b" else vb.crop(1.0, 0.0, FINE)
     dy, dx = _phase_shift(_norm(fa), _norm(fb), max(1, int(FINE * MAX_SHIFT)))
     xa, yb = _overlap(fa, fb, dy, dx)
     d = _tolerant_diff(_norm(xa), _norm(yb))
@@ -230,8 +252,8 @@ def compare_pictures(pa: _Picture, pb: _Picture) -> Verdict:
     diff = float(d.mean())
     local = float(bl.max() - np.percentile(bl, 90))
     # 5. colour on the same alignment (SIDE, RGB)
-    ca = pa.crop(f, rot, SIDE, True) if side == "a" else pa.crop(1.0, 0.0, SIDE, True)
-    cb = pb.crop(f, rot, SIDE, True) if side == "b" else pb.crop(1.0, 0.0, SIDE, True)
+    ca = va.crop(f, rot, SIDE, True) if side == "a" else va.crop(1.0, 0.0, SIDE, True)
+    cb = vb.crop(f, rot, SIDE, True) if side == "b" else vb.crop(1.0, 0.0, SIDE, True)
     s = SIDE / FINE
     ra, rb = _overlap(ca, cb, int(round(dy * s)), int(round(dx * s)))
     ka, kb = _chroma(ra), _chroma(rb)
@@ -272,6 +294,11 @@ class PixelVerifier:
         if len(self._pics) > self.cap:
             self._pics.popitem(last=False)
         return p
+
+    def uniform(self, tid: int) -> bool:
+        """A frame with no structure (see UNIFORM_STD); unreadable counts as not uniform."""
+        p = self._pic(tid)
+        return p is not None and p.std < UNIFORM_STD
 
     def compare(self, a: int, b: int) -> Verdict:
         key = (a, b) if a < b else (b, a)
