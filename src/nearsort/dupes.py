@@ -111,6 +111,8 @@ DEFAULT_CROP_DISTANCE = 12
 DEFAULT_K = 10
 DEFAULT_MIRROR_MARGIN = 4
 ANCHOR_SLACK = 2  # the star check around the keeper allows crop_distance + this
+STRONG_CROP_DISTANCE = 20  # beyond crop_distance, a pair this close is decided on pixels (Verdict.strong)
+FAINT_BLUR = 20.0          # thumbs.blur (variance of Laplacian) at or below which a hash may be noise
 DEFAULT_KEEP = "resolution,metadata,size,oldest"
 KEEP_KEYS = ("resolution", "metadata", "size", "oldest", "newest", "path")
 SCALES = (1.0, 0.93, 0.87, 0.81)
@@ -541,6 +543,11 @@ def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, 
     return out, names, rels
 
 
+def thumb_blur(cat: Catalog) -> dict[int, float]:
+    """thumbs.blur (variance of the Laplacian, from resize) by thumbnail id."""
+    return {tid: (b if b is not None else 99.0) for tid, b in cat.execute("SELECT id, blur FROM thumbs")}
+
+
 def _pick_model(cat: Catalog, model: Optional[str]):
     try:
         row = cat.find_model(model)
@@ -658,9 +665,21 @@ class _Finder:
         self.notes: list[str] = []
         self.model_name: Optional[str] = None
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
-                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0}
+                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0}
         self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
+        self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
+
+    def _pixels_decide(self, a: int, b: int, crop: int) -> bool:
+        """May a pair the crop-aware hash rejects still be a copy on pixels alone? When the hash is
+        near (a crop or border moved it), or when both thumbnails are faint (low Laplacian variance,
+        then low detail on pixels): a faint picture's hash is noise."""
+        if self.pixels is None:
+            return False
+        if crop <= STRONG_CROP_DISTANCE:
+            return True
+        faint = self.blur.get(a, 99) <= FAINT_BLUR and self.blur.get(b, 99) <= FAINT_BLUR
+        return faint and self.pixels.low_detail(a) and self.pixels.low_detail(b)
 
     def _confirmed(self, e: "_Edge") -> bool:
         """Pixel check of a candidate copy pair; a local change makes it a similar shot."""
@@ -717,6 +736,9 @@ class _Finder:
                     elif e.crop <= cfg.crop_distance:
                         if self._confirmed(e):
                             near.append(e)
+                    elif self._pixels_decide(x, y, e.crop) and self.pixels.compare(x, y).strong:
+                        near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
+                        self.stats["pixel_only"] += 1
                     else:
                         self.stats["rejected"] += 1
                 self.stats["near_edges"] = len(near)
@@ -733,6 +755,7 @@ class _Finder:
         """'ok' | 'mirror' | 'no' for thumbnail t against the keeper's thumbnail."""
         if anchor == t:
             return "ok"
+        strong_needed = False
         if self.phash_d(anchor, t) > self.cfg.phash_distance:
             dist = self.sigs.distances(anchor, t)
             if dist is None:
@@ -741,9 +764,14 @@ class _Finder:
             if self._is_mirror(crop, mirror):
                 return "mirror"
             if crop > self.cfg.crop_distance + ANCHOR_SLACK:
-                return "no"
+                if not self._pixels_decide(anchor, t, crop):
+                    return "no"
+                strong_needed = True
+        if self.pixels is None:
+            return "ok"
         # every member must be the keeper's picture on pixels, not only linked to it
-        return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"
+        v = self.pixels.compare(anchor, t)
+        return "ok" if (v.strong if strong_needed else v.copy) else "no"
 
     def _split(self, comp: list[int], adj: dict[int, list[tuple[int, str]]], out: list, mirrored: list) -> None:
         """Check a component as a star around its keeper; regroup the members that fail."""

@@ -61,6 +61,8 @@ LOW_INFO_TONE = 1.5        # low-detail frames: mean |RGB| and mean-luma differe
 MAX_DIFF = 0.25            # mean tolerant difference of normalised images (128 px)
 MAX_LOCAL = 0.2            # worst block minus 90th-percentile block
 CHROMA_ABS, CHROMA_REL, GREY = 3.0, 0.3, 3.0
+STRONG_DIFF = 0.05         # a copy this close stands on its pixels alone (hashes may disagree)
+STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brightness difference)
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
 
 
@@ -76,6 +78,16 @@ class Verdict:
     @property
     def copy(self) -> bool:
         return self.kind == "copy"
+
+    @property
+    def strong(self) -> bool:
+        """A copy so close on pixels that no hash evidence is needed (a crop or letterbox that
+        moved the hashes, a faint picture whose hash is noise)."""
+        if self.kind != "copy":
+            return False
+        if self.diff is not None:
+            return self.diff <= STRONG_DIFF
+        return self.metrics.get("mad", 99) <= STRONG_TONE and self.metrics.get("dmean", 99) <= STRONG_TONE
 
 
 class _View:
@@ -299,6 +311,11 @@ class PixelVerifier:
         """A frame with no structure (see UNIFORM_STD); unreadable counts as not uniform."""
         p = self._pic(tid)
         return p is not None and p.std < UNIFORM_STD
+
+    def low_detail(self, tid: int) -> bool:
+        """A frame that is (almost) only a smooth gradient: its hashes are noise (see LOW_INFO)."""
+        p = self._pic(tid)
+        return p is not None and p.info < LOW_INFO
 
     def compare(self, a: int, b: int) -> Verdict:
         key = (a, b) if a < b else (b, a)
