@@ -93,12 +93,27 @@ class Verdict:
 class _View:
     """One framing of a thumbnail (its border-trimmed box, or the whole frame): crops and spectra."""
 
-    __slots__ = ("pic", "box", "_crops", "_specs")
+    __slots__ = ("gray", "rgb", "_rot", "box", "_crops", "_specs")
 
-    def __init__(self, pic: "_Picture", box: tuple[int, int, int, int]):
-        self.pic, self.box = pic, box
+    def __init__(self, gray, rgb, rot_cache: dict, box: tuple[int, int, int, int]):
+        # no reference back to the picture: no cycle, so an evicted picture is freed at once
+        self.gray, self.rgb, self._rot, self.box = gray, rgb, rot_cache, box
         self._crops: dict = {}
         self._specs: dict = {}
+
+    def rotated(self, rot: float, rgb: bool):
+        src = self.rgb if rgb else self.gray
+        if not rot:
+            return src
+        key = (rot, rgb, self.box)
+        if key not in self._rot:
+            from PIL import Image
+
+            if len(self._rot) >= 2:  # rotations are tried around one scale at a time: keep memory flat
+                self._rot.clear()
+            left, t, right, b = self.box
+            self._rot[key] = src.rotate(rot, Image.BILINEAR, center=((left + right) / 2, (t + b) / 2))
+        return self._rot[key]
 
     def _box(self, f: float) -> tuple[float, float, float, float]:
         left, t, right, b = self.box
@@ -111,26 +126,29 @@ class _View:
         if out is None:
             from PIL import Image
 
-            src = self.pic.rotated(rot, rgb, self.box)
+            src = self.rotated(rot, rgb)
             out = np.asarray(src.resize((side, side), Image.BILINEAR, box=self._box(f)), dtype=np.float32)
-            self._crops[key] = out
+            if not rot and side == SIDE and not rgb:  # only the alignment crops are reused across pairs
+                self._crops[key] = out
         return out
 
     def spec(self, f: float, rot: float) -> tuple[np.ndarray, np.ndarray]:
         """The normalised SIDE crop and its spectrum (for phase correlation), cached."""
         key = (f, rot)
-        out = self._specs.get(key)
-        if out is None:
-            z = _norm(self.crop(f, rot, SIDE))
-            out = self._specs[key] = (z, np.fft.rfft2(z))
-        return out
+        z = _norm(self.crop(f, rot, SIDE))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = np.fft.rfft2(z).astype(np.complex64)
+            if not rot:
+                self._specs[key] = spec
+        return z, spec
 
 
 class _Picture:
     """One decoded thumbnail: grey + RGB images and its framings (trimmed box first; the whole
     frame too when a border was trimmed, since a trim can eat into a dark or pale picture edge)."""
 
-    __slots__ = ("gray", "rgb", "views", "_rot", "std", "info")
+    __slots__ = ("gray", "rgb", "views", "std", "info")
 
     def __init__(self, path: Path):
         from PIL import Image
@@ -144,25 +162,13 @@ class _Picture:
         a = np.asarray(self.gray, dtype=np.float32)
         t, b, left, right = trim_box(a)
         full = (0, 0, a.shape[1], a.shape[0])
-        self._rot: dict = {}
-        self.views = [_View(self, (left, t, right, b))]
+        rot: dict = {}
+        self.views = [_View(self.gray, rgb, rot, (left, t, right, b))]
         if self.views[0].box != full:
-            self.views.append(_View(self, full))
+            self.views.append(_View(self.gray, rgb, rot, full))
         x = self.views[0].crop(1.0, 0.0, SIDE)
         self.std = float(x.std())
         self.info = _residual_std(x)
-
-    def rotated(self, rot: float, rgb: bool, box) -> "object":
-        src = self.rgb if rgb else self.gray
-        if not rot:
-            return src
-        key = (rot, rgb, box)
-        if key not in self._rot:
-            from PIL import Image
-
-            left, t, right, b = box
-            self._rot[key] = src.rotate(rot, Image.BILINEAR, center=((left + right) / 2, (t + b) / 2))
-        return self._rot[key]
 
 
 def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +294,7 @@ class PixelVerifier:
     """Compares thumbnails by id; decoded pictures are kept in a bounded LRU cache and verdicts
     are remembered (both orders)."""
 
-    def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 1024):
+    def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 128):
         self.root, self.relpaths, self.cap = Path(root), relpaths, cache
         self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
         self._verdicts: dict[tuple[int, int], Verdict] = {}
