@@ -32,7 +32,6 @@ import argparse
 import csv
 import hashlib
 import io
-import os
 import random
 import subprocess
 import sys

@@ -116,7 +116,7 @@ def main():
             for x in range(0, im.width - 479, 240):
                 n, j = thumb(encode(im.crop((x, y, x + 480, y + 360)), "PNG", compress_level=1), "t.png")
                 by_name.setdefault(n, []).append(((x, y), j))
-        for n, tiles in by_name.items():
+        for tiles in by_name.values():
             for (pa, ja), (pb, jb) in itertools.combinations(tiles, 2):
                 m, p = diff(ja, jb)
                 if p <= 3:  # saturated white both: the same picture (JPEG round-off only)

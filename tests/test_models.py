@@ -2,9 +2,6 @@
 label search, preprocessing equal to the reference transforms, offline errors, batching."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -48,7 +45,7 @@ def test_lite0_weights_map_one_to_one():
     ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     assert len(src) == len(mapped) == len(ref) == 296
     assert list(mapped) == list(ref)
-    for (sk, sv), (tk, tv) in zip(src.items(), mapped.items()):
+    for sv, tv in zip(src.values(), mapped.values()):
         assert sv.shape == tv.shape and torch.equal(sv, tv)
 
 

@@ -23,7 +23,7 @@ def clustered(n_clusters=12, per=40, d=32, seed=0, dup_groups=15):
     Returns X (shuffled) and the groups as lists of row indices."""
     rng = np.random.default_rng(seed)
     rows, gid = [], []
-    for c in range(n_clusters):
+    for _ in range(n_clusters):
         centre = rng.standard_normal(d)
         centre /= np.linalg.norm(centre)
         pts = centre + 0.5 * rng.standard_normal((per, d)) / np.sqrt(d)

@@ -110,7 +110,7 @@ def _check_consistent(root: Path) -> None:
     names = {}
     for rel, name, _rank in iter_thumb_files(root):
         names.setdefault(name, []).append(rel)
-    for tid, (name, rel, rank) in th.items():
+    for name, rel, rank in th.values():
         assert names.get(name) == [rel], (name, names.get(name), rel)
         assert parse_thumb_filename(rel.rsplit("/", 1)[-1])[1] == rank
     assert len(names) == len(th)

@@ -84,7 +84,7 @@ def check_json_blocks(page: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the real page
-def test_report_in_chromium(featurized, chromium, tmp_path):
+def test_report_in_chromium(featurized, chromium, tmp_path):  # noqa: F811  (the fixture imported above)
     from nearsort.analyze import analyze
 
     base, p, thumbs = featurized

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import PY, REPO, SAMPLES, make_photo, tree_snapshot
+from conftest import PY, SAMPLES, make_photo, tree_snapshot
 from nearsort import Catalog, CatalogLocked, rebuild, resize, thumbmeta
 from nearsort.export import export
 from nearsort.textsafe import csv_uncell, decode_path
@@ -160,7 +159,8 @@ def _png_header_only(path: Path, w: int, h: int) -> None:
 
 def test_bad_inputs_are_recorded_and_never_stop_the_run(tmp_path):
     lib = tmp_path / "lib"
-    good = [make_photo(lib / f"good{i}.jpg", i) for i in range(3)]
+    for i in range(3):
+        make_photo(lib / f"good{i}.jpg", i)
     (lib / "empty.jpg").write_bytes(b"")
     (lib / "notes.jpg").write_text("this is a text file, not a photo\n")
     full = make_photo(tmp_path / "full.jpg", 9, size=(800, 600)).read_bytes()

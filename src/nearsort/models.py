@@ -35,7 +35,6 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -521,7 +520,7 @@ def fold_batchnorm(net) -> int:
     n = 0
     for mod in list(net.modules()):
         children = list(mod.named_children())
-        for (cname, conv), (bname, bn) in zip(children, children[1:]):
+        for (_, conv), (bname, bn) in zip(children, children[1:]):
             if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)):
                 continue
             if conv.out_channels != bn.num_features or not bn.track_running_stats or bn.running_var is None:

@@ -1167,7 +1167,7 @@ def _improve(X, order, steps, I, D, progress: Progress, seconds: Optional[float]
         best_g = eps
         best = None
 
-        def md(e, wi):
+        def md(e, wi, W=W, M=M, Mi=Mi):  # bound now: redefined with them every iteration
             w = W[wi]
             if w == DUM or e == DUM:
                 return 0.0

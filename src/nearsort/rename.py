@@ -448,7 +448,6 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
                             f"could not move {src} -> {dst}: {e.strerror or e}. Nothing was lost: fix this and "
                             f"run `nearsort refresh` or `nearsort undo` on {cat.root} to finish or revert "
                             f"the interrupted {op['kind']} (op #{op_id})") from e
-                final = dst if status in ("moved", "done") else None
                 if status == "moved":
                     res["moved"] += 1
                 elif status == "done":
@@ -482,7 +481,7 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
             pass  # recovery re-derives everything from the filesystem
     # finish: clean up, then mark done (cleanup is idempotent, so a kill here is harmless)
     vacated: dict[str, list] = {}
-    for seq, kind, s, st in cat.execute("SELECT seq, kind, src, state FROM journal WHERE op_id=?", (op_id,)):
+    for kind, s, st in cat.execute("SELECT kind, src, state FROM journal WHERE op_id=?", (op_id,)):
         if st == "done":
             vacated.setdefault(kind, []).append(os.fsdecode(bytes(s)))
     for kind, paths in vacated.items():
