@@ -5,6 +5,12 @@
     nice .venv/bin/python bench/dupes.py /tmp/devbench --sweep         # + threshold sweeps (justify defaults)
     nice .venv/bin/python bench/dupes.py /tmp/devbench --json out.json # score a `nearsort dupes --json` output
     nice .venv/bin/python bench/dupes.py /tmp/devbench --pipeline      # + end-to-end images/s (fresh THUMBS)
+    nice .venv/bin/python bench/dupes.py /tmp/tilesbench --peers       # + fastdup, imagededup in the same run
+
+Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
+Extra counts: "different shots paired" (pairs of two shots of one scene in one group: must be 0),
+"false pairs across photos" (tiles of two different photos), "mixed groups" (groups holding
+pictures made from two different photos: must be 0).
 
 THUMBS defaults to /tmp/nearsort-bench-dupes/<bench name>; it is made with ``resize`` and
 ``featurize`` (efficientnet-lite0, the offline default) when missing.
@@ -15,8 +21,7 @@ either way; every other pair is a negative. Predicted positives are the pairs of
 ``dupes`` puts in one group (files are matched by path). Also reported: how many flips were
 put into a duplicate group (should be 0) and how many were labelled as mirror images.
 
-Reference numbers on the seed-1 dev bench (brief): fastdup P 1.00 / R 0.84 at default;
-imagededup PHash P 1.00 / R 0.74 at distance 10.
+Peers are measured in the same run with ``--peers`` (bench/peers.py).
 """
 from __future__ import annotations
 
@@ -176,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--pipeline", action="store_true", help="time resize + featurize + dupes from scratch")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
     a = ap.parse_args(argv)
     bench = a.bench.resolve()
     if not (bench / "ground_truth.csv").exists():
@@ -209,6 +215,11 @@ def main(argv=None) -> int:
     dt = time.monotonic() - t0
     print(f"defaults {json.dumps({k: v for k, v in res['settings'].items() if k not in ('workers', 'cache')})}")
     print(f"  {fmt(score(res, bench, truth))}  [{dt:.2f} s]")
+    if a.peers:
+        from peers import describe, run_peers
+
+        for tool, (s, secs) in run_peers(bench).items():
+            print(f"{tool:<17} {fmt(s)}  [{secs:.2f} s]  {describe(tool, s)}")
     if a.sweep:
         sweep(thumbs, bench, truth)
     return 0

@@ -99,7 +99,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .catalog import Catalog, CatalogError, state_dir
-from .pixels import PixelVerifier
+from .pixels import STRONG_SCREEN, PixelVerifier
 from .textsafe import term
 from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
 from .thumbs import name_phash
@@ -112,6 +112,7 @@ DEFAULT_K = 10
 DEFAULT_MIRROR_MARGIN = 4
 ANCHOR_SLACK = 2  # the star check around the keeper allows crop_distance + this
 STRONG_CROP_DISTANCE = 20  # beyond crop_distance, a pair this close is decided on pixels (Verdict.strong)
+STRONG_COSINE = 0.9       # ... or whose embeddings are this close
 FAINT_BLUR = 20.0          # thumbs.blur (variance of Laplacian) at or below which a hash may be noise
 DEFAULT_KEEP = "resolution,metadata,size,oldest"
 KEEP_KEYS = ("resolution", "metadata", "size", "oldest", "newest", "path")
@@ -669,14 +670,17 @@ class _Finder:
         self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
+        self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
 
-    def _pixels_decide(self, a: int, b: int, crop: int) -> bool:
+    def _pixels_decide(self, a: int, b: int, crop: int, cosine: Optional[float] = None) -> bool:
         """May a pair the crop-aware hash rejects still be a copy on pixels alone? When the hash is
-        near (a crop or border moved it), or when both thumbnails are faint (low Laplacian variance,
-        then low detail on pixels): a faint picture's hash is noise."""
+        near (a crop or border moved it), when the embeddings nearly agree (a border the trim could
+        not remove moves every hash), or when both thumbnails are faint (low Laplacian variance,
+        then low detail on pixels): a faint picture's hash is noise. (Only a *strong* pixel
+        verdict then joins them, after a cheap screen.)"""
         if self.pixels is None:
             return False
-        if crop <= STRONG_CROP_DISTANCE:
+        if crop <= STRONG_CROP_DISTANCE or (cosine is not None and cosine >= STRONG_COSINE):
             return True
         faint = self.blur.get(a, 99) <= FAINT_BLUR and self.blur.get(b, 99) <= FAINT_BLUR
         return faint and self.pixels.low_detail(a) and self.pixels.low_detail(b)
@@ -724,6 +728,7 @@ class _Finder:
                 self.stats["near_candidates"] = len(a)
                 close = {(e.a, e.b) for e in perceptual}
                 cand = [(int(x), int(y), float(c)) for x, y, c in zip(a, b, s) if (int(x), int(y)) not in close]
+                self._cos = {(x, y): c for x, y, c in cand}
                 self.sigs.ensure({x for x, _, _ in cand} | {y for _, y, _ in cand})
                 for x, y, c in cand:
                     dist = self.sigs.distances(x, y)
@@ -736,7 +741,7 @@ class _Finder:
                     elif e.crop <= cfg.crop_distance:
                         if self._confirmed(e):
                             near.append(e)
-                    elif self._pixels_decide(x, y, e.crop) and self.pixels.compare(x, y).strong:
+                    elif self._pixels_decide(x, y, e.crop, c) and self.pixels.compare(x, y, STRONG_SCREEN).strong:
                         near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
                         self.stats["pixel_only"] += 1
                     else:
@@ -764,7 +769,7 @@ class _Finder:
             if self._is_mirror(crop, mirror):
                 return "mirror"
             if crop > self.cfg.crop_distance + ANCHOR_SLACK:
-                if not self._pixels_decide(anchor, t, crop):
+                if not self._pixels_decide(anchor, t, crop, self._cos.get((min(anchor, t), max(anchor, t)))):
                     return "no"
                 strong_needed = True
         if self.pixels is None:
@@ -834,8 +839,8 @@ class _Finder:
             members = [m for t in thumbs for m in self.by_thumb[t]]
             if len(members) < 2:
                 continue
-            if len(thumbs) == 1 and self.pixels is not None and self.pixels.uniform(thumbs[0]):
-                # a uniform frame shows nothing to compare: only byte-identical files are copies
+            if len(thumbs) == 1 and self.pixels is not None and self.pixels.blank(thumbs[0]):
+                # a blank (clipped uniform) frame shows nothing of its scene: only byte-identical files are copies
                 by_hash: dict[str, list[Member]] = {}
                 for m in members:
                     by_hash.setdefault(m.content_hash, []).append(m)
