@@ -195,6 +195,7 @@ def build(cat: Catalog, out_path: Path, *, dupes_result=None, dupes_config=None,
         "groups": res.summary["groups"], "exact_groups": res.summary["exact_groups"],
         "near_groups": res.summary["near_groups"], "duplicates": res.summary["duplicates"],
         "reclaimable": res.summary["reclaimable_bytes"], "mirrors": res.summary["mirror_pairs"],
+        "shots": res.summary.get("similar_shots", 0),
         "dark": len(qual.get("dark", [])), "bright": len(qual.get("bright", [])),
         "blurry": len(qual.get("blurry", [])), "errors": len(errs), "quarantined": quarantined,
     }
@@ -433,6 +434,7 @@ navItems.forEach(function (n) {
  [num(S.duplicates), "files that could go", ""],
  [bytes(S.reclaimable), "reclaimable", "accent"],
  [num(S.mirrors), "mirror images (kept)", ""],
+ [num(S.shots || 0), "similar shots (kept)", ""],
  [num(S.dark) + " / " + num(S.bright) + " / " + num(S.blurry), "dark / bright / blurry", ""],
  [num(S.errors), "unreadable files", S.errors ? "warn" : ""],
  [num(S.quarantined), "quarantined so far", ""]].forEach(function (c) {
