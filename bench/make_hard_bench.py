@@ -4,6 +4,7 @@
     python bench/make_hard_bench.py tiles  ../shared/bench/originals /tmp/tilesbench
     python bench/make_hard_bench.py shots  ../shared/bench/originals /tmp/shotsbench
     python bench/make_hard_bench.py crops  ../shared/bench/originals /tmp/crops20k --n 20000
+    python bench/make_hard_bench.py realshots ../shared/bench/originals /tmp/realshots --data DATA
 
 tiles
     Cuts every original into non-overlapping 480x360 tiles (tiles of one photo are different
@@ -19,6 +20,10 @@ shots
     (re-encode, downscale, grey) of some of the shots and 160 unrelated pictures.
     ground_truth.csv has make_nd_bench.py's columns plus ``scene``: two files with one scene and
     different group_id are different shots of one scene; they must never share a copy group.
+realshots
+    Real different shots from Debian's opencv-doc examples (a stereo pair, consecutive video and
+    optical-flow frames, viewpoint and exposure pairs, a 13-pose calibration sequence and its
+    stereo partners; see REAL_SETS), some with labelled true copies, among 160 unrelated pictures.
 crops
     N random 30-90 % crops (side length, random position) of the originals, 400 px long side,
     JPEG q90; ground_truth.csv names the source photo of each. Crops of one photo may overlap (they
@@ -224,6 +229,54 @@ def make_shots(src: Path, out: Path, seed: int) -> None:
     w.close()
 
 
+# ----------------------------------------------------------------------------- real shots
+REAL_SETS = {  # real different shots of one scene, in Debian's opencv-doc (examples/data)
+    "aero": ["aero1.jpg", "aero3.jpg"],                       # viewpoint change
+    "aloe": ["aloeL.jpg", "aloeR.jpg"],                       # stereo pair
+    "basketball": ["basketball1.png", "basketball2.png"],     # consecutive video frames
+    "graf": ["graf1.png", "graf3.png"],                       # viewpoint change
+    "leuven": ["leuvenA.jpg", "leuvenB.jpg"],                 # exposure change
+    "rubberwhale": ["rubberwhale1.png", "rubberwhale2.png"],  # optical-flow frame pair
+    "calib-left": [f"left{i:02d}.jpg" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14)],  # calibration board poses
+    "calib-stereo": ["left01.jpg", "right01.jpg", "left02.jpg", "right02.jpg", "left03.jpg", "right03.jpg"],
+}
+
+
+def make_realshots(data: Path, unrelated_src: Path, out: Path, seed: int) -> None:
+    """Real different shots (REAL_SETS, from opencv-doc's examples/data: ``apt-get download
+    opencv-doc && dpkg-deb -x opencv-doc_*.deb x``, then DATA = x/usr/share/doc/opencv-doc/examples/data)
+    + labelled true copies of some (re-encode, half size, grey) + 160 unrelated pictures."""
+    rng = random.Random(seed)
+    w = Writer(out, rng)
+    done: dict[str, str] = {}
+    gid = 0
+    for scene, files in REAL_SETS.items():
+        for k, name in enumerate(files):
+            if name in done:  # left01..03 are in two sets: one picture, one group
+                continue
+            im = load_rgb(data / name)
+            gid += 1
+            g = f"r{gid:04d}"
+            done[name] = g
+            w.emit((data / name).read_bytes(), (data / name).suffix, g, "original", name, scene, im.size, scene)
+            if k == 0 or rng.random() < 0.3:
+                t = rng.choice(["jpeg_q40", "downscale_50", "grey"])
+                c = im.resize((im.width // 2, im.height // 2), Image.BICUBIC) if t == "downscale_50" else \
+                    im.convert("L").convert("RGB") if t == "grey" else im
+                w.emit(jpeg(c, 40 if t == "jpeg_q40" else 88), ".jpg", g, "near_duplicate", t, scene, c.size, scene)
+    n = 0
+    for p in originals(unrelated_src):
+        if n >= 160:
+            break
+        im = load_rgb(p, 1600)
+        for box in ((0, 0, im.width // 2, im.height // 2), (im.width // 2, im.height // 2, im.width, im.height)):
+            t = im.crop(box)
+            gid += 1
+            w.emit(jpeg(t, 90), ".jpg", f"u{gid:04d}", "distractor", "tile", p.name, t.size, "")
+            n += 1
+    w.close()
+
+
 # ----------------------------------------------------------------------------- crops
 def make_crops(src: Path, out: Path, seed: int, n: int) -> None:
     rng = random.Random(seed)
@@ -249,11 +302,12 @@ def make_crops(src: Path, out: Path, seed: int, n: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["tiles", "shots", "crops"])
+    ap.add_argument("kind", choices=["tiles", "shots", "realshots", "crops"])
     ap.add_argument("src", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=20000, help="crops: how many")
+    ap.add_argument("--data", type=Path, help="realshots: opencv-doc's examples/data folder")
     a = ap.parse_args(argv)
     if a.out.exists() and any(a.out.iterdir()):
         ap.error(f"{a.out} exists and is not empty")
@@ -261,6 +315,10 @@ def main(argv=None) -> int:
         make_tiles(a.src, a.out, a.seed)
     elif a.kind == "shots":
         make_shots(a.src, a.out, a.seed)
+    elif a.kind == "realshots":
+        if not a.data:
+            ap.error("realshots needs --data (opencv-doc's examples/data folder)")
+        make_realshots(a.data, a.src, a.out, a.seed)
     else:
         make_crops(a.src, a.out, a.seed, a.n)
     return 0

@@ -99,7 +99,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .catalog import Catalog, CatalogError, state_dir
-from .pixels import STRONG_SCREEN, PixelVerifier
+from .pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from .textsafe import term
 from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
 from .thumbs import name_phash
@@ -672,18 +672,22 @@ class _Finder:
         self._shot_edges: list[_Edge] = []
         self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
 
-    def _pixels_decide(self, a: int, b: int, crop: int, cosine: Optional[float] = None) -> bool:
+    def _pixels_decide(self, a: int, b: int, crop: int, cosine: Optional[float] = None) -> Optional[float]:
         """May a pair the crop-aware hash rejects still be a copy on pixels alone? When the hash is
         near (a crop or border moved it), when the embeddings nearly agree (a border the trim could
         not remove moves every hash), or when both thumbnails are faint (low Laplacian variance,
-        then low detail on pixels): a faint picture's hash is noise. (Only a *strong* pixel
-        verdict then joins them, after a cheap screen.)"""
+        then low detail on pixels): a faint picture's hash is noise. Returns the screen for
+        ``PixelVerifier.compare`` (None: no); only a *strong* verdict then joins the pair."""
         if self.pixels is None:
-            return False
+            return None
         if crop <= STRONG_CROP_DISTANCE or (cosine is not None and cosine >= STRONG_COSINE):
-            return True
-        faint = self.blur.get(a, 99) <= FAINT_BLUR and self.blur.get(b, 99) <= FAINT_BLUR
-        return faint and self.pixels.low_detail(a) and self.pixels.low_detail(b)
+            return STRONG_SCREEN
+        if self.blur.get(a, 99) <= FAINT_BLUR and self.blur.get(b, 99) <= FAINT_BLUR:
+            return LOW_DETAIL_ONLY
+        return None
+
+    def _strong(self, a: int, b: int, screen: Optional[float]) -> bool:
+        return screen is not None and self.pixels.compare(a, b, screen).strong
 
     def _confirmed(self, e: "_Edge") -> bool:
         """Pixel check of a candidate copy pair; a local change makes it a similar shot."""
@@ -710,6 +714,8 @@ class _Finder:
         tid = np.array(self.tids, dtype=np.int64)
         perceptual = [_Edge(int(tid[a]), int(tid[b]), "perceptual", int(x)) for a, b, x in zip(i, j, d)]
         self.stats["phash_pairs"] = len(perceptual)
+        if self.pixels is not None:
+            self.pixels.prefetch([(e.a, e.b, None) for e in perceptual], cfg.workers)
         perceptual = [e for e in perceptual if self._confirmed(e)]
         self.progress(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
                       f"({time.monotonic() - t0:.1f} s)")
@@ -730,6 +736,17 @@ class _Finder:
                 cand = [(int(x), int(y), float(c)) for x, y, c in zip(a, b, s) if (int(x), int(y)) not in close]
                 self._cos = {(x, y): c for x, y, c in cand}
                 self.sigs.ensure({x for x, _, _ in cand} | {y for _, y, _ in cand})
+                if self.pixels is not None:  # every pixel check this loop will ask for, at once
+                    want = []
+                    for x, y, c in cand:
+                        dist = self.sigs.distances(x, y)
+                        if dist is None or self._is_mirror(*dist):
+                            continue
+                        if dist[0] <= cfg.crop_distance:
+                            want.append((x, y, None))
+                        elif (screen := self._pixels_decide(x, y, dist[0], c)) is not None:
+                            want.append((x, y, screen))
+                    self.pixels.prefetch(want, cfg.workers)
                 for x, y, c in cand:
                     dist = self.sigs.distances(x, y)
                     e = _Edge(x, y, "near", self.phash_d(x, y), c)
@@ -741,7 +758,7 @@ class _Finder:
                     elif e.crop <= cfg.crop_distance:
                         if self._confirmed(e):
                             near.append(e)
-                    elif self._pixels_decide(x, y, e.crop, c) and self.pixels.compare(x, y, STRONG_SCREEN).strong:
+                    elif self._strong(x, y, self._pixels_decide(x, y, e.crop, c)):
                         near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
                         self.stats["pixel_only"] += 1
                     else:
@@ -760,7 +777,6 @@ class _Finder:
         """'ok' | 'mirror' | 'no' for thumbnail t against the keeper's thumbnail."""
         if anchor == t:
             return "ok"
-        strong_needed = False
         if self.phash_d(anchor, t) > self.cfg.phash_distance:
             dist = self.sigs.distances(anchor, t)
             if dist is None:
@@ -769,14 +785,10 @@ class _Finder:
             if self._is_mirror(crop, mirror):
                 return "mirror"
             if crop > self.cfg.crop_distance + ANCHOR_SLACK:
-                if not self._pixels_decide(anchor, t, crop, self._cos.get((min(anchor, t), max(anchor, t)))):
-                    return "no"
-                strong_needed = True
-        if self.pixels is None:
-            return "ok"
+                screen = self._pixels_decide(anchor, t, crop, self._cos.get((min(anchor, t), max(anchor, t))))
+                return "ok" if self._strong(anchor, t, screen) else "no"
         # every member must be the keeper's picture on pixels, not only linked to it
-        v = self.pixels.compare(anchor, t)
-        return "ok" if (v.strong if strong_needed else v.copy) else "no"
+        return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"
 
     def _split(self, comp: list[int], adj: dict[int, list[tuple[int, str]]], out: list, mirrored: list) -> None:
         """Check a component as a star around its keeper; regroup the members that fail."""

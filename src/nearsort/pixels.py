@@ -45,6 +45,7 @@ Thresholds come from ``bench/dupes.py`` on the dev bench, a tiles bench and a sh
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,10 @@ MAX_LOCAL = 0.2            # worst block minus 90th-percentile block
 CHROMA_ABS, CHROMA_REL, GREY = 3.0, 0.3, 3.0
 STRONG_DIFF = 0.05         # a copy this close stands on its pixels alone (hashes may disagree)
 STRONG_SCREEN = 0.2        # coarse difference above which a pair cannot be a strong copy
+LOW_DETAIL_ONLY = -1.0     # compare() screen: answer only if the pair is compared as low-detail frames
 STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brightness difference)
+PARALLEL_ABOVE = 256       # pairs above which prefetch uses worker processes
+PARALLEL_CHUNK = 128
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
 
 
@@ -250,6 +254,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     """The verdict for two pictures. With ``screen``, a pair whose best coarse alignment still
     differs by more than that is answered ``different`` at once (a cheap pre-check for pairs that
     only a *strong* copy verdict could join)."""
+    if screen == LOW_DETAIL_ONLY and min(pa.info, pb.info) >= LOW_INFO:
+        return Verdict("different", metrics={"screened": 0.0})  # only a low-detail match was asked for
     if min(pa.std, pb.std) < UNIFORM_STD:
         if max(pa.std, pb.std) >= UNIFORM_STD or pa.blank or pb.blank:
             return Verdict("uniform", metrics={"std": min(pa.std, pb.std)})
@@ -332,6 +338,7 @@ class PixelVerifier:
         self.root, self.relpaths, self.cap = Path(root), relpaths, cache
         self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
         self._verdicts: dict[tuple[int, int], Verdict] = {}
+        self._screened: dict[tuple[int, int], Verdict] = {}
         self.compared = 0
 
     def _pic(self, tid: int) -> Optional[_Picture]:
@@ -353,21 +360,53 @@ class PixelVerifier:
         p = self._pic(tid)
         return p is not None and p.blank
 
-    def low_detail(self, tid: int) -> bool:
-        """A frame that is (almost) only a smooth gradient: its hashes are noise (see LOW_INFO)."""
-        p = self._pic(tid)
-        return p is not None and p.info < LOW_INFO
-
     def compare(self, a: int, b: int, screen: Optional[float] = None) -> Verdict:
         key = (a, b) if a < b else (b, a)
-        v = self._verdicts.get(key)
+        v = self._verdicts.get(key) or (self._screened.get(key) if screen is not None else None)
         if v is None:
             pa, pb = self._pic(key[0]), self._pic(key[1])
             v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb, screen)
             self.compared += 1
-            if "screened" not in v.metrics:  # a screened-out answer is not the full verdict
-                self._verdicts[key] = v
+            self._keep(key, v)
         return v
+
+    def _keep(self, key: tuple[int, int], v: Verdict) -> None:
+        if "screened" in v.metrics:  # a screened-out answer is not the full verdict
+            self._screened[key] = v
+        else:
+            self._verdicts[key] = v
+
+    def prefetch(self, pairs: list[tuple[int, int, Optional[float]]], workers: Optional[int] = None) -> None:
+        """Compare many pairs (a, b, screen) at once, in processes when there are many; later
+        ``compare`` calls are answered from what this found."""
+        todo = sorted({((a, b) if a < b else (b, a), sc) for a, b, sc in pairs
+                       if ((a, b) if a < b else (b, a)) not in self._verdicts})
+        nw = workers or os.cpu_count() or 1
+        if len(todo) < PARALLEL_ABOVE or nw < 2:
+            for (a, b), sc in todo:
+                self.compare(a, b, sc)
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [todo[i:i + PARALLEL_CHUNK] for i in range(0, len(todo), PARALLEL_CHUNK)]
+        jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c])
+                for c in chunks]
+        with ProcessPoolExecutor(nw, mp_context=mp.get_context("forkserver")) as ex:
+            for out in ex.map(_compare_chunk, jobs):
+                for a, b, v in out:
+                    self.compared += 1
+                    self._keep((a, b), v)
+
+
+def _compare_chunk(job) -> list[tuple[int, int, Verdict]]:
+    """Worker: verdicts for a chunk of pairs sorted by their first thumbnail (cache-friendly)."""
+    root, items = job
+    rel = {}
+    for a, b, ra, rb, _ in items:
+        rel[a], rel[b] = ra, rb
+    pv = PixelVerifier(Path(root), rel)
+    return [(a, b, pv.compare(a, b, sc)) for a, b, _, _, sc in items]
 
 
 def compare_files(a, b) -> Verdict:
