@@ -185,3 +185,16 @@ def test_dupes_json_carries_similar_shots(hard_library, tmp_path):
     assert any(s["relation"] == "shot" for s in data["similar"])
     assert "similar shots" in subprocess.run([sys.executable, "-m", "nearsort.cli", "dupes", str(thumbs)],
                                              capture_output=True, text=True, timeout=300).stdout
+
+
+def test_pixel_checks_in_worker_processes_give_the_same_groups(hard_library, monkeypatch):
+    import nearsort.pixels as pixels
+
+    lib, thumbs, label = hard_library
+    serial = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=1))
+    monkeypatch.setattr(pixels, "PARALLEL_ABOVE", 1)
+    monkeypatch.setattr(pixels, "PARALLEL_CHUNK", 7)
+    parallel = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=2))
+    assert sorted(map(sorted, _groups(serial))) == sorted(map(sorted, _groups(parallel)))
+    assert parallel.summary["pixel_checks"] >= serial.summary["pixel_checks"] > 0
+    assert [s["relation"] for s in serial.similar] == [s["relation"] for s in parallel.similar]
