@@ -28,11 +28,21 @@ computed on the mirrored thumbnail; when the mirrored distance beats the direct 
 ``mirror_margin`` (4) bits, the pair is recorded as ``similar`` and never joined. Flips score
 0..4 mirrored vs 22..34 direct on the dev bench; true duplicates are >= 10 bits better direct.
 
+Every perceptual and near edge is then **confirmed on pixels** (:mod:`nearsort.pixels`): the two
+thumbnails, aligned (scale, shift, small rotation, either framing), must show the same picture;
+a compact local change on one framing makes the pair a *similar shot* (``similar`` with relation
+``shot``), never an edge. A near candidate that the crop-aware hash rejects still becomes an edge
+when its pixels are strongly alike (``Verdict.strong``) and its hash is near (<= 20), its
+embeddings nearly agree (cosine >= 0.9) or both thumbnails are faint (a faint picture's hash is
+noise). A blank (clipped uniform) thumbnail groups only byte-identical files. The pixel checks a
+run needs are made first, in worker processes (``PixelVerifier.prefetch``).
+
 Groups are the connected components (union-find) of exact + perceptual + near edges. Against
 chaining (A~B~C joining A and C through weak edges, or a flip joining through a crop) every
 component is then checked as a *star* around its keeper: each member must itself match the
 keeper (same thumbnail, phash distance <= ``phash_distance``, or crop-aware distance <=
-``crop_distance`` + 2 and not mirrored); members that fail are split off and regrouped among
+``crop_distance`` + 2 and not mirrored, or a strong pixel match as above) *and* be the keeper's
+picture on pixels; members that fail are split off and regrouped among
 themselves (recursively); members that are mirror images of the keeper become ``similar``.
 
 Keep-best (``keep``, a comma list, earlier keys win): ``resolution`` (most picture pixels:
@@ -45,11 +55,10 @@ Defaults, measured on the dev bench (make_nd_bench.py --seed 1: 432 files, 124 g
 positive pairs; pairwise scoring of bench/README.md; ``nice .venv/bin/python bench/dupes.py
 /tmp/devbench --sweep`` prints every table quoted here):
 
-* result at the defaults: **P 1.000, R 0.991** (576 of 581 pairs; the 5 missed: a bordered smooth
-  colour gradient, whose border the trim cannot tell from the picture, and a letterboxed plane
-  in a nearly uniform sky), no flip in any group, all 25 flips
-  labelled mirror images. For reference: fastdup P 1.00 / R 0.84, imagededup PHash (d 10)
-  P 1.00 / R 0.74 -- our phash-only mode at d 10 gives the same 0.747.
+* result at the defaults (with the pixel check, 2026-12-01): **P 1.000, R 0.995** (578 of 581
+  pairs), no flip in any group, all 25 flips labelled mirror images; on the tiles and shots
+  benches and the measured peers see README "Measured figures". (The sweeps below are from
+  before the pixel check, which only removes edges or adds strongly confirmed ones.)
 * one signal is not enough: phash alone keeps P 1.00 only up to d 12 (R 0.79; first false pair
   at 14); the embedding cosine alone peaks at T 0.80 with P 1.00 / R 0.974 but puts all 25
   flips into groups and falls to P 0.95 at T 0.70.
