@@ -349,3 +349,27 @@ def test_files_in_a_folder_the_scan_could_not_list_are_not_marked_missing(tmp_pa
     finally:
         locked.chmod(0o755)
 
+
+
+def test_keeper_gone_after_planning_stops_its_copies_even_when_a_killed_quarantine_is_finished(tmp_path, monkeypatch):
+    """The moves of a quarantine are journaled with the state of the verified keeper; a keeper
+    deleted before the move (here: after a 'kill' right after journaling) keeps its copies home."""
+    from nearsort import rename
+
+    src, thumbs, paths = _lib(tmp_path, groups=2, copies=2)
+    q = tmp_path / "q"
+    res = D.find_duplicates(thumbs, CFG)
+    with Catalog.open(thumbs) as cat:
+        monkeypatch.setattr(rename, "apply_op", lambda cat, op_id, **kw: {"moved": 0, "skipped": []})
+        D.quarantine(thumbs, res, q, cat=cat)  # journaled, nothing moved: as if killed at once
+    monkeypatch.undo()
+    keeper_gone = paths[0][0]
+    keeper_gone.unlink()
+    with Catalog.open(thumbs) as cat:
+        fin = D.finish_interrupted(cat)
+    assert fin and fin["finished_interrupted"]
+    for p in paths[0][1:]:
+        assert p.exists() and not _in_q(q, p).exists(), "a copy moved although its keeper is gone"
+    assert any("keeper" in s["why"] for s in fin["skipped"])
+    for p in paths[1][1:]:  # the other group's keeper is still there: its copies moved
+        assert not p.exists() and _in_q(q, p).exists()

@@ -1066,7 +1066,7 @@ def _register_kind() -> None:
                     break
                 d = os.path.dirname(d)
 
-    rename.register_kind("original", moved=moved, cleanup=cleanup)
+    rename.register_kind("original", moved=moved, cleanup=cleanup, check=lambda guard, src: _guard(guard, src))
 
 
 MARKER = "NEARSORT-QUARANTINE.txt"
@@ -1167,6 +1167,27 @@ def _verify_copy(path: str, content_hash: str, roots: list[tuple[str, str]]) -> 
     return None
 
 
+def _file_state(path: str) -> Optional[list]:
+    """(device, inode, size, mtime_ns) of a file, or None: what a verified file must still be."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _guard(guard: list, src: str) -> Optional[str]:
+    """Just before a quarantine move: is the keeper still the file verified at planning, and the
+    file to move too? (Time passes between planning and moving -- hours when a killed quarantine is
+    finished later; a keeper deleted or replaced meanwhile must stop its copies from moving.)"""
+    keeper, keeper_state, src_state = guard
+    if keeper_state is None or _file_state(keeper) != keeper_state:
+        return f"its keeper {keeper} is gone or changed since it was verified (not moved)"
+    if src_state is not None and _file_state(src) != src_state:
+        return "changed since it was verified (not moved)"
+    return None
+
+
 def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
     """Which files would move where; the refusals. Writes nothing.
 
@@ -1206,6 +1227,7 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
             refused.append({"group": g["id"], "keeper": keeper["path"], "why": f"the keeper {why}",
                             "files": len(todo)})
             continue
+        keeper_state = _file_state(keeper["path"])
         for m, dst in todo:
             why = _verify_copy(m["path"], m["content_hash"], roots)
             if why is None:
@@ -1217,8 +1239,10 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
             if why:
                 skipped.append({"path": m["path"], "why": f"it {why}"})
                 continue
+            # the state both were verified in: re-checked just before the move (apply_op's guard)
             moves.append({"group": g["id"], "source_id": m["source_id"], "src": m["path"], "dst": str(dst),
-                          "bytes": m["bytes"], "keeper": g["keeper"]})
+                          "bytes": m["bytes"], "keeper": g["keeper"],
+                          "guard": [keeper["path"], keeper_state, _file_state(m["path"])]})
     problems = []
     folders = sorted({os.path.dirname(mv["src"]) for mv in moves})
     for f in folders:
@@ -1329,7 +1353,8 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
             marker.write_text(_MARKER_TEXT.format(thumbs=cat.root))
         op_id = rename.journal_moves(
             cat, "quarantine", (("original", mv["source_id"], mv["src"], mv["dst"]) for mv in plan["moves"]),
-            {"dest": plan["dest"], "groups": len({mv["group"] for mv in plan["moves"]}), "bytes": plan["bytes"]})
+            {"dest": plan["dest"], "groups": len({mv["group"] for mv in plan["moves"]}), "bytes": plan["bytes"],
+             "guards": {str(mv["source_id"]): mv["guard"] for mv in plan["moves"]}})
         r = rename.apply_op(cat, op_id, _recovering=False)
         plan.update(op_id=op_id, moved=r["moved"])
         plan["skipped"] += r["skipped"]

@@ -152,19 +152,22 @@ class Kind:
     ``resolve(cat, path)``: journal path -> filesystem path. ``moved(cat, ref_id, path)``: update
     the catalog now that the item lives at ``path`` (called inside a transaction, idempotent).
     ``cleanup(cat, vacated_paths)``: after the op finished (e.g. remove folders left empty).
+    ``check(guard, src)``: just before a row moves, when the op's params hold a guard for its
+    ref_id (``params["guards"][str(ref_id)]``): a reason not to move it, or None.
     """
 
     resolve: Callable[[Catalog, str], str] = _resolve_default
     moved: Optional[Callable[[Catalog, Optional[int], str], None]] = None
     cleanup: Optional[Callable[[Catalog, list], None]] = None
+    check: Optional[Callable[[list, str], Optional[str]]] = None
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def register_kind(name: str, resolve=None, moved=None, cleanup=None) -> None:
+def register_kind(name: str, resolve=None, moved=None, cleanup=None, check=None) -> None:
     """Register the handling of journal rows of kind ``name`` (e.g. quarantine's 'original')."""
-    KINDS[name] = Kind(resolve or _resolve_default, moved, cleanup)
+    KINDS[name] = Kind(resolve or _resolve_default, moved, cleanup, check)
 
 
 def _kind(name: str) -> Kind:
@@ -418,6 +421,7 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
         return res
     recovering = op["state"] == "applying" if _recovering is None else _recovering
     params = json.loads(op["params"] or "{}")
+    guards = params.get("guards") or {}
     rows = _load_rows(cat, op_id)
     with cat.tx() as c:
         c.execute("UPDATE ops SET state='applying' WHERE id=?", (op_id,))
@@ -435,6 +439,13 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
                 h = _kind(r.kind)
                 src, dst = h.resolve(cat, r.src), h.resolve(cat, r.dst)
                 status = _settle(src, dst, recovering)
+                guard = guards.get(str(r.ref_id)) if h.check else None
+                if status == "todo" and guard is not None:
+                    why = h.check(guard, src)
+                    if why:
+                        res["skipped"].append({"src": r.src, "dst": r.dst, "why": why})
+                        marks.add(r.seq, "skipped", r.kind, r.ref_id, None)
+                        continue
                 if status == "todo":
                     try:
                         move_file(src, dst)
