@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nearsort.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes  # noqa: E402
+from nearsort.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes, same_pixels  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench" / "originals"
 
@@ -84,7 +84,7 @@ def main():
         for kind, (b, ext) in copies.items():
             n2, j2 = thumb(b, "copy" + ext)
             if n2 == name:  # only a name collision asks same_pixels
-                same.append((f.name, kind, *diff(jpeg, j2)))
+                same.append((f.name, kind, *diff(jpeg, j2), same_pixels(jpeg, j2)))
     print(f"{len(same)} copies with the original's name (re-encode q30-95, stripped, PNG):")
     for k, label in ((2, "mean"), (3, "p99")):
         v = np.array([s[k] for s in same])
@@ -92,8 +92,8 @@ def main():
     worst = sorted(same, key=lambda s: -(s[2] / SAME_MEAN + s[3] / SAME_P99))[:5]
     for s in worst:
         print(f"    {s[0]} {s[1]}: mean {s[2]:.2f} p99 {s[3]:.1f}")
-    print(f"  collapse under mean <= {SAME_MEAN}, p99 <= {SAME_P99}: "
-          f"{sum(s[2] <= SAME_MEAN and s[3] <= SAME_P99 for s in same)}/{len(same)}")
+    print(f"  collapse (thumbs.same_pixels: mean <= {SAME_MEAN}, p99 <= {SAME_P99}; uniform/smooth frames "
+          f"within pixels.LOW_INFO_TONE per channel): {sum(s[4] for s in same)}/{len(same)}")
     print(f"  pixel_print of a 256 px thumbnail: {1000 * np.median(t_print):.2f} ms median")
 
     print("uniform 300x200 frames (level pairs):")
@@ -102,7 +102,7 @@ def main():
         ny, jy = thumb(encode(Image.new("RGB", (300, 200), (y,) * 3), "PNG"), "u.png")
         m, p = diff(jx, jy)
         print(f"  {x} vs {y}: same name {nx == ny}, mean {m:.2f} p99 {p:.1f}, "
-              f"shared: {nx == ny and m <= SAME_MEAN and p <= SAME_P99}")
+              f"shared: {nx == ny and same_pixels(jx, jy)}")
 
     print("480x360 tiles of one photo whose names collide, pixels differ:")
     n_pairs = n_shared = 0
@@ -122,7 +122,7 @@ def main():
                 if p <= 3:  # saturated white both: the same picture (JPEG round-off only)
                     continue
                 n_pairs += 1
-                shared = m <= SAME_MEAN and p <= SAME_P99
+                shared = same_pixels(ja, jb)
                 n_shared += shared
                 print(f"  {f.name} {pa} {pb}: mean {m:.2f} p99 {p:.1f}{'  SHARED' if shared else ''}")
     print(f"  {n_shared}/{n_pairs} different tile pairs would share a thumbnail")

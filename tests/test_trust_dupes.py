@@ -198,3 +198,19 @@ def test_pixel_checks_in_worker_processes_give_the_same_groups(hard_library, mon
     assert sorted(map(sorted, _groups(serial))) == sorted(map(sorted, _groups(parallel)))
     assert parallel.summary["pixel_checks"] >= serial.summary["pixel_checks"] > 0
     assert [s["relation"] for s in serial.similar] == [s["relation"] for s in parallel.similar]
+
+
+def test_uniform_frames_a_few_levels_apart_are_not_copies(tmp_path):
+    """Grey 100 and grey 103 are two pictures (dupes allows 1.5 levels for frames that show only
+    their tone); a re-encode of grey 100 is a copy of it. Names and groups agree on that."""
+    from nearsort.ingest import resize
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("RGB", (300, 200), (100,) * 3).save(lib / "grey100.jpg", quality=90)
+    Image.new("RGB", (300, 200), (103,) * 3).save(lib / "grey103.jpg", quality=90)
+    Image.new("RGB", (300, 200), (100,) * 3).save(lib / "grey100-q50.jpg", quality=50)
+    resize(lib, tmp_path / "thumbs", workers=1)
+    res = find_duplicates(tmp_path / "thumbs", DupesConfig(use_embeddings=False))
+    groups = [sorted(os.path.basename(p) for p in g) for g in _groups(res)]
+    assert groups == [["grey100-q50.jpg", "grey100.jpg"]]

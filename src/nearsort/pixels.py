@@ -195,13 +195,24 @@ def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
     return basis, np.linalg.pinv(basis)
 
 
-_BASIS, _PINV = _quadratic_basis(SIDE)
+_BASES: dict[int, tuple[np.ndarray, np.ndarray]] = {SIDE: _quadratic_basis(SIDE)}
 
 
 def _residual_std(x: np.ndarray) -> float:
     """Std of what a quadratic surface does not explain: ~0 for flat frames and smooth gradients."""
+    side = x.shape[0]
+    if side not in _BASES:
+        _BASES[side] = _quadratic_basis(side)
+    basis, pinv = _BASES[side]
     v = x.ravel().astype(np.float64)
-    return float((v - _BASIS @ (_PINV @ v)).std())
+    return float((v - basis @ (pinv @ v)).std())
+
+
+def low_detail_print(rgb: np.ndarray) -> bool:
+    """A square RGB print (e.g. thumbs.pixel_print) of a frame that is uniform or only a smooth
+    gradient: such frames are the same picture only within LOW_INFO_TONE levels."""
+    g = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(g.std()) < UNIFORM_STD or _residual_std(g) < LOW_INFO
 
 
 def _norm(x: np.ndarray) -> np.ndarray:

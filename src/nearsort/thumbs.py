@@ -39,7 +39,7 @@ NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16}(?:_[1-9
 # EXIF-stripped copy or a PNG conversion that keeps the name stays within mean 3.1 / p99 13 (610
 # of 610 collapse); the 15 pairs of visibly different 480x360 tiles of one photo whose names
 # collide (near-white, over-exposed) differ by p99 >= 17 (mean as low as 0.5): 0 collapse.
-# Uniform frames differ by their level difference everywhere: levels up to 4 apart collapse.
+# Uniform and smooth frames collapse only within pixels.LOW_INFO_TONE levels per channel.
 PRINT_SIDE = 32
 SAME_MEAN = 4.0
 SAME_P99 = 16.0
@@ -94,8 +94,15 @@ def pixel_print(jpeg: bytes) -> np.ndarray:
 
 
 def prints_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same picture within JPEG noise. Uniform or smooth frames (a grey card, a clear sky) show
+    only their tone: for them the tolerance is dupes' (pixels.LOW_INFO_TONE per channel), so a
+    thumbnail never merges two frames that `dupes` would call different pictures."""
+    from .pixels import LOW_INFO_TONE, low_detail_print
+
     d = np.abs(a.astype(np.float32) - b.astype(np.float32))
-    return bool(d.mean() <= SAME_MEAN and np.percentile(d, 99) <= SAME_P99)
+    if not (d.mean() <= SAME_MEAN and np.percentile(d, 99) <= SAME_P99):
+        return False
+    return not (low_detail_print(a) or low_detail_print(b)) or bool(d.reshape(-1, 3).mean(0).max() <= LOW_INFO_TONE)
 
 
 def same_pixels(jpeg_a: bytes, jpeg_b: bytes) -> bool:
