@@ -214,3 +214,20 @@ def test_uniform_frames_a_few_levels_apart_are_not_copies(tmp_path):
     res = find_duplicates(tmp_path / "thumbs", DupesConfig(use_embeddings=False))
     groups = [sorted(os.path.basename(p) for p in g) for g in _groups(res)]
     assert groups == [["grey100-q50.jpg", "grey100.jpg"]]
+
+
+def test_a_library_script_without_a_main_guard_can_run_dupes_in_processes(hard_library, tmp_path):
+    import subprocess
+    import sys
+
+    lib, thumbs, label = hard_library
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import nearsort.pixels as px\n"
+        "from nearsort.dupes import DupesConfig, find_duplicates\n"
+        "px.PARALLEL_ABOVE = 1\n"
+        f"res = find_duplicates({str(thumbs)!r}, DupesConfig(model='efficientnet-lite0', workers=2))\n"
+        "print('groups', len(res.groups), 'checks', res.summary['pixel_checks'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "groups" in out.stdout and "Traceback" not in out.stderr

@@ -426,10 +426,9 @@ class Signatures:
         paths = [str(self.root / self.relpaths[t]) for t in todo]
         nw = self.workers or os.cpu_count() or 1
         if len(todo) >= 256 and nw > 1:
-            import multiprocessing as mp
+            from .workers import pool_context
 
-            ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
-            with ProcessPoolExecutor(nw, mp_context=ctx) as ex:
+            with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
                 sigs = list(ex.map(_sig_worker, paths, chunksize=64))
         else:
             sigs = [_sig_worker(p) for p in paths]

@@ -27,6 +27,7 @@ from .catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs
 from .scan import ScanProblem, walk_images
 from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
 from .thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
+from .workers import pool_context
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
@@ -100,12 +101,6 @@ def _die_with_parent(parent: int | None) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, daemon=True, name="nearsort-parent-watch").start()
-
-
-def _pool_context():
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return mp.get_context("fork")
-    return mp.get_context("spawn" if os.name == "nt" else "forkserver")
 
 
 def _work(args) -> FileResult:
@@ -431,7 +426,7 @@ def resize(
         try:
             # The pool is forked before the scanner thread starts (fork with no other thread
             # running is safe), so workers start instantly with every module already loaded.
-            ctx = _pool_context()
+            ctx = pool_context()
             parent = os.getpid() if ctx.get_start_method() == "fork" else None
             with stop, ctx.Pool(workers, initializer=_worker_init, initargs=(parent,)) as pool:
                 scanner.start()

@@ -397,13 +397,14 @@ class PixelVerifier:
             for (a, b), sc in todo:
                 self.compare(a, b, sc)
             return
-        import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+
+        from .workers import pool_context
 
         chunks = [todo[i:i + PARALLEL_CHUNK] for i in range(0, len(todo), PARALLEL_CHUNK)]
         jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c])
                 for c in chunks]
-        with ProcessPoolExecutor(nw, mp_context=mp.get_context("forkserver")) as ex:
+        with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
             for out in ex.map(_compare_chunk, jobs):
                 for a, b, v in out:
                     self.compared += 1
