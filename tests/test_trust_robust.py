@@ -187,8 +187,9 @@ def test_a_busy_worker_dies_with_its_killed_parent(tmp_path):
     when its parent is killed with SIGKILL, instead of running on as an orphan."""
     parent = subprocess.Popen([PY, "-c", (
         "import multiprocessing as mp, os, sys, time\n"
-        "from nearsort.ingest import _pool_context, _worker_init\n"
-        "ctx = _pool_context()\n"
+        "from nearsort.ingest import _worker_init\n"
+        "from nearsort.workers import pool_context\n"
+        "ctx = pool_context()\n"
         "pool = ctx.Pool(1, initializer=_worker_init, initargs=(os.getpid(),))\n"
         "pool.apply_async(time.sleep, (600,))\n"
         "print('busy', flush=True)\n"
