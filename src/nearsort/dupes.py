@@ -122,6 +122,7 @@ DEFAULT_MIRROR_MARGIN = 4
 ANCHOR_SLACK = 2  # the star check around the keeper allows crop_distance + this
 STRONG_CROP_DISTANCE = 20  # beyond crop_distance, a pair this close is decided on pixels (Verdict.strong)
 STRONG_COSINE = 0.9       # ... or whose embeddings are this close
+PREFETCH_COMPONENT = 64   # components this large have their keeper checks made in worker processes
 FAINT_BLUR = 20.0          # thumbs.blur (variance of Laplacian) at or below which a hash may be noise
 DEFAULT_KEEP = "resolution,metadata,size,oldest"
 KEEP_KEYS = ("resolution", "metadata", "size", "oldest", "newest", "path")
@@ -724,6 +725,7 @@ class _Finder:
         self.stats["phash_pairs"] = len(perceptual)
         if self.pixels is not None:
             self.pixels.prefetch([(e.a, e.b, None) for e in perceptual], cfg.workers)
+        close = {(e.a, e.b) for e in perceptual}  # decided here: not near candidates again
         perceptual = [e for e in perceptual if self._confirmed(e)]
         self.progress(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
                       f"({time.monotonic() - t0:.1f} s)")
@@ -740,7 +742,6 @@ class _Finder:
                 self.model_name = name
                 a, b, s = near_candidates(self.cat, model_id, name, dim, cfg.k, cfg.threshold, set(self.tids))
                 self.stats["near_candidates"] = len(a)
-                close = {(e.a, e.b) for e in perceptual}
                 cand = [(int(x), int(y), float(c)) for x, y, c in zip(a, b, s) if (int(x), int(y)) not in close]
                 self._cos = {(x, y): c for x, y, c in cand}
                 self.sigs.ensure({x for x, _, _ in cand} | {y for _, y, _ in cand})
@@ -799,38 +800,43 @@ class _Finder:
         return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"
 
     def _split(self, comp: list[int], adj: dict[int, list[tuple[int, str]]], out: list, mirrored: list) -> None:
-        """Check a component as a star around its keeper; regroup the members that fail."""
-        members = [m for t in comp for m in self.by_thumb[t]]
-        if len(comp) > 1:  # borders do not count as resolution: needs every member's trim box
-            self.sigs.ensure(comp)
-            for m in members:
-                m.content_share = min(1.0, self.sigs.content_share(m.thumb_id))
-        keeper = min(members, key=keeper_key(self.keep_keys, members))
-        anchor = keeper.thumb_id
-        good, rest, mir = [anchor], [], []
-        for t in comp:
-            if t == anchor:
-                continue
-            r = self._matches(anchor, t)
-            (good if r == "ok" else mir if r == "mirror" else rest).append(t)
-        if mir:
-            mirrored.append((anchor, mir))
-        if rest or mir:
-            self.stats["split_off"] += len(rest) + len(mir)
-            left = rest + mir
-            sub = set(left)
-            dsu = DSU(len(left))
-            idx = {t: k for k, t in enumerate(left)}
-            for t in left:
-                for u, _ in adj.get(t, ()):
-                    if u in sub:
-                        dsu.union(idx[t], idx[u])
-            comps: dict[int, list[int]] = {}
-            for t in left:
-                comps.setdefault(dsu.find(idx[t]), []).append(t)
-            for c in comps.values():
-                self._split(c, adj, out, mirrored)
-        out.append((good, keeper))
+        """Check a component as a star around its keeper; regroup the members that fail (a work
+        list, not recursion: a long chain of look-alikes splits one member at a time)."""
+        todo = [comp]
+        while todo:
+            comp = todo.pop()
+            members = [m for t in comp for m in self.by_thumb[t]]
+            if len(comp) > 1:  # borders do not count as resolution: needs every member's trim box
+                self.sigs.ensure(comp)
+                for m in members:
+                    m.content_share = min(1.0, self.sigs.content_share(m.thumb_id))
+            keeper = min(members, key=keeper_key(self.keep_keys, members))
+            anchor = keeper.thumb_id
+            if self.pixels is not None and len(comp) >= PREFETCH_COMPONENT:
+                self.pixels.prefetch([(anchor, t, None) for t in comp if t != anchor], self.cfg.workers)
+            good, rest, mir = [anchor], [], []
+            for t in comp:
+                if t == anchor:
+                    continue
+                r = self._matches(anchor, t)
+                (good if r == "ok" else mir if r == "mirror" else rest).append(t)
+            if mir:
+                mirrored.append((anchor, mir))
+            if rest or mir:
+                self.stats["split_off"] += len(rest) + len(mir)
+                left = rest + mir
+                sub = set(left)
+                dsu = DSU(len(left))
+                idx = {t: k for k, t in enumerate(left)}
+                for t in left:
+                    for u, _ in adj.get(t, ()):
+                        if u in sub:
+                            dsu.union(idx[t], idx[u])
+                comps: dict[int, list[int]] = {}
+                for t in left:
+                    comps.setdefault(dsu.find(idx[t]), []).append(t)
+                todo.extend(comps.values())
+            out.append((good, keeper))
 
     # ---- main
     def run(self) -> DupesResult:
