@@ -103,26 +103,6 @@ def _die_with_parent(parent: int | None) -> None:
         threading.Thread(target=watch, daemon=True, name="nearsort-parent-watch").start()
 
 
-class _WorkerDeaths:
-    """Pool workers that died (a crashing native decoder, the OOM killer): each took its file with
-    it. multiprocessing.Pool replaces a dead worker silently (and drops it from its list before we
-    can read its exit code) and never returns that file's result; a worker that vanished from the
-    list is one that died (nothing else ends a worker while the pool runs)."""
-
-    def __init__(self, pool):
-        self.pool, self.seen = pool, set()
-
-    def count(self) -> int:
-        current = {proc.pid for proc in list(getattr(self.pool, "_pool", ()))}
-        self.seen |= current
-        return len(self.seen - current)
-
-    @staticmethod
-    def reason() -> str:
-        return ("the decoder crashed on this file (its worker process died); it was skipped, the rest of "
-                "the run is kept; convert it with another program to add it")
-
-
 def _work(args) -> FileResult:
     path, size, quality = args
     return process_file(path, size, quality)
@@ -450,16 +430,8 @@ def resize(
             parent = os.getpid() if ctx.get_start_method() == "fork" else None
             with stop, ctx.Pool(workers, initializer=_worker_init, initargs=(parent,)) as pool:
                 scanner.start()
-                pending: set[str] = set()  # handed to the pool, no result yet
-                deaths = _WorkerDeaths(pool)
-                deaths.count()
-
-                def handed():
-                    for p in scanner.paths():
-                        pending.add(p)
-                        yield p, size, quality
-
-                results = pool.imap_unordered(_work, handed(), chunksize=1)
+                args = ((p, size, quality) for p in scanner.paths())
+                results = pool.imap_unordered(_work, args, chunksize=1)
                 while True:
                     try:
                         res = results.next(timeout=0.5)
@@ -468,17 +440,9 @@ def resize(
                         writer.tick()
                         if stop.requested:
                             raise KeyboardInterrupt from None
-                        # a worker killed by a crashing decoder (or the OOM killer) loses its file
-                        # for good: once only lost files are left, record them and finish
-                        lost = deaths.count()
-                        if lost and scanner.done and len(pending) <= lost:
-                            for p in sorted(pending):
-                                writer.add(FileResult(p, 0, 0, error=deaths.reason()))
-                            break
                         continue
                     except StopIteration:
                         break
-                    pending.discard(res.path)
                     writer.add(res)
                     done += 1
                     _drain(scanner, writer)
