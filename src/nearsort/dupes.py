@@ -110,7 +110,6 @@ import numpy as np
 from .catalog import Catalog, CatalogError, state_dir
 from .pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from .textsafe import term
-from .textsafe import term as _safe  # quarantine's messages name folders (kept name: code owned elsewhere)
 from .thumbs import name_phash
 
 # ----------------------------------------------------------------------------- configuration
@@ -1336,7 +1335,7 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
                 "photo library (a rebuilt catalog does not), so no file can be checked to lie inside it; run "
                 f"`nearsort resize SRC --out {cat.root}` once, then this command again (nothing was moved)")
         if plan["read_only"]:
-            lines = "\n".join(f"  {_safe(f)}: {why}" for f, why in plan["read_only"][:10])
+            lines = "\n".join(f"  {term(f)}: {why}" for f, why in plan["read_only"][:10])
             more = f"\n  ... and {len(plan['read_only']) - 10} more" if len(plan["read_only"]) > 10 else ""
             raise DupesError(
                 f"refusing to quarantine: {len(plan['read_only'])} source folder(s) are read-only, so their "
@@ -1390,8 +1389,8 @@ def dupes(root, config: Optional[DupesConfig] = None, move_to=None, dry_run: boo
 def format_quarantine(q: dict, thumbs) -> list[str]:
     """The lines the CLI prints about a quarantine summary: what moved (or would, or was finished),
     one line per refused group, the first skipped files."""
-    dest = _safe(q["dest"] or "?")
-    undo = f"; undo with: nearsort undo {_safe(str(thumbs))}"
+    dest = term(q["dest"] or "?")
+    undo = f"; undo with: nearsort undo {term(str(thumbs))}"
     if q.get("finished_interrupted"):
         return [f"Finished an interrupted quarantine: {q['moved']} files moved to {dest} "
                 f"({q['moved_now']} of them now){undo}",
@@ -1404,10 +1403,10 @@ def format_quarantine(q: dict, thumbs) -> list[str]:
     else:
         lines = [f"Moved {q['moved']} files ({human_bytes(q['bytes'])}) to {dest}" + (undo if q["moved"] else "")]
     for g in q.get("refused_groups", []):
-        lines.append(f"  refused group {g['group']} (keeper {_safe(g['keeper'])}): {_safe(g['why'])}; "
+        lines.append(f"  refused group {g['group']} (keeper {term(g['keeper'])}): {term(g['why'])}; "
                      f"none of its {g['files']} other files was moved")
     for s in q["skipped"][:10]:
-        lines.append(f"  skipped {_safe(s.get('path') or s.get('src'))}: {_safe(s['why'])}")
+        lines.append(f"  skipped {term(s.get('path') or s.get('src'))}: {term(s['why'])}")
     if len(q["skipped"]) > 10:
         lines.append(f"  ... and {len(q['skipped']) - 10} more skipped (--json lists them all)")
     return lines
