@@ -36,8 +36,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from nearsort import Catalog, resize
-    from nearsort.analyze import analyze
-    from nearsort.features import featurize
+    from nearsort.order.analyze import analyze
+    from nearsort.embed.featurize import featurize
 
     src = a.dir or ensure_devbench(DEFAULT_BENCH)
     thumbs = a.thumbs or Path(tempfile.gettempdir()) / f"nearsort-adjacency-{src.name}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the similarity chain (nearsort.order) on synthetic clustered vectors.
+"""Benchmark of the similarity chain (nearsort.order.chain) on synthetic clustered vectors.
 
     nice python bench/analyze.py                       # 100k and 1M (the 1M run takes minutes)
     nice python bench/analyze.py --sizes 20000,100000 --naive 5000
@@ -121,7 +121,7 @@ def dup_adjacent_share(order: np.ndarray, groups) -> float:
 
 
 def run_one(n: int, fast: bool, improve: bool, seed: int) -> dict:
-    from nearsort.order import similarity_chain
+    from nearsort.order.chain import similarity_chain
 
     t = time.perf_counter()
     X, groups, labels = make_clustered(n, seed=seed)
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     print("vectors; dataMB = RSS after generating them. secs excludes data generation.")
 
     if a.naive:
-        from nearsort.order import _BlasThreads, _start_point
+        from nearsort.order.chain import _BlasThreads, _start_point
         m = a.naive
         X, _, _ = make_clustered(m, seed=a.seed + 1)
         with _BlasThreads(1):  # a GEMV per step: BLAS threads only add overhead

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nearsort.dupes import DupesConfig, find_duplicates  # noqa: E402
+from nearsort.dupes.group import DupesConfig, find_duplicates  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 
@@ -132,8 +132,8 @@ def fmt(s: dict) -> str:
 
 def prepare(bench: Path, thumbs: Path, workers: int | None = None) -> dict:
     """resize + featurize (both incremental); returns timings."""
-    from nearsort.features import featurize
-    from nearsort.ingest import resize
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
 
     t0 = time.monotonic()
     rs = resize(bench, thumbs, workers=workers)

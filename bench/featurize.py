@@ -27,8 +27,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nearsort.embedder import bare_forward_rate, embed_files  # noqa: E402
-from nearsort.models import load_model  # noqa: E402
+from nearsort.embed.embedder import bare_forward_rate, embed_files  # noqa: E402
+from nearsort.embed.models import load_model  # noqa: E402
 
 ORIGINALS = Path(os.environ.get("NEARSORT_BENCH_ORIGINALS", "/work/shared/bench/originals"))
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

@@ -48,7 +48,7 @@ def ensure_devbench(path: Path) -> Path:
 
 
 def list_images(root: Path) -> list[str]:
-    from nearsort.decode import SUPPORTED_EXTS
+    from nearsort.ingest.decode import SUPPORTED_EXTS
 
     out = []
     for d, _, files in os.walk(root):
@@ -59,7 +59,7 @@ def list_images(root: Path) -> list[str]:
 def _floor_one(path: str) -> int:
     from PIL import Image
 
-    import nearsort.decode  # noqa: F401  (registers HEIF)
+    import nearsort.ingest.decode  # noqa: F401  (registers HEIF)
 
     try:
         with Image.open(path) as im:

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nearsort.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes, same_pixels  # noqa: E402
+from nearsort.ingest.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes, same_pixels  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench" / "originals"
 

@@ -1,4 +1,4 @@
-"""Search benchmark for nearsort.index.VectorIndex on synthetic clustered vectors.
+"""Search benchmark for nearsort.vectors.index.VectorIndex on synthetic clustered vectors.
 
 For each size it builds a real store + index on disk (temp folder) through the public API
 (append in chunks, then save() = index build), then measures:
@@ -54,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from nearsort.index import IndexPolicy, VectorIndex  # noqa: E402
+from nearsort.vectors.index import IndexPolicy, VectorIndex  # noqa: E402
 
 MODEL = "bench:synthetic"
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from PIL import Image  # noqa: E402
 
 from ingest import DEFAULT_BENCH, ensure_devbench, list_images  # noqa: E402
-from nearsort.decode import decode_bytes  # noqa: E402
+from nearsort.ingest.decode import decode_bytes  # noqa: E402
 
 
 def main():

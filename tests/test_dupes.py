@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps
 
-from nearsort import dupes as D
+from nearsort.dupes import group as D
 from nearsort import quality as Q
-from nearsort.catalog import Catalog
-from nearsort.ingest import resize
+from nearsort.store.catalog import Catalog
+from nearsort.ingest.resize import resize
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "photos"
@@ -96,7 +96,7 @@ def sha(path: Path) -> str:
 @pytest.fixture(scope="session")
 def featurized(tmp_path_factory):
     """A real library with near duplicates: resize + featurize (efficientnet-lite0, CPU) once."""
-    from nearsort.features import featurize
+    from nearsort.embed.featurize import featurize
 
     base = tmp_path_factory.mktemp("dupes-lib")
     paths = make_library(base / "src")
@@ -238,7 +238,7 @@ def _statuses(thumbs: Path) -> dict[str, str]:
 
 
 def test_quarantine_moves_then_undo_restores(small_lib):
-    from nearsort import rename
+    from nearsort import refresh as rename
 
     base, p, thumbs = small_lib
     q = base / "quarantine"
@@ -280,7 +280,7 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     assert summary["moved"] == 4
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", "import sys; from nearsort import rename; "
+    r = subprocess.run([sys.executable, "-c", "import sys; from nearsort import refresh as rename; "
                         "print(rename.undo(sys.argv[1])['moved'])", str(thumbs)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split()[-1] == "4", r.stderr

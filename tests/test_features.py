@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
-from nearsort import features as F
-from nearsort.catalog import Catalog, state_dir
-from nearsort.index import VectorIndex
-from nearsort.ingest import resize
+from nearsort.embed import featurize as F
+from nearsort.store.catalog import Catalog, state_dir
+from nearsort.vectors.index import VectorIndex
+from nearsort.ingest.resize import resize
 
 QUIET = {"log": lambda s: None}
 
@@ -66,8 +66,8 @@ def test_featurize_lite0_then_nothing_new(lib):
 
 
 def test_stored_vectors_equal_direct_embedding(lib):
-    from nearsort.embedder import embed_pil
-    from nearsort.models import load_model
+    from nearsort.embed.embedder import embed_pil
+    from nearsort.embed.models import load_model
 
     _, out = lib
     F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
@@ -168,7 +168,7 @@ def test_clip_random_weights_end_to_end(lib):
     scores = [x["score"] for x in r["results"]]
     assert scores == sorted(scores, reverse=True)
     # the text vector really is the CLIP text tower's, compared against the stored image vectors
-    from nearsort.models import load_model
+    from nearsort.embed.models import load_model
 
     m = load_model("clip:ViT-S-32/random", device="cpu", **QUIET)
     q = m.encode_text(["a photo of a cat"])[0]

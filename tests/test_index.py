@@ -1,4 +1,4 @@
-"""nearsort.index: float16 vector store + FAISS index, crash consistency, search and knn.
+"""nearsort.vectors.index: float16 vector store + FAISS index, crash consistency, search and knn.
 
 Real FAISS, real files in tmp_path, small dimensions so the whole file runs in seconds.
 """
@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from nearsort.index import (
+from nearsort.vectors.index import (
     INDEX_META,
     STORE_FILE,
     IndexPolicy,
@@ -119,7 +119,7 @@ def test_persistence_across_reopen(tmp_path, caplog):
         meta0 = index_meta(vi)
     assert meta0["ntotal"] == 400 and (vi.folder / meta0["file"]).exists()
 
-    caplog.set_level(logging.INFO, logger="nearsort.index")
+    caplog.set_level(logging.INFO, logger="nearsort.vectors.index")
     with open_vi(tmp_path, 400) as vi:
         assert len(vi) == 400
         np.testing.assert_allclose(vi.get(np.arange(400)), unit(x), atol=2e-3)
@@ -192,7 +192,7 @@ def test_index_behind_store_is_caught_up(tmp_path, caplog):
         vi.append(x[:200])
         vi.save()
         vi.append(x[200:])  # durable in the store, index not saved (crash after the commit)
-    caplog.set_level(logging.INFO, logger="nearsort.index")
+    caplog.set_level(logging.INFO, logger="nearsort.vectors.index")
     with open_vi(tmp_path, 300) as vi:
         _, I = vi.search(x[250:260], 1)
         np.testing.assert_array_equal(I[:, 0], np.arange(250, 260))
@@ -209,7 +209,7 @@ def test_index_not_matching_store_is_rebuilt(tmp_path, caplog):
         vi.save()
     with open(vi.folder / STORE_FILE, "r+b") as f:  # store replaced behind the index's back
         f.write(unit(y).astype("<f2").tobytes())
-    caplog.set_level(logging.INFO, logger="nearsort.index")
+    caplog.set_level(logging.INFO, logger="nearsort.vectors.index")
     with open_vi(tmp_path, 200) as vi:
         _, I = vi.search(y[:20], 1)
         np.testing.assert_array_equal(I[:, 0], np.arange(20))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nearsort import models as M
-from nearsort.embedder import embed_files, embed_pil, embed_text
+from nearsort.embed import models as M
+from nearsort.embed.embedder import embed_files, embed_pil, embed_text
 
 from conftest import SHARED, make_photo
 

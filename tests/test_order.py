@@ -1,10 +1,10 @@
-"""Tests for nearsort.order (pure algorithms; small synthetic data, fast)."""
+"""Tests for nearsort.order.chain (pure algorithms; small synthetic data, fast)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nearsort.order import (
+from nearsort.order.chain import (
     ChainResult,
     _start_point,
     cut_points,

@@ -1,4 +1,4 @@
-"""refresh / undo / tags (nearsort.rename), on real files built by nearsort.ingest.resize."""
+"""refresh / undo / tags (nearsort.refresh), on real files built by nearsort.ingest.resize.resize."""
 from __future__ import annotations
 
 import errno
@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nearsort import rename, thumbmeta
-from nearsort.catalog import Catalog, catalog_path
-from nearsort.ingest import resize
-from nearsort.sync import iter_thumb_files
-from nearsort.thumbs import NAME_RE, parse_thumb_filename
+from nearsort import refresh as rename
+from nearsort.store import thumbmeta
+from nearsort.store.catalog import Catalog, catalog_path
+from nearsort.ingest.resize import resize
+from nearsort.store.sync import iter_thumb_files
+from nearsort.ingest.thumbs import NAME_RE, parse_thumb_filename
 
 WEEK_DIR = re.compile(r"^\d{4}/W\d{2}$")
 DOUBLE_PREFIX = re.compile(r"^\d+_\d+_")
@@ -436,7 +437,7 @@ def test_recovery_from_lost_marks_and_half_moves(lib):
 # ----------------------------------------------------------------------------- kill -9
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    import nearsort.rename as r
+    import nearsort.refresh as r
     root, marker, stop_at, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     r.MARK_EVERY = 25           # some marks committed, the latest ones lost
     real = r.move_file

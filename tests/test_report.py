@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nearsort import report as R
-from nearsort.catalog import Catalog
+from nearsort.report import build as R
+from nearsort.store.catalog import Catalog
 
 from test_dupes import EVIL_IMG, featurized  # noqa: F401  (session fixture)
 
@@ -85,7 +85,7 @@ def check_json_blocks(page: str) -> dict:
 
 # ----------------------------------------------------------------------------- the real page
 def test_report_in_chromium(featurized, chromium, tmp_path):  # noqa: F811  (the fixture imported above)
-    from nearsort.analyze import analyze
+    from nearsort.order.analyze import analyze
 
     base, p, thumbs = featurized
     analyze(thumbs)
@@ -140,7 +140,7 @@ def test_report_without_chain_or_dupes(tmp_path, chromium):
     """An empty-ish catalog still gives a clean page (sections say why they are empty)."""
     from conftest import make_photo
 
-    from nearsort.ingest import resize
+    from nearsort.ingest.resize import resize
 
     make_photo(tmp_path / "src" / "a.jpg", 1)
     make_photo(tmp_path / "src" / "b.jpg", 2)

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from conftest import PY, SAMPLES, make_photo, tree_snapshot
-from nearsort import Catalog, CatalogLocked, rebuild, resize, thumbmeta
+from nearsort import Catalog, CatalogLocked, rebuild, resize
+from nearsort.store import thumbmeta
 from nearsort.export import export
 from nearsort.textsafe import csv_uncell, decode_path
-from nearsort.thumbs import NAME_RE, process_file
+from nearsort.ingest.thumbs import NAME_RE, process_file
 
 NAME = NAME_RE
 
@@ -406,7 +407,7 @@ def test_truncated_heic_is_reported_not_fatal(tmp_path):
 
 
 def test_catalog_schema_version_and_refusal_of_newer(tmp_path):
-    from nearsort.catalog import SCHEMA_VERSION, CatalogError
+    from nearsort.store.catalog import SCHEMA_VERSION, CatalogError
 
     lib = tmp_path / "lib"
     make_photo(lib / "a.jpg", 1)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from conftest import SAMPLES
-from nearsort.dupes import DupesConfig, find_duplicates
-from nearsort.pixels import compare_files
+from nearsort.dupes.group import DupesConfig, find_duplicates
+from nearsort.dupes.pixels import compare_files
 
 
 def _tiles(src: Path, tw: int, th: int, limit: int) -> list[Image.Image]:
@@ -39,8 +39,8 @@ def _disc(src: Path, r: int) -> tuple[Image.Image, Image.Image]:
 def hard_library(tmp_path_factory):
     """{path: picture label}; files of one label are one picture (copies), different labels are
     different pictures however alike. resize + featurize once."""
-    from nearsort.features import featurize
-    from nearsort.ingest import resize
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
 
     base = tmp_path_factory.mktemp("hard")
     lib = base / "library"
@@ -134,7 +134,7 @@ def test_different_shots_are_similar_not_copies(hard_library):
 
 def test_uniform_frames_keep_their_own_thumbnails_and_are_never_copies(hard_library):
     lib, thumbs, label = hard_library
-    from nearsort.catalog import Catalog
+    from nearsort.store.catalog import Catalog
 
     with Catalog.open(thumbs, write=False) as cat:
         rows = cat.execute("SELECT s.path, o.thumb_id FROM sources s JOIN originals o ON o.id = s.original_id").fetchall()
@@ -188,7 +188,7 @@ def test_dupes_json_carries_similar_shots(hard_library, tmp_path):
 
 
 def test_pixel_checks_in_worker_processes_give_the_same_groups(hard_library, monkeypatch):
-    import nearsort.pixels as pixels
+    import nearsort.dupes.pixels as pixels
 
     lib, thumbs, label = hard_library
     serial = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=1))
@@ -203,7 +203,7 @@ def test_pixel_checks_in_worker_processes_give_the_same_groups(hard_library, mon
 def test_uniform_frames_a_few_levels_apart_are_not_copies(tmp_path):
     """Grey 100 and grey 103 are two pictures (dupes allows 1.5 levels for frames that show only
     their tone); a re-encode of grey 100 is a copy of it. Names and groups agree on that."""
-    from nearsort.ingest import resize
+    from nearsort.ingest.resize import resize
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -223,8 +223,8 @@ def test_a_library_script_without_a_main_guard_can_run_dupes_in_processes(hard_l
     lib, thumbs, label = hard_library
     script = tmp_path / "no_guard.py"
     script.write_text(
-        "import nearsort.pixels as px\n"
-        "from nearsort.dupes import DupesConfig, find_duplicates\n"
+        "import nearsort.dupes.pixels as px\n"
+        "from nearsort.dupes.group import DupesConfig, find_duplicates\n"
         "px.PARALLEL_ABOVE = 1\n"
         f"res = find_duplicates({str(thumbs)!r}, DupesConfig(model='efficientnet-lite0', workers=2))\n"
         "print('groups', len(res.groups), 'checks', res.summary['pixel_checks'])\n")

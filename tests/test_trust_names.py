@@ -13,10 +13,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from conftest import make_photo
-from nearsort import rebuild, resize, thumbmeta
-from nearsort.catalog import Catalog
+from nearsort import rebuild, resize
+from nearsort.store import thumbmeta
+from nearsort.store.catalog import Catalog
 from nearsort.export import export
-from nearsort.thumbs import name_phash, parse_thumb_filename, process_bytes, thumb_name
+from nearsort.ingest.thumbs import name_phash, parse_thumb_filename, process_bytes, thumb_name
 
 UNIFORM = "300x200_8000000000000000"  # what every non-black uniform 300x200 frame is named without a suffix
 
@@ -106,8 +107,8 @@ def test_uniform_frames_of_one_size_never_share_a_thumbnail(tmp_path):
 
 
 def test_suffixed_names_work_in_analyze_refresh_and_hash_layout(tmp_path):
-    from nearsort.analyze import analyze
-    from nearsort.rename import refresh
+    from nearsort.order.analyze import analyze
+    from nearsort.refresh import refresh
 
     lib = tmp_path / "lib"
     for v in (20, 120, 220):
@@ -273,8 +274,8 @@ def _drop_catalog(out: Path) -> None:
 
 def _queries(out: Path) -> dict:
     """What a user sees from search and similar (by relpath, ids change with a rebuild)."""
-    from nearsort import features as F
-    from nearsort.models import class_name
+    from nearsort.embed import featurize as F
+    from nearsort.embed.models import class_name
 
     with Catalog.open(out, write=False) as cat:
         label = cat.execute("SELECT label FROM labels ORDER BY prob DESC LIMIT 1").fetchone()[0]
@@ -299,7 +300,7 @@ def _library_with_error(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_path):
-    from nearsort import features as F
+    from nearsort.embed import featurize as F
 
     src, out = _library_with_error(tmp_path)
     assert F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)["embedded"] == 6
@@ -330,9 +331,9 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
 
 def test_vector_row_records_follow_the_committed_rows(tmp_path):
     """rows.bin is cut back to the committed rows, and filled in for a store made before it."""
-    from nearsort import features as F
-    from nearsort.catalog import state_dir
-    from nearsort.index import VectorIndex
+    from nearsort.embed import featurize as F
+    from nearsort.store.catalog import state_dir
+    from nearsort.vectors.index import VectorIndex
 
     src, out = _library_with_error(tmp_path)
     F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)
@@ -356,7 +357,7 @@ def test_vector_row_records_follow_the_committed_rows(tmp_path):
 def test_reattached_vector_follows_the_picture_not_a_reused_name(tmp_path):
     """Thumbnails and catalog lost, the vectors kept: the picture that now gets the name another
     picture had must get its own vector back, not the other one's."""
-    from nearsort import features as F
+    from nearsort.embed import featurize as F
 
     lib = tmp_path / "lib"
     uniform(lib / "a.png", 250)

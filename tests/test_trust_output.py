@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, REPO, SAMPLES, make_photo
-from nearsort import features as F
-from nearsort.catalog import Catalog
-from nearsort.ingest import resize
+from nearsort.embed import featurize as F
+from nearsort.store.catalog import Catalog
+from nearsort.ingest.resize import resize
 from nearsort.textsafe import csv_uncell, decode_path, encode_path, term
 
 NEARSORT = Path(PY).parent / "nearsort"

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, make_photo, tree_snapshot
-from nearsort import dupes as D
-from nearsort import rebuild, thumbmeta
-from nearsort.catalog import Catalog
-from nearsort.ingest import Interrupted, resize
+from nearsort.dupes import group as D
+from nearsort import rebuild
+from nearsort.store import thumbmeta
+from nearsort.store.catalog import Catalog
+from nearsort.ingest.resize import Interrupted, resize
 
 CFG = D.DupesConfig(use_embeddings=False)
 T0 = 1_500_000_000
@@ -208,7 +209,7 @@ def test_a_symlinked_file_leading_out_of_the_library_is_not_moved(tmp_path):
 # ----------------------------------------------------------------------------- kill -9
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    import nearsort.rename as r
+    import nearsort.refresh as r
     marker, stop_at = sys.argv[1], int(sys.argv[2])
     r.MARK_EVERY = 2            # some marks committed, the latest ones lost
     real = r.move_file
@@ -354,7 +355,7 @@ def test_files_in_a_folder_the_scan_could_not_list_are_not_marked_missing(tmp_pa
 def test_keeper_gone_after_planning_stops_its_copies_even_when_a_killed_quarantine_is_finished(tmp_path, monkeypatch):
     """The moves of a quarantine are journaled with the state of the verified keeper; a keeper
     deleted before the move (here: after a 'kill' right after journaling) keeps its copies home."""
-    from nearsort import rename
+    from nearsort import refresh as rename
 
     src, thumbs, paths = _lib(tmp_path, groups=2, copies=2)
     q = tmp_path / "q"

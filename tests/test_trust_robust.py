@@ -19,7 +19,7 @@ import pytest
 
 from conftest import PY, make_photo
 from nearsort import Catalog, resize
-from nearsort.thumbs import process_file
+from nearsort.ingest.thumbs import process_file
 
 TIMEOUT = 180  # seconds: a regression that hangs fails instead of blocking the suite
 
@@ -81,7 +81,7 @@ def test_worker_refuses_a_fifo_without_blocking(tmp_path):
     """A file swapped for a FIFO after the scan reaches the worker: it answers, never blocks."""
     fifo = tmp_path / "late.jpg"
     os.mkfifo(fifo)
-    r = subprocess.run([PY, "-c", "import sys; from nearsort.thumbs import process_file; "
+    r = subprocess.run([PY, "-c", "import sys; from nearsort.ingest.thumbs import process_file; "
                         "print(process_file(sys.argv[1]).error)", str(fifo)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "FIFO" in r.stdout, r
@@ -187,7 +187,7 @@ def test_a_busy_worker_dies_with_its_killed_parent(tmp_path):
     when its parent is killed with SIGKILL, instead of running on as an orphan."""
     parent = subprocess.Popen([PY, "-c", (
         "import multiprocessing as mp, os, sys, time\n"
-        "from nearsort.ingest import _worker_init\n"
+        "from nearsort.ingest.resize import _worker_init\n"
         "from nearsort.workers import pool_context\n"
         "ctx = pool_context()\n"
         "pool = ctx.Pool(1, initializer=_worker_init, initargs=(os.getpid(),))\n"
@@ -383,7 +383,7 @@ def _png_header_only(path: Path, w: int, h: int) -> None:
 
 
 def test_similar_on_a_decompression_bomb_is_one_line(tmp_path):
-    from nearsort.features import featurize
+    from nearsort.embed.featurize import featurize
 
     lib = tmp_path / "lib"
     _photos(lib, 3)

@@ -5,10 +5,10 @@ Public API (usable without the CLI)::
     from nearsort import resize, rebuild, export, Catalog
     resize("/mnt/nas/photos", "~/thumbs")
 """
-from .catalog import Catalog, CatalogError, CatalogLocked
-from .export import export
-from .ingest import Interrupted, resize
-from .sync import rebuild
+from nearsort.store.catalog import Catalog, CatalogError, CatalogLocked
+from nearsort.export import export
+from nearsort.ingest.resize import Interrupted, resize
+from nearsort.store.sync import rebuild
 
 __version__ = "0.1.0"
 __all__ = ["Catalog", "CatalogError", "CatalogLocked", "Interrupted", "export", "rebuild", "resize"]

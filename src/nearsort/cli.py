@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .catalog import Catalog, CatalogError
-from .textsafe import term
+from nearsort.store.catalog import Catalog, CatalogError
+from nearsort.textsafe import term
 
 app = typer.Typer(
     add_completion=False,
@@ -78,7 +78,7 @@ def _explain(e: BaseException) -> str | None:
     """The one line an expected failure is shown as; None for a bug (its traceback is shown)."""
     import sqlite3
 
-    from .catalog import CatalogDamaged, DiskFull, catalog_path, is_damage, is_disk_full
+    from nearsort.store.catalog import CatalogDamaged, DiskFull, catalog_path, is_damage, is_disk_full
 
     if isinstance(e, CatalogError):
         return str(e)
@@ -117,7 +117,7 @@ def resize(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Make a thumbnail of every new or changed photo under SRC, named {W}x{H}_{phash}."""
-    from .ingest import Interrupted, resize as do_resize
+    from nearsort.ingest.resize import Interrupted, resize as do_resize
 
     if layout not in ("week", "hash"):
         fail("--layout must be 'week' or 'hash'")
@@ -156,7 +156,7 @@ def resize(
 @app.command()
 def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     """Recreate the catalog from the metadata carried by the thumbnails themselves."""
-    from .sync import rebuild as do_rebuild
+    from nearsort.store.sync import rebuild as do_rebuild
 
     s = _run(do_rebuild, thumbs)
     out.print(f"Rebuilt the catalog from {s['imported']} thumbnails: {s['sources']} source files, "
@@ -195,7 +195,7 @@ def export(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write JSON here ('-' for stdout)."),
 ):
     """Export one row per source file (paths, sizes, hashes, dates, quality, rank, tags)."""
-    from .export import export as do_export
+    from nearsort.export import export as do_export
 
     if not csv_path and not json_path:
         fail("give --csv FILE and/or --json FILE")
@@ -225,7 +225,7 @@ def featurize(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Embed every thumbnail that has no vector for the model yet (resumable)."""
-    from .features import Interrupted, featurize as do_featurize
+    from nearsort.embed.featurize import Interrupted, featurize as do_featurize
 
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         fail("--device must be auto, cpu, cuda or mps")
@@ -290,7 +290,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find thumbnails by text (CLIP), or by ImageNet labels with a CNN model."""
-    from .features import search_text
+    from nearsort.embed.featurize import search_text
 
     if k < 1:
         fail("-k must be >= 1")
@@ -307,7 +307,7 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find the thumbnails most similar to IMAGE (images outside the library are embedded on the fly)."""
-    from .features import similar as do_similar
+    from nearsort.embed.featurize import similar as do_similar
 
     if k < 1:
         fail("-k must be >= 1")
@@ -332,7 +332,7 @@ def dupes(
     as_json: bool = typer.Option(False, "--json", help="Print groups, keepers and mirror images as JSON."),
 ):
     """Find duplicate photos (exact, perceptual, near); pick a keeper in each group; optionally quarantine the rest."""
-    from .dupes import DupesConfig, dupes as do_dupes, format_quarantine, format_text, write_json
+    from nearsort.dupes.group import DupesConfig, dupes as do_dupes, format_quarantine, format_text, write_json
 
     if dry_run and move_to is None:
         fail("--dry-run goes with --move-to")
@@ -363,7 +363,7 @@ def quality(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Dark, overexposed and blurry photos (worst first) and unreadable files. Default: all lists."""
-    from .quality import KINDS, Thresholds, format_text, quality as do_quality, write_json
+    from nearsort.quality import KINDS, Thresholds, format_text, quality as do_quality, write_json
 
     kinds = [k for k, on in zip(KINDS, (dark, bright, blurry)) if on] or list(KINDS)
     res = _run(do_quality, thumbs, kinds, Thresholds(dark_below, bright_above, blur_below), limit)
@@ -381,8 +381,8 @@ def report(
                                           help="Embed thumbnails in the page (default: only for small libraries)."),
 ):
     """Write one self-contained HTML page: summary, duplicate groups, similarity chain, quality, broken files."""
-    from .dupes import human_bytes
-    from .report import report as do_report
+    from nearsort.dupes.group import human_bytes
+    from nearsort.report.build import report as do_report
 
     s = _run(do_report, thumbs, out_file, inline=inline)
     out.print(f"Wrote {term(s['path'])} ({human_bytes(s['bytes'])}): {s['groups']} duplicate groups, "
@@ -411,7 +411,7 @@ def analyze(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Order all thumbnails into one chain (nearest neighbour first) and store the ranks."""
-    from .analyze import BY, analyze as do_analyze
+    from nearsort.order.analyze import BY, analyze as do_analyze
 
     if by not in BY:
         fail(f"--by must be one of: {', '.join(BY)}")
@@ -436,10 +436,10 @@ def run(
     per_page: int = typer.Option(500, "--per-page"),
 ):
     """resize → featurize → analyze → refresh, in one go (refresh is a dry run unless --apply)."""
-    from .analyze import analyze as do_analyze
-    from .features import featurize
-    from .ingest import Interrupted, resize as do_resize
-    from .rename import refresh as do_refresh
+    from nearsort.order.analyze import analyze as do_analyze
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import Interrupted, resize as do_resize
+    from nearsort.refresh import refresh as do_refresh
 
     with _Progress("1/4 resize", True) as prog:
         try:
@@ -480,7 +480,7 @@ def refresh(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Rename thumbnails {rank}_{name}.jpg in chain order, so any file browser shows look-alikes side by side."""
-    from .rename import refresh as do_refresh
+    from nearsort.refresh import refresh as do_refresh
 
     if per_page < 1:
         fail("--per-page must be at least 1")
@@ -525,7 +525,7 @@ def undo(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Revert the last refresh (or reset / quarantine) exactly; run it again to revert the one before."""
-    from .rename import undo as do_undo
+    from nearsort.refresh import undo as do_undo
 
     with _Progress("undo", not as_json) as prog:
         s = _run(do_undo, thumbs, progress=prog)
@@ -555,7 +555,7 @@ def tags(
     as_json: bool = typer.Option(False, "--json", help="Print {tag: count} as JSON."),
 ):
     """Tags taken from your own folder names (move thumbnails into THUMBS/cats/ -> tag 'cats')."""
-    from .rename import list_tags
+    from nearsort.refresh import list_tags
 
     t = _run(list_tags, thumbs)
     if as_json:

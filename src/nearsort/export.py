@@ -22,8 +22,8 @@ import os
 import sys
 from typing import IO, Iterator
 
-from .catalog import Catalog
-from .textsafe import csv_cell, encode_path
+from nearsort.store.catalog import Catalog
+from nearsort.textsafe import csv_cell, encode_path
 
 COLUMNS = [
     "source_path", "thumb_path", "width", "height", "content_hash", "phash", "capture_time",

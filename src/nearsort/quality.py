@@ -31,8 +31,8 @@ from typing import Optional
 
 import numpy as np
 
-from .catalog import Catalog
-from .textsafe import term
+from nearsort.store.catalog import Catalog
+from nearsort.textsafe import term
 
 KINDS = ("dark", "bright", "blurry")
 DARK_PCT, DARK_GUARD = 5.0, (20.0, 35.0)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
-from .catalog import Catalog
+from nearsort.store.catalog import Catalog
 
 INLINE_MAX = 200          # inline thumbnails as data: URIs up to this many (auto mode)
 INLINE_MAX_BYTES = 8 << 20
@@ -140,8 +140,8 @@ def _date(s: Optional[str]) -> Optional[str]:
 def build(cat: Catalog, out_path: Path, *, dupes_result=None, dupes_config=None, quality_result=None,
           ordering: Optional[str] = None, inline: Optional[bool] = None, title: Optional[str] = None) -> dict:
     """Write the report for an open catalog to ``out_path``; return a summary dict."""
-    from . import dupes as D
-    from . import quality as Q
+    from nearsort.dupes import group as D
+    from nearsort import quality as Q
 
     out_path = Path(os.path.abspath(out_path))
     out_dir = out_path.parent

@@ -97,7 +97,7 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
-from .catalog import CatalogError
+from nearsort.store.catalog import CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ STORE_META = "store.json"
 STORE_FILE = "vectors.f16"
 INDEX_META = "index.json"
 STORE_FORMAT = "nearsort.vectors"
-INDEX_FORMAT = "nearsort.index"
+INDEX_FORMAT = "nearsort.vectors.index"
 FORMAT_VERSION = 1
 KINDS = ("auto", "flat", "ivf", "hnsw")
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .catalog import CatalogError
+from nearsort.store.catalog import CatalogError
 
 DEFAULT_CNN = "efficientnet-lite0"
 DEFAULT_CLIP_ARCH = "ViT-B-32"

@@ -1,4 +1,4 @@
-"""Run a :class:`~nearsort.models.Model` over many images, fast and with bounded memory.
+"""Run a :class:`~nearsort.embed.models.Model` over many images, fast and with bounded memory.
 
 * image decode + preprocessing (Pillow: JPEG ``draft``, resize, centre crop -> uint8) runs in
   worker threads (Pillow releases the GIL) while the model runs the previous batch;
@@ -23,8 +23,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .models import Model, TOPK
-from .textsafe import term
+from nearsort.embed.models import Model, TOPK
+from nearsort.textsafe import term
 
 ProgressFn = Callable[[int, "int | None"], None]      # (done, total or None)
 ErrorFn = Callable[[int, object, BaseException], None]  # (index, path, exception)

@@ -14,7 +14,7 @@ perceptual
     radius, so the search is exact; equal hashes are merged first). Cost grows with n * probes,
     never n^2.
 near
-    a k-NN neighbour (``k`` = 10, FAISS via :class:`nearsort.index.VectorIndex`) with embedding
+    a k-NN neighbour (``k`` = 10, FAISS via :class:`nearsort.vectors.index.VectorIndex`) with embedding
     cosine >= ``threshold`` (default 0.5) that is *confirmed* on the thumbnails by the crop-aware
     hash: uniform borders (letterbox, frames) are trimmed, then the 64-bit DCT phash of centre
     crops at 100/93/87/81 % of one image is compared with the other image (both ways); the
@@ -28,7 +28,7 @@ computed on the mirrored thumbnail; when the mirrored distance beats the direct 
 ``mirror_margin`` (4) bits, the pair is recorded as ``similar`` and never joined. Flips score
 0..4 mirrored vs 22..34 direct on the dev bench; true duplicates are >= 10 bits better direct.
 
-Every perceptual and near edge is then **confirmed on pixels** (:mod:`nearsort.pixels`): the two
+Every perceptual and near edge is then **confirmed on pixels** (:mod:`nearsort.dupes.pixels`): the two
 thumbnails, aligned (scale, shift, small rotation, either framing), must show the same picture;
 a compact local change on one framing makes the pair a *similar shot* (``similar`` with relation
 ``shot``), never an edge. A near candidate that the crop-aware hash rejects still becomes an edge
@@ -107,10 +107,10 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from .catalog import Catalog, CatalogError, state_dir
-from .pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
-from .textsafe import term
-from .thumbs import name_phash
+from nearsort.store.catalog import Catalog, CatalogError, state_dir
+from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
+from nearsort.textsafe import term
+from nearsort.ingest.thumbs import name_phash
 
 # ----------------------------------------------------------------------------- configuration
 DEFAULT_PHASH_DISTANCE = 8
@@ -430,7 +430,7 @@ class Signatures:
         paths = [str(self.root / self.relpaths[t]) for t in todo]
         nw = self.workers or os.cpu_count() or 1
         if len(todo) >= 256 and nw > 1:
-            from .workers import pool_context
+            from nearsort.workers import pool_context
 
             with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
                 sigs = list(ex.map(_sig_worker, paths, chunksize=64))
@@ -572,7 +572,7 @@ def _pick_model(cat: Catalog, model: Optional[str]):
 def near_candidates(cat: Catalog, model_id: int, name: str, dim: int, k: int, threshold: float,
                     thumbs: set[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thumb a, thumb b, cosine) for k-NN pairs with cosine >= threshold (a < b, unique)."""
-    from .index import VectorIndex
+    from nearsort.vectors.index import VectorIndex
 
     rows = cat.execute("SELECT row, thumb_id FROM embeddings WHERE model_id=?", (model_id,)).fetchall()
     if len(rows) < 2:
@@ -1034,7 +1034,7 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
 
 # ----------------------------------------------------------------------------- quarantine
 def _register_kind() -> None:
-    from . import rename
+    from nearsort import refresh as rename
 
     def moved(cat: Catalog, ref_id: Optional[int], path: str) -> None:
         if ref_id is None:
@@ -1048,7 +1048,7 @@ def _register_kind() -> None:
 
     def cleanup(cat: Catalog, vacated: list) -> None:
         # the thumbnails carry their sources' status (rebuild): rewrite the ones concerned
-        from . import sync
+        from nearsort.store import sync
 
         tids = set()
         for p in vacated:
@@ -1288,7 +1288,7 @@ def finish_interrupted(cat: Catalog) -> Optional[dict]:
     return its summary (``finished_interrupted``: True, ``moved``: all the files it moved, before
     and after the kill) -- a re-run of ``dupes --move-to`` finishes it instead of planning a new
     one, so one ``undo`` still restores every file. Else None."""
-    from . import rename
+    from nearsort import refresh as rename
 
     done = [r for r in rename.recover(cat)["recovered"] if r["kind"] == "quarantine"]
     if not done:
@@ -1352,7 +1352,7 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
         plan.update(dry_run=dry_run, op_id=None, moved=0)
         if dry_run or not plan["moves"]:
             return plan
-        from . import rename
+        from nearsort import refresh as rename
 
         d = Path(plan["dest"])
         d.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ thumbnails' pixels, member to keeper. :func:`compare` answers with a :class:`Ver
 
 How (thumbnails are <= 256 px JPEGs):
 
-1. Uniform borders (letterbox, frames) are trimmed (:func:`nearsort.dupes.trim_box`).
+1. Uniform borders (letterbox, frames) are trimmed (:func:`nearsort.dupes.group.trim_box`).
 2. *Content.* A frame with no structure (luma std < ``UNIFORM_STD``) shows only its tone. A
    *blank* one (uniform and within ``CLIPPED`` levels of black or white in every channel: a
    pocket shot, a blown-out sky) shows nothing of its scene: it is a copy only of byte-identical
@@ -167,7 +167,7 @@ class _Picture:
     def __init__(self, path: Path):
         from PIL import Image
 
-        from .dupes import trim_box
+        from nearsort.dupes.group import trim_box
 
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -399,7 +399,7 @@ class PixelVerifier:
             return
         from concurrent.futures import ProcessPoolExecutor
 
-        from .workers import pool_context
+        from nearsort.workers import pool_context
 
         chunks = [todo[i:i + PARALLEL_CHUNK] for i in range(0, len(todo), PARALLEL_CHUNK)]
         jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c])

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .decode import SUPPORTED_EXTS
+from nearsort.ingest.decode import SUPPORTED_EXTS
 
 SKIP_DIRS = {".nearsort", "@eaDir", ".thumbnails", ".Trash", ".Trashes", "$RECYCLE.BIN", ".git", "__MACOSX"}
 

@@ -76,9 +76,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from . import sync
-from .catalog import Catalog, CatalogError, CatalogLocked
-from .thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
+from nearsort.store import sync
+from nearsort.store.catalog import Catalog, CatalogError, CatalogLocked
+from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -172,7 +172,7 @@ def register_kind(name: str, resolve=None, moved=None, cleanup=None, check=None)
 
 def _kind(name: str) -> Kind:
     if name not in KINDS and name == "original":
-        from . import dupes  # noqa: F401  registers quarantine's journal kind
+        from nearsort.dupes import group as dupes  # noqa: F401  registers quarantine's journal kind
     return KINDS.get(name) or Kind()
 
 
@@ -677,7 +677,7 @@ def _greedy_cuts(steps, max_per_page: int) -> list[int]:
 def page_starts(steps: list[float], max_per_page: int) -> tuple[list[int], str]:
     """Indexes where pages start (always 0 first) and which cutter made them.
 
-    Uses ``nearsort.order.cut_points(steps, max_per_page)`` when available (its result is
+    Uses ``nearsort.order.chain.cut_points(steps, max_per_page)`` when available (its result is
     accepted as page-start indexes, 0 and n optional, and checked: every page <= max_per_page),
     else a local greedy fallback.
     """
@@ -687,7 +687,7 @@ def page_starts(steps: list[float], max_per_page: int) -> tuple[list[int], str]:
     if n <= max_per_page:
         return [0], "single"
     try:
-        from .order import cut_points  # type: ignore[attr-defined]
+        from nearsort.order.chain import cut_points  # type: ignore[attr-defined]
     except (ImportError, AttributeError):
         cut_points = None
     if cut_points is not None:

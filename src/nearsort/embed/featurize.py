@@ -44,8 +44,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import sync
-from .catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
+from nearsort.store import sync
+from nearsort.store.catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
@@ -128,7 +128,7 @@ def _model_row(cat: Catalog, model: str | None, *, prefer_text: bool = False):
 
 
 def _load_for(name: str, info: dict, device: str, log=None):
-    from .models import load_model
+    from nearsort.embed.models import load_model
 
     w = info.get("weights_file")
     return load_model(name, weights=w if w and os.path.isfile(w) else None, device=device,
@@ -144,7 +144,7 @@ _NAME_BYTES = 64
 
 
 def _row_dtype() -> np.dtype:
-    from .models import TOPK
+    from nearsort.embed.models import TOPK
 
     return np.dtype([("name", f"S{_NAME_BYTES}"), ("original", "u1", (32,)), ("label", "<i4", (TOPK,)),
                      ("prob", "<f4", (TOPK,))])
@@ -235,7 +235,7 @@ class _RowLog:
 
 def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
     """Keep the model's catalog row beside its vectors (atomic), for ``reattach_vectors``."""
-    from .index import _atomic_write_text
+    from nearsort.vectors.index import _atomic_write_text
 
     name, dim, info = cat.execute("SELECT name, dim, info FROM models WHERE id=?", (model_id,)).fetchone()
     card = {"format": CARD_FORMAT, "version": 1, "name": name, "dim": int(dim), "info": json.loads(info or "{}")}
@@ -259,7 +259,7 @@ def reattach_vectors(cat: Catalog) -> dict[str, int]:
     catalog just made from the thumbnails (rebuild, resize's first-run import), inside the
     caller's transaction; a model the catalog already has is left alone. Returns
     {model name: thumbnails re-attached}."""
-    from .index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
+    from nearsort.vectors.index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
 
     c = cat.conn
     out: dict[str, int] = {}
@@ -324,9 +324,9 @@ def featurize(
     Returns a summary dict (``model`` is the resolved name -- ``auto`` says which it picked).
     Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
     """
-    from .embedder import embed_files
-    from .index import VectorIndex
-    from .models import load_model
+    from nearsort.embed.embedder import embed_files
+    from nearsort.vectors.index import VectorIndex
+    from nearsort.embed.models import load_model
 
     t0 = time.monotonic()
     root = Path(root)
@@ -494,7 +494,7 @@ def _rows_to_thumbs(cat: Catalog, model_id: int, rows: np.ndarray, scores: np.nd
 
 
 def _open_index(cat: Catalog, model_id: int, name: str, dim: int):
-    from .index import VectorIndex
+    from nearsort.vectors.index import VectorIndex
 
     return VectorIndex.open(state_dir(cat.root), name, dim, valid_rows=_valid_rows(cat, model_id), readonly=True)
 
@@ -512,7 +512,7 @@ def _vector_search(cat, model_id, name, dim, q: np.ndarray, k: int, exclude: set
 def search_text(root: str | os.PathLike, query: str, k: int = 20, model: str | None = None,
                 device: str = "auto") -> dict:
     """Text search. CLIP: text tower; CNN: ImageNet label fallback (``fallback=True``)."""
-    from .models import label_query, class_name
+    from nearsort.embed.models import label_query, class_name
 
     query = (query or "").strip()
     if not query:
@@ -587,7 +587,7 @@ def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 
     """Nearest thumbnails to a library thumbnail (its stored vector) or to any image file (embedded now)."""
     from PIL import Image
 
-    from .embedder import embed_pil
+    from nearsort.embed.embedder import embed_pil
 
     with Catalog.open(root, write=False) as cat:
         model_id, name, dim, info = _model_row(cat, model)

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import thumbmeta
-from .catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
-from .thumbs import parse_thumb_filename, same_pixels
+from nearsort.store import thumbmeta
+from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
+from nearsort.ingest.thumbs import parse_thumb_filename, same_pixels
 
 
 def _fs(path_blob: bytes) -> str:
@@ -185,7 +185,7 @@ def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = No
     on disk (``features.reattach_vectors``; ``vectors`` in the summary: {model: thumbnails}).
     The old catalog is kept aside (``catalog.before-rebuild.<time>.sqlite``, or
     ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in."""
-    from .features import reattach_vectors
+    from nearsort.embed.featurize import reattach_vectors
 
     root = Path(root)
     if not root.is_dir():

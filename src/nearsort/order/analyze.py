@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import order as orders
-from .catalog import Catalog, CatalogError
-from .thumbs import name_phash
+from nearsort.order import chain as orders
+from nearsort.store.catalog import Catalog, CatalogError
+from nearsort.ingest.thumbs import name_phash
 
 BY = ("similarity", "date", "size", "phash", "name")
 
@@ -44,7 +44,7 @@ def pick_model(cat: Catalog, model: str | None) -> tuple[int, str, int]:
 
 def load_vectors(cat: Catalog, model_id: int, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(thumb_ids, float32 vectors) of every thumbnail that has a vector for this model."""
-    from .index import VectorIndex
+    from nearsort.vectors.index import VectorIndex
 
     rows = cat.execute("SELECT thumb_id, row FROM embeddings WHERE model_id=? ORDER BY thumb_id",
                        (model_id,)).fetchall()

@@ -26,8 +26,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from .decode import DecodeError, decode_bytes
-from .scan import special_file
+from nearsort.ingest.decode import DecodeError, decode_bytes
+from nearsort.ingest.scan import special_file
 
 THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
@@ -97,7 +97,7 @@ def prints_agree(a: np.ndarray, b: np.ndarray) -> bool:
     """Same picture within JPEG noise. Uniform or smooth frames (a grey card, a clear sky) show
     only their tone: for them the tolerance is dupes' (pixels.LOW_INFO_TONE per channel), so a
     thumbnail never merges two frames that `dupes` would call different pictures."""
-    from .pixels import LOW_INFO_TONE, low_detail_print
+    from nearsort.dupes.pixels import LOW_INFO_TONE, low_detail_print
 
     d = np.abs(a.astype(np.float32) - b.astype(np.float32))
     if not (d.mean() <= SAME_MEAN and np.percentile(d, 99) <= SAME_P99):

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import thumbmeta
-from .catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
-from .scan import ScanProblem, walk_images
-from .sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
-from .thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
-from .workers import pool_context
+from nearsort.store import thumbmeta
+from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
+from nearsort.ingest.scan import ScanProblem, walk_images
+from nearsort.store.sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
+from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
+from nearsort.workers import pool_context
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
@@ -198,7 +198,7 @@ class _Scanner(threading.Thread):
 def _open_or_import(out: Path) -> Catalog:
     """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first
     (with the vectors already on disk, like ``nearsort rebuild``)."""
-    from .features import reattach_vectors
+    from nearsort.embed.featurize import reattach_vectors
 
     fresh = not catalog_path(out).exists()
     cat = Catalog.open(out, create=True)
