@@ -20,6 +20,9 @@ Schema (version 1):
 * ``tags``       user folder names harvested as tags (refresh)
 * ``ops`` / ``journal``   planned-then-applied file moves (refresh, quarantine), for undo/recovery
 * ``runs``       one row per command run, with its JSON summary
+
+This module owns the schema, migrations, connection, lock and transactions; every query of the
+data is a named function in ``queries.py``.
 """
 from __future__ import annotations
 
@@ -570,19 +573,31 @@ class Catalog:
         self.close()
 
     # -- transactions
+    def begin(self) -> None:
+        """Open one IMMEDIATE (writing) transaction; end it with :meth:`commit` or :meth:`rollback`.
+        For writers that commit in batches of their own making (resize); others use :meth:`tx`."""
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """``with cat.tx() as c: ...`` -- one IMMEDIATE transaction, rolled back on any error."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.begin()
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.rollback()
             raise
         else:
-            self.conn.execute("COMMIT")
+            self.commit()
 
     def execute(self, sql: str, params=()) -> sqlite3.Cursor:
+        """Raw SQL, for tests and benches; the library's own queries are in ``store/queries.py``."""
         return self.conn.execute(sql, params)
 
     # -- meta
