@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nearsort.store import thumbmeta
+from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
 from nearsort.ingest.thumbs import parse_thumb_filename, same_pixels
 
@@ -23,15 +23,12 @@ def _fs(path_blob: bytes) -> str:
 
 
 def thumb_meta(cat: Catalog, thumb_id: int) -> dict:
-    c = cat.conn
-    t = c.execute("SELECT * FROM thumbs WHERE id=?", (thumb_id,)).fetchone()
+    t = queries.thumb_row(cat, thumb_id)
     originals = []
-    for o in c.execute("SELECT * FROM originals WHERE thumb_id=? ORDER BY content_hash", (thumb_id,)):
+    for o in queries.originals_of_thumb(cat, thumb_id):
         sources = [
             {"path": _fs(s["path"]), "size": s["size"], "mtime_ns": s["mtime_ns"], "status": s["status"]}
-            for s in c.execute(
-                "SELECT path, size, mtime_ns, status FROM sources WHERE original_id=? ORDER BY path", (o["id"],)
-            )
+            for s in queries.sources_of_original(cat, o["id"])
         ]
         originals.append(
             {
@@ -43,7 +40,7 @@ def thumb_meta(cat: Catalog, thumb_id: int) -> dict:
                 "sources": sources,
             }
         )
-    tags = [r[0] for r in c.execute("SELECT tag FROM tags WHERE thumb_id=? ORDER BY tag", (thumb_id,))]
+    tags = queries.tags_of_thumb(cat, thumb_id)
     return {
         "v": 1, "name": t["name"], "thumb": [t["tw"], t["th"]],
         "quality": {"brightness": t["brightness"], "contrast": t["contrast"], "blur": t["blur"]},
@@ -53,48 +50,34 @@ def thumb_meta(cat: Catalog, thumb_id: int) -> dict:
 
 def write_thumb_meta(cat: Catalog, thumb_id: int) -> None:
     """Rewrite one thumbnail's embedded metadata from the catalog."""
-    rel = cat.conn.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+    rel = queries.thumb_relpath(cat, thumb_id)
     thumbmeta.rewrite(cat.root / rel, thumb_meta(cat, thumb_id))
 
 
 def import_meta(cat: Catalog, relpath: str, meta: dict, run_id: int | None = None, rank: int | None = None) -> int:
     """Insert/merge one thumbnail's metadata into the catalog (inside the caller's transaction)."""
-    c = cat.conn
     q = meta.get("quality") or {}
     tw, th = (meta.get("thumb") or [None, None])[:2]
-    row = c.execute("SELECT id FROM thumbs WHERE name=?", (meta["name"],)).fetchone()
+    row = queries.thumb_by_name(cat, meta["name"])
     if row:
         thumb_id = row[0]
     else:
-        thumb_id = c.execute(
-            "INSERT INTO thumbs(name, relpath, tw, th, brightness, contrast, blur, rank, created_ns)"
-            " VALUES(?,?,?,?,?,?,?,?,?)",
-            (meta["name"], relpath, tw, th, q.get("brightness"), q.get("contrast"), q.get("blur"), rank,
-             time.time_ns()),
-        ).lastrowid
+        thumb_id = queries.add_thumb(cat, meta["name"], relpath, tw, th, q.get("brightness"), q.get("contrast"),
+                                     q.get("blur"), rank)
     for o in meta.get("originals", []):
         gps = o.get("gps") or [None, None]
-        r = c.execute("SELECT id FROM originals WHERE content_hash=?", (o["content_hash"],)).fetchone()
+        r = queries.original_by_hash(cat, o["content_hash"])
         if r:
             oid = r[0]
         else:
-            oid = c.execute(
-                "INSERT INTO originals(content_hash, thumb_id, width, height, format, bytes, phash, capture_time,"
-                " make, model, gps_lat, gps_lon, exif_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    o["content_hash"], thumb_id, o.get("width"), o.get("height"), o.get("format"), o.get("bytes"),
-                    o.get("phash"), o.get("capture_time"), o.get("make"), o.get("model"), gps[0], gps[1],
-                    json.dumps(o.get("exif") or {}, sort_keys=True),
-                ),
-            ).lastrowid
+            oid = queries.add_original(
+                cat, o["content_hash"], thumb_id, o.get("width"), o.get("height"), o.get("format"), o.get("bytes"),
+                o.get("phash"), o.get("capture_time"), o.get("make"), o.get("model"), gps[0], gps[1],
+                json.dumps(o.get("exif") or {}, sort_keys=True))
         for s in o.get("sources", []):
-            c.execute(
-                "INSERT INTO sources(path, original_id, size, mtime_ns, status, last_run) VALUES(?,?,?,?,?,?)"
-                " ON CONFLICT(path) DO NOTHING",
-                (os.fsencode(s["path"]), oid, s.get("size"), s.get("mtime_ns"), s.get("status") or "ok", run_id),
-            )
-    for tag in meta.get("tags") or []:
-        c.execute("INSERT OR IGNORE INTO tags(thumb_id, tag) VALUES(?, ?)", (thumb_id, tag))
+            queries.import_source(cat, os.fsencode(s["path"]), oid, s.get("size"), s.get("mtime_ns"),
+                                  s.get("status") or "ok", run_id)
+    queries.add_tags(cat, [(thumb_id, tag) for tag in meta.get("tags") or []])
     return thumb_id
 
 
@@ -151,11 +134,11 @@ def import_tree(cat: Catalog, run_id: int | None = None,
         if not meta or meta.get("name") != name:
             problems.append((relpath, "no nearsort metadata"))
             continue
-        other = cat.conn.execute("SELECT relpath FROM thumbs WHERE name=?", (name,)).fetchone()
-        if other and other[0] != relpath and not _same_picture_files(cat.root / other[0], cat.root / relpath):
+        other = queries.thumb_by_name(cat, name)
+        if other and other[1] != relpath and not _same_picture_files(cat.root / other[1], cat.root / relpath):
             # a copy of a thumbnail merges; a different picture under the same name (a thumbnail
             # from another THUMBS) must not: its originals are not this name's
-            problems.append((relpath, f"a different picture than {other[0]} with the same name; not imported "
+            problems.append((relpath, f"a different picture than {other[1]} with the same name; not imported "
                                       "(move it out of THUMBS; `nearsort resize` gives its originals their own)"))
             continue
         import_meta(cat, relpath, meta, run_id, rank)
@@ -197,16 +180,16 @@ def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = No
         if cpath.exists():
             kept = _set_aside(cpath, damaged=damage(cpath) is not None)
         with Catalog.open(root, create=True, lock=lock) as cat:
-            run_id = cat.start_run("rebuild")
+            run_id = queries.start_run(cat, "rebuild")
             with cat.tx():
                 n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
                 vectors = reattach_vectors(cat)
-            counts = cat.counts()
+            counts = queries.counts(cat)
             # error records are not in any thumbnail: the next resize retries those files and
             # records them again (a source that is not 'ok' is never skipped)
             summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
                        "previous_catalog": str(kept) if kept else None, "vectors": vectors, **counts}
-            cat.finish_run(run_id, "done", json.dumps(summary))
+            queries.finish_run(cat, run_id, "done", json.dumps(summary))
     return summary
 
 
@@ -218,8 +201,7 @@ def reconcile(cat: Catalog) -> dict:
     Runs under the writer lock, so the temp files of thumbnail writes found on the way are
     leftovers of a killed or failed (disk full) run: they are removed.
     """
-    c = cat.conn
-    known = {name: (tid, rel) for tid, name, rel in c.execute("SELECT id, name, relpath FROM thumbs")}
+    known = {name: (tid, rel) for tid, name, rel in queries.thumbs(cat)}
     found: dict[str, str] = {}
     unknown = []
     temps = []
@@ -245,6 +227,6 @@ def reconcile(cat: Catalog) -> dict:
             if new is None:
                 missing.append(tid)
             elif new != rel:
-                c.execute("UPDATE thumbs SET relpath=? WHERE id=?", (new, tid))
+                queries.set_thumb_relpath(cat, tid, new)
                 moved += 1
     return {"moved": moved, "missing": missing, "unknown": unknown, "temps_removed": len(temps)}
