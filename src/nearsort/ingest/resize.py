@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nearsort.store import thumbmeta
+from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
@@ -159,15 +159,7 @@ class _Scanner(threading.Thread):
         if not batch:
             return
         keys = [os.fsencode(p) for p, _ in batch]
-        known = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = (
-                "SELECT s.path, s.id, s.size, s.mtime_ns, s.status, o.thumb_id FROM sources s "
-                "LEFT JOIN originals o ON o.id = s.original_id WHERE s.path IN (%s)" % ",".join("?" * len(chunk))
-            )
-            for path, sid, size, mtime, status, thumb_id in conn.execute(q, chunk):
-                known[bytes(path)] = (sid, size, mtime, status, thumb_id)
+        known = queries.known_sources(conn, keys)
         for (path, st), key in zip(batch, keys):
             self.found += 1
             k = known.get(key)
@@ -226,50 +218,35 @@ class _Writer:
 
     def begin(self) -> None:
         if not self.in_tx:
-            self.cat.conn.execute("BEGIN IMMEDIATE")
+            self.cat.begin()
             self.in_tx = True
 
     def add(self, r: FileResult) -> None:
         self.begin()
-        c = self.cat.conn
         key = os.fsencode(r.path)
-        prev = c.execute(
-            "SELECT s.id, o.thumb_id FROM sources s LEFT JOIN originals o ON o.id=s.original_id WHERE s.path=?",
-            (key,),
-        ).fetchone()
+        prev = queries.source_by_path(self.cat, key)
         if prev and prev[1] is not None:
             self.dirty.add(prev[1])  # its metadata must drop or update this path
         if r.error:
             self.s.errors += 1
             if len(self.s.error_samples) < 20:
                 self.s.error_samples.append({"path": r.path, "error": r.error})
-            c.execute(
-                "INSERT INTO sources(path, original_id, size, mtime_ns, status, error, last_run) VALUES(?,?,?,?,?,?,?)"
-                " ON CONFLICT(path) DO UPDATE SET original_id=NULL, size=excluded.size, mtime_ns=excluded.mtime_ns,"
-                " status='error', error=excluded.error, last_run=excluded.last_run",
-                (key, None, r.size, r.mtime_ns, "error", r.error, self.run_id),
-            )
+            queries.record_source_error(self.cat, key, r.size, r.mtime_ns, r.error, self.run_id)
         else:
             self.s.processed += 1
             oid, thumb_id = self._original(r)
-            c.execute(
-                "INSERT INTO sources(path, original_id, size, mtime_ns, status, error, last_run) VALUES(?,?,?,?,?,?,?)"
-                " ON CONFLICT(path) DO UPDATE SET original_id=excluded.original_id, size=excluded.size,"
-                " mtime_ns=excluded.mtime_ns, status='ok', error=NULL, last_run=excluded.last_run",
-                (key, oid, r.size, r.mtime_ns, "ok", None, self.run_id),
-            )
+            queries.record_source_ok(self.cat, key, oid, r.size, r.mtime_ns, self.run_id)
             self.dirty.add(thumb_id)
         self.n_in_tx += 1
         if self.n_in_tx >= COMMIT_EVERY or time.monotonic() - self.last_commit > COMMIT_SECONDS:
             self.flush()
 
     def _original(self, r: FileResult) -> tuple[int, int]:
-        c = self.cat.conn
-        row = c.execute("SELECT id, thumb_id FROM originals WHERE content_hash=?", (r.content_hash,)).fetchone()
+        row = queries.original_by_hash(self.cat, r.content_hash)
         if row:
             self.s.merged += 1
             thumb_id = row[1]
-            rel = c.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+            rel = queries.thumb_relpath(self.cat, thumb_id)
             if not (self.cat.root / rel).exists() and thumb_id not in self.pending:
                 self.pending[thumb_id] = (r.jpeg, r.mtime_ns)  # the user deleted it: make it again
             return row[0], thumb_id
@@ -277,8 +254,7 @@ class _Writer:
         # thumbnail only with one whose pixels agree, else take the next free '_n' name
         taken: set[str] = set()
         thumb_id = mine = None
-        for tid, tname in c.execute("SELECT id, name FROM thumbs WHERE name=? OR name GLOB ? ORDER BY id",
-                                    (r.name, r.name + "_*")).fetchall():
+        for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
             mine = pixel_print(r.jpeg) if mine is None else mine
             if self._same_picture(tid, mine):
@@ -302,19 +278,12 @@ class _Writer:
                 if meta and meta.get("name") == name:
                     thumb_id = import_meta(self.cat, relpath, meta, self.run_id)
                     return self._original(r)
-            thumb_id = c.execute(
-                "INSERT INTO thumbs(name, relpath, tw, th, brightness, contrast, blur, created_ns) VALUES(?,?,?,?,?,?,?,?)",
-                (name, relpath, r.tw, r.th, r.brightness, r.contrast, r.blur, time.time_ns()),
-            ).lastrowid
+            thumb_id = queries.add_thumb(self.cat, name, relpath, r.tw, r.th, r.brightness, r.contrast, r.blur)
             self.pending[thumb_id] = (r.jpeg, r.mtime_ns)
             self.s.new_thumbnails += 1
         gps = r.gps or (None, None)
-        oid = c.execute(
-            "INSERT INTO originals(content_hash, thumb_id, width, height, format, bytes, phash, capture_time, make,"
-            " model, gps_lat, gps_lon, exif_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (r.content_hash, thumb_id, r.width, r.height, r.format, r.size, r.phash, r.capture_time, r.make,
-             r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True)),
-        ).lastrowid
+        oid = queries.add_original(self.cat, r.content_hash, thumb_id, r.width, r.height, r.format, r.size, r.phash,
+                                   r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
 
     def _same_picture(self, thumb_id: int, mine) -> bool:
@@ -325,7 +294,7 @@ class _Writer:
             if thumb_id in self.pending:
                 data = self.pending[thumb_id][0]
             else:
-                rel = self.cat.conn.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()[0]
+                rel = queries.thumb_relpath(self.cat, thumb_id)
                 try:
                     data = (self.cat.root / rel).read_bytes()
                 except OSError:
@@ -342,9 +311,7 @@ class _Writer:
     def mark_unchanged(self, ids: list[int]) -> None:
         if ids:
             self.begin()
-            self.cat.conn.executemany(
-                "UPDATE sources SET last_run=?, status='ok' WHERE id=?", [(self.run_id, i) for i in ids]
-            )
+            queries.mark_sources_seen(self.cat, self.run_id, ids)
 
     def add_problem(self, p: ScanProblem) -> None:
         self.add(FileResult(p.path, 0, 0, error=p.reason))
@@ -353,19 +320,18 @@ class _Writer:
         """Write pending thumbnails + rewritten metadata, then commit."""
         if not self.in_tx:
             return
-        c = self.cat.conn
         for thumb_id in sorted(self.dirty | set(self.pending)):
-            rel = c.execute("SELECT relpath FROM thumbs WHERE id=?", (thumb_id,)).fetchone()
+            rel = queries.thumb_relpath(self.cat, thumb_id)
             if rel is None:
                 continue
-            path = self.cat.root / rel[0]
+            path = self.cat.root / rel
             meta = thumb_meta(self.cat, thumb_id)
             if thumb_id in self.pending:
                 jpeg, mtime_ns = self.pending[thumb_id]
                 thumbmeta.write_atomic(path, thumbmeta.embed(jpeg, meta), mtime_ns=mtime_ns)
             elif path.exists():
                 thumbmeta.rewrite(path, meta)
-        c.execute("COMMIT")
+        self.cat.commit()
         self.committed += self.n_in_tx
         self.in_tx = False
         self.dirty.clear()
@@ -380,7 +346,7 @@ class _Writer:
 
     def abort(self) -> None:
         if self.in_tx:
-            self.cat.conn.execute("ROLLBACK")
+            self.cat.rollback()
             self.in_tx = False
             self.dirty.clear()
             self.pending.clear()
@@ -417,7 +383,7 @@ def resize(
     try:
         rec = reconcile(cat)
         force = set(rec["missing"])  # sources whose thumbnail file was deleted get it back
-        run_id = cat.start_run("resize")
+        run_id = queries.start_run(cat, "resize")
         writer = _Writer(cat, layout, run_id, summary)
         scanner = _Scanner(src_abs, [str(out)], catalog_path(out), force)
         status = "done"
@@ -462,7 +428,7 @@ def resize(
             scanner.stop.set()
             try:
                 writer.abort()
-                cat.finish_run(run_id, "failed")
+                queries.finish_run(cat, run_id, "failed")
             except sqlite3.Error:
                 pass  # a full disk or a damaged catalog: the first error is the one to report
             if is_disk_full(e, out):
@@ -476,7 +442,7 @@ def resize(
         summary.status = status
         summary.seconds = round(time.monotonic() - t0, 3)
         summary.images_per_second = round(summary.processed / summary.seconds, 2) if summary.seconds else 0.0
-        cat.finish_run(run_id, status, json.dumps(summary.as_dict()))
+        queries.finish_run(cat, run_id, status, json.dumps(summary.as_dict()))
     finally:
         cat.close()
     if status == "interrupted":
@@ -490,21 +456,13 @@ def _mark_missing(cat: Catalog, src_abs: str, run_id: int, unlisted: list[str]) 
     were not looked at, so they are left as they are. Returns how many were marked."""
     lo, hi = _prefix_range(os.fsencode(src_abs))
     blocked = [_prefix_range(os.fsencode(f)) for f in unlisted]
-    gone = [(sid, oid) for sid, path, oid in cat.conn.execute(
-        "SELECT id, path, original_id FROM sources WHERE path >= ? AND path < ? AND last_run IS NOT ? "
-        "AND status IN ('ok', 'error')", (lo, hi, run_id))
-        if not any(a <= bytes(path) < b for a, b in blocked)]
+    gone = [(sid, oid) for sid, path, oid in queries.unseen_sources(cat, lo, hi, run_id)
+            if not any(a <= bytes(path) < b for a, b in blocked)]
     if not gone:
         return 0
-    with cat.tx() as c:
-        c.executemany("UPDATE sources SET status='missing' WHERE id=?", [(sid,) for sid, _ in gone])
-        oids = sorted({oid for _, oid in gone if oid is not None})
-        tids = set()
-        for i in range(0, len(oids), 500):
-            chunk = oids[i:i + 500]
-            tids.update(t for (t,) in c.execute(
-                "SELECT DISTINCT thumb_id FROM originals WHERE id IN (%s) AND thumb_id IS NOT NULL"
-                % ",".join("?" * len(chunk)), chunk))
+    with cat.tx():
+        queries.set_sources_status(cat, [sid for sid, _ in gone], "missing")
+        tids = queries.thumbs_of_originals(cat, sorted({oid for _, oid in gone if oid is not None}))
         for tid in sorted(tids):  # the thumbnails carry their sources' status (rebuild)
             try:
                 write_thumb_meta(cat, tid)
