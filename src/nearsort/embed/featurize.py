@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from nearsort.store import sync
+from nearsort.store import queries, sync
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
@@ -65,18 +65,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _register_model(cat: Catalog, model) -> int:
-    row = cat.execute("SELECT id, dim, info FROM models WHERE name=?", (model.name,)).fetchone()
+    row = queries.model(cat, model.name)
     if row is not None:
-        if int(row["dim"]) != model.dim:
+        if row.dim != model.dim:
             raise CatalogError(
-                f"the catalog has model {model.name!r} with dimension {row['dim']}, but it now gives "
+                f"the catalog has model {model.name!r} with dimension {row.dim}, but it now gives "
                 f"{model.dim}; the weights changed -- featurize under another --model name"
             )
-        return int(row["id"])
-    with cat.tx() as c:
-        cur = c.execute("INSERT INTO models(name, dim, info) VALUES(?, ?, ?)",
-                        (model.name, model.dim, json.dumps(_model_info(model))))
-        return int(cur.lastrowid)
+        return row.id
+    with cat.tx():
+        return queries.add_model(cat, model.name, model.dim, _model_info(model))
 
 
 def _model_info(model, index_params: dict | None = None) -> dict:
@@ -89,42 +87,20 @@ def _model_info(model, index_params: dict | None = None) -> dict:
 
 
 def _update_info(cat: Catalog, model_id: int, extra: dict) -> None:
-    row = cat.execute("SELECT info FROM models WHERE id=?", (model_id,)).fetchone()
-    info = json.loads(row[0]) if row and row[0] else {}
+    row = queries.model(cat, id=model_id)
+    info = dict(row.info) if row else {}
     info.update(extra)
-    with cat.tx() as c:
-        c.execute("UPDATE models SET info=? WHERE id=?", (json.dumps(info), model_id))
-
-
-def _valid_rows(cat: Catalog, model_id: int) -> int:
-    return int(cat.execute("SELECT coalesce(max(row) + 1, 0) FROM embeddings WHERE model_id=?",
-                           (model_id,)).fetchone()[0])
+    with cat.tx():
+        queries.set_model_info(cat, model_id, info)
 
 
 def _model_row(cat: Catalog, model: str | None, *, prefer_text: bool = False):
     """(id, name, dim, info dict) of the named model, else the newest one with embeddings
     (for text queries a CLIP model with real weights is preferred)."""
-    if model:
-        row = cat.execute("SELECT id, name, dim, info FROM models WHERE name=?", (model,)).fetchone()
-        if row is None:
-            known = [r[0] for r in cat.execute("SELECT name FROM models")]
-            raise CatalogError(f"no embeddings for model {model!r} (have: {', '.join(known) or 'none'}); "
-                               f"run `nearsort featurize {cat.root} --model {model}`")
-    else:
-        rows = cat.execute(
-            "SELECT m.id, m.name, m.dim, m.info FROM models m WHERE EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.model_id=m.id) ORDER BY m.id DESC").fetchall()
-        if not rows:
-            raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first")
-        row = rows[0]
-        if prefer_text:
-            for r in rows:
-                inf = json.loads(r["info"] or "{}")
-                if inf.get("kind") == "clip" and not inf.get("random_weights"):
-                    row = r
-                    break
-    info = json.loads(row["info"] or "{}")
-    return int(row["id"]), row["name"], int(row["dim"]), info
+    row = queries.find_model(cat, model, prefer_text=prefer_text)
+    if row is None:
+        raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first")
+    return row.id, row.name, row.dim, row.info
 
 
 def _load_for(name: str, info: dict, device: str, log=None):
@@ -152,13 +128,7 @@ def _row_dtype() -> np.dtype:
 
 def _row_keys(cat: Catalog, tids: list[int]) -> dict[int, tuple[str, str | None]]:
     """thumb id -> (name, content_hash of its first original): what rows.bin records of a thumbnail."""
-    out = {}
-    for i in range(0, len(tids), 500):
-        part = tids[i:i + 500]
-        out.update((tid, (name, h)) for tid, name, h in cat.execute(
-            "SELECT t.id, t.name, (SELECT o.content_hash FROM originals o WHERE o.thumb_id=t.id ORDER BY o.id LIMIT 1)"
-            " FROM thumbs t WHERE t.id IN (%s)" % ",".join("?" * len(part)), part))
-    return out
+    return queries.row_keys(cat, tids)
 
 
 class _RowLog:
@@ -207,11 +177,7 @@ class _RowLog:
     def _backfill(self, cat: Catalog, model_id: int, start: int, stop: int) -> None:
         tids: dict[int, int] = {}
         labels: dict[int, list[tuple[int, float]]] = {}
-        for row, tid, label, prob in cat.execute(
-                "SELECT e.row, e.thumb_id, l.label, l.prob FROM embeddings e "
-                "LEFT JOIN labels l ON l.model_id=e.model_id AND l.thumb_id=e.thumb_id "
-                "WHERE e.model_id=? AND e.row>=? AND e.row<? ORDER BY e.row, l.prob DESC",
-                (model_id, start, stop)):
+        for row, tid, label, prob in queries.embeddings_with_labels(cat, model_id, start, stop):
             tids[row - start] = tid
             if label is not None:
                 labels.setdefault(row - start, []).append((int(label), float(prob)))
@@ -237,18 +203,9 @@ def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
     """Keep the model's catalog row beside its vectors (atomic), for ``reattach_vectors``."""
     from nearsort.vectors.index import _atomic_write_text
 
-    name, dim, info = cat.execute("SELECT name, dim, info FROM models WHERE id=?", (model_id,)).fetchone()
-    card = {"format": CARD_FORMAT, "version": 1, "name": name, "dim": int(dim), "info": json.loads(info or "{}")}
+    m = queries.model(cat, id=model_id)
+    card = {"format": CARD_FORMAT, "version": 1, "name": m.name, "dim": m.dim, "info": m.info}
     _atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
-
-
-def _lookup(c, sql: str, keys: set) -> dict:
-    """{key: value} for the rows of ``sql`` (``... IN (%s)``) over ``keys``, 500 at a time."""
-    out, keys = {}, sorted(keys)
-    for i in range(0, len(keys), 500):
-        part = keys[i:i + 500]
-        out.update(c.execute(sql % ",".join("?" * len(part)), part).fetchall())
-    return out
 
 
 def reattach_vectors(cat: Catalog) -> dict[str, int]:
@@ -261,7 +218,6 @@ def reattach_vectors(cat: Catalog) -> dict[str, int]:
     {model name: thumbnails re-attached}."""
     from nearsort.vectors.index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
 
-    c = cat.conn
     out: dict[str, int] = {}
     base = state_dir(cat.root) / VECTORS_DIR
     dtype = _row_dtype()
@@ -276,32 +232,27 @@ def reattach_vectors(cat: Catalog) -> dict[str, int]:
                 or int(store.get("dim", -1)) != int(card["dim"])):
             continue
         name = card["name"]
-        if c.execute("SELECT 1 FROM models WHERE name=?", (name,)).fetchone():
+        if queries.model(cat, name) is not None:
             continue
-        model_id = c.execute("INSERT INTO models(name, dim, info) VALUES(?, ?, ?)",
-                             (name, int(card["dim"]), json.dumps(card.get("info") or {}))).lastrowid
+        model_id = queries.add_model(cat, name, int(card["dim"]), card.get("info") or {})
         recs = np.memmap(folder / ROWS_FILE, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
         for start in range(0, n, PAGE):
             chunk = np.array(recs[start:start + PAGE])
             hashes = [r.tobytes().hex() if r.any() else "" for r in chunk["original"]]
             names = [x.decode("ascii", "replace") for x in chunk["name"].tolist()]
-            by_hash = _lookup(c, "SELECT content_hash, thumb_id FROM originals WHERE content_hash IN (%s)",
-                              {h for h in hashes if h})
-            by_name = _lookup(c, "SELECT name, id FROM thumbs WHERE name IN (%s)",
-                              {nm for h, nm in zip(hashes, names) if not h and nm})
+            by_hash = queries.thumbs_by_hash(cat, {h for h in hashes if h})
+            by_name = queries.thumbs_by_name(cat, {nm for h, nm in zip(hashes, names) if not h and nm})
             last: dict[int, int] = {}  # thumb id -> its latest row in this chunk
             for j, (h, nm) in enumerate(zip(hashes, names)):
                 tid = by_hash.get(h) if h else by_name.get(nm)
                 if tid is not None:
                     last[tid] = j
-            c.executemany("INSERT OR REPLACE INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
-                          [(model_id, t, start + j) for t, j in last.items()])
-            c.executemany("DELETE FROM labels WHERE model_id=? AND thumb_id=?", [(model_id, t) for t in last])
-            c.executemany("INSERT OR REPLACE INTO labels(model_id, thumb_id, label, prob) VALUES(?, ?, ?, ?)",
-                          [(model_id, t, int(l), float(p)) for t, j in last.items()
-                           for l, p in zip(chunk["label"][j].tolist(), chunk["prob"][j].tolist()) if l >= 0])
+            queries.add_embeddings(cat, model_id, [(t, start + j) for t, j in last.items()], replace=True)
+            queries.replace_labels(cat, model_id, last, [
+                (t, l, p) for t, j in last.items()
+                for l, p in zip(chunk["label"][j].tolist(), chunk["prob"][j].tolist()) if l >= 0])
         del recs
-        out[name] = c.execute("SELECT count(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+        out[name] = queries.count_embeddings(cat, model_id)
     return out
 
 
@@ -335,20 +286,18 @@ def featurize(
     try:
         m = load_model(model, weights=weights, device=device, log=log)
         model_id = _register_model(cat, m)
-        vi = VectorIndex.open(state_dir(root), m.name, m.dim, valid_rows=_valid_rows(cat, model_id))
+        vi = VectorIndex.open(state_dir(root), m.name, m.dim, valid_rows=queries.valid_rows(cat, model_id))
         rowlog = _RowLog(vi.folder, len(vi), cat, model_id)
         _save_card(cat, model_id, vi.folder)
-        total_thumbs = cat.execute("SELECT count(*) FROM thumbs").fetchone()[0]
-        todo = cat.execute(
-            "SELECT count(*) FROM thumbs t WHERE NOT EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.model_id=? AND e.thumb_id=t.id)", (model_id,)).fetchone()[0]
+        total_thumbs = queries.count_thumbs(cat)
+        todo = queries.count_unembedded(cat, model_id)
         summary = {
             "model": m.name, "requested": model, "kind": m.kind, "dim": m.dim, "device": str(m.device),
             "random_weights": m.random_weights, "thumbs": total_thumbs, "already": total_thumbs - todo,
             "todo": todo, "embedded": 0, "errors": 0, "error_samples": [], "seconds": 0.0,
             "images_per_second": 0.0, "status": "running",
         }
-        run_id = cat.start_run("featurize")
+        run_id = queries.start_run(cat, "featurize")
         ids_by_pos: dict[int, int] = {}
         has_labels = m.has_labels
         summary.update(relocated=0, missing=0)
@@ -358,10 +307,7 @@ def featurize(
             nonlocal located
             last, pos = -1, 0
             while True:
-                page = cat.execute(
-                    "SELECT t.id, t.relpath FROM thumbs t WHERE t.id > ? AND NOT EXISTS "
-                    "(SELECT 1 FROM embeddings e WHERE e.model_id=? AND e.thumb_id=t.id) ORDER BY t.id LIMIT ?",
-                    (last, model_id, PAGE)).fetchall()
+                page = queries.unembedded_page(cat, model_id, last, PAGE)
                 if not page:
                     return
                 for tid, rel in page:
@@ -404,24 +350,19 @@ def featurize(
                 rows = vi.append(b.vectors)  # durable before the catalog references it
                 keys = _row_keys(cat, tids)
                 rowlog.write(rows, [keys[t] for t in tids], b.topk if has_labels else None)  # durable too
-                with cat.tx() as c:
-                    c.executemany("INSERT INTO embeddings(model_id, thumb_id, row) VALUES(?, ?, ?)",
-                                  [(model_id, t, int(r)) for t, r in zip(tids, rows)])
+                with cat.tx():
+                    queries.add_embeddings(cat, model_id, zip(tids, rows))
                     if has_labels and b.topk is not None:
                         ids, probs = b.topk
-                        c.executemany("DELETE FROM labels WHERE model_id=? AND thumb_id=?",
-                                      [(model_id, t) for t in tids])
-                        c.executemany(
-                            "INSERT OR REPLACE INTO labels(model_id, thumb_id, label, prob) VALUES(?, ?, ?, ?)",
-                            [(model_id, t, int(l), float(p))
-                             for t, li, pi in zip(tids, ids, probs) for l, p in zip(li, pi)])
+                        queries.replace_labels(cat, model_id, tids, [
+                            (t, l, p) for t, li, pi in zip(tids, ids, probs) for l, p in zip(li, pi)])
                 summary["embedded"] += len(tids)
         except KeyboardInterrupt:
             status = "interrupted"
         except BaseException as e:
             summary["status"] = "failed"
             try:
-                cat.finish_run(run_id, "failed", json.dumps(summary))
+                queries.finish_run(cat, run_id, "failed", json.dumps(summary))
             except sqlite3.Error:
                 pass  # a full disk or a damaged catalog: the first error is the one to report
             if is_disk_full(e, root):
@@ -437,7 +378,7 @@ def featurize(
         summary["status"] = status
         summary["seconds"] = round(time.monotonic() - t0, 3)
         summary["images_per_second"] = round(summary["embedded"] / secs, 2) if secs > 0 else 0.0
-        cat.finish_run(run_id, status, json.dumps(summary))
+        queries.finish_run(cat, run_id, status, json.dumps(summary))
     finally:
         if rowlog is not None:
             rowlog.close()
@@ -453,9 +394,7 @@ def featurize(
 
 
 def _sources(cat: Catalog, thumb_id: int) -> list[str]:
-    rows = cat.execute(
-        "SELECT s.path, s.status FROM sources s JOIN originals o ON s.original_id=o.id "
-        "WHERE o.thumb_id=? ORDER BY s.path", (thumb_id,)).fetchall()
+    rows = queries.sources_of_thumb(cat, thumb_id)
     ok = [os.fsdecode(bytes(p)) for p, st in rows if st == "ok"]
     return ok or [os.fsdecode(bytes(p)) for p, st in rows if st != "missing"]
 
@@ -463,11 +402,11 @@ def _sources(cat: Catalog, thumb_id: int) -> list[str]:
 def _results(cat: Catalog, pairs: list[tuple[int, float]]) -> list[dict]:
     out = []
     for tid, score in pairs:
-        r = cat.execute("SELECT relpath FROM thumbs WHERE id=?", (tid,)).fetchone()
-        if r is None:
+        rel = queries.thumb_relpath(cat, tid)
+        if rel is None:
             continue
         out.append({
-            "thumb_id": int(tid), "relpath": r[0], "thumb": str(cat.thumb_abspath(r[0])),
+            "thumb_id": int(tid), "relpath": rel, "thumb": str(cat.thumb_abspath(rel)),
             "sources": _sources(cat, tid), "score": round(float(score), 5),
         })
     return out
@@ -480,10 +419,10 @@ def _rows_to_thumbs(cat: Catalog, model_id: int, rows: np.ndarray, scores: np.nd
     for r, s in zip(rows.tolist(), scores.tolist()):
         if r < 0:
             continue
-        hit = cat.execute("SELECT thumb_id FROM embeddings WHERE model_id=? AND row=?", (model_id, int(r))).fetchone()
+        hit = queries.thumb_of_row(cat, model_id, r)
         if hit is None:  # a row a concurrent featurize has not committed yet
             continue
-        tid = int(hit[0])
+        tid = int(hit)
         if tid in exclude or tid in seen:
             continue
         seen.add(tid)
@@ -496,7 +435,8 @@ def _rows_to_thumbs(cat: Catalog, model_id: int, rows: np.ndarray, scores: np.nd
 def _open_index(cat: Catalog, model_id: int, name: str, dim: int):
     from nearsort.vectors.index import VectorIndex
 
-    return VectorIndex.open(state_dir(cat.root), name, dim, valid_rows=_valid_rows(cat, model_id), readonly=True)
+    return VectorIndex.open(state_dir(cat.root), name, dim, valid_rows=queries.valid_rows(cat, model_id),
+                            readonly=True)
 
 
 def _vector_search(cat, model_id, name, dim, q: np.ndarray, k: int, exclude: set[int]) -> list[tuple[int, float]]:
@@ -533,14 +473,7 @@ def search_text(root: str | os.PathLike, query: str, k: int = 20, model: str | N
             out["message"] = (f"{name} has no text tower and {query!r} matches no ImageNet class name; "
                               "featurize with a CLIP model (--model clip:ViT-B-32) for free-text search")
             return out
-        values = ",".join("(?, ?)" for _ in classes)
-        params: list = [x for i, w in classes for x in (int(i), float(w))]
-        rows = cat.execute(
-            f"WITH q(label, w) AS (VALUES {values}) "
-            "SELECT l.thumb_id, SUM(l.prob * q.w) AS s FROM labels l JOIN q ON l.label = q.label "
-            "WHERE l.model_id = ? GROUP BY l.thumb_id ORDER BY s DESC, l.thumb_id LIMIT ?",
-            params + [model_id, int(k)]).fetchall()
-        out["results"] = _results(cat, [(int(t), float(s)) for t, s in rows])
+        out["results"] = _results(cat, queries.label_search(cat, model_id, classes, k))
         return out
 
 
@@ -548,8 +481,7 @@ def _find_thumb(cat: Catalog, ref: str) -> int | None:
     """Thumbnail id for a relpath, absolute thumbnail path, thumbnail name, id ('#12') or source path."""
     s = str(ref)
     if s.startswith("#") and s[1:].isdigit():
-        r = cat.execute("SELECT id FROM thumbs WHERE id=?", (int(s[1:]),)).fetchone()
-        return int(r[0]) if r else None
+        return int(s[1:]) if queries.thumb_relpath(cat, int(s[1:])) is not None else None
     p = Path(s)
     cands = [s.replace(os.sep, "/")]
     try:
@@ -563,20 +495,19 @@ def _find_thumb(cat: Catalog, ref: str) -> int | None:
     except (OSError, ValueError):
         pass
     for c in cands:
-        r = cat.execute("SELECT id FROM thumbs WHERE relpath=?", (c,)).fetchone()
-        if r:
-            return int(r[0])
+        r = queries.thumb_by_relpath(cat, c)
+        if r is not None:
+            return int(r)
     stem = p.name.rsplit(".", 1)[0]
     for name in {stem, stem.split("_", 1)[1] if "_" in stem and stem.split("_", 1)[0].isdigit() else stem}:
-        r = cat.execute("SELECT id FROM thumbs WHERE name=?", (name,)).fetchone()
+        r = queries.thumb_by_name(cat, name)
         if r:
             return int(r[0])
     try:
         raw = os.fsencode(str(p.expanduser().absolute()))
-        r = cat.execute("SELECT o.thumb_id FROM sources s JOIN originals o ON s.original_id=o.id WHERE s.path=?",
-                        (raw,)).fetchone()
-        if r and r[0] is not None:
-            return int(r[0])
+        r = queries.thumb_of_source(cat, raw)
+        if r is not None:
+            return int(r)
     except (OSError, ValueError):
         pass
     return None
@@ -597,13 +528,13 @@ def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 
         q = None
         if tid is not None:
             out["thumb_id"] = tid
-            r = cat.execute("SELECT row FROM embeddings WHERE model_id=? AND thumb_id=?", (model_id, tid)).fetchone()
+            r = queries.row_of_thumb(cat, model_id, tid)
             if r is not None:
                 with _open_index(cat, model_id, name, dim) as vi:
-                    if int(r[0]) < len(vi):
-                        q = vi.get([int(r[0])])[0]
+                    if int(r) < len(vi):
+                        q = vi.get([int(r)])[0]
             if q is None:  # in the library but not featurized yet: embed its thumbnail now
-                rel = cat.execute("SELECT relpath FROM thumbs WHERE id=?", (tid,)).fetchone()[0]
+                rel = queries.thumb_relpath(cat, tid)
                 src = cat.thumb_abspath(rel)
             exclude = {tid}
         else:
