@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from nearsort.order import chain as orders
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
 from nearsort.ingest.thumbs import name_phash
 
@@ -30,27 +31,26 @@ BY = ("similarity", "date", "size", "phash", "name")
 
 
 def _thumb_ids(cat: Catalog) -> np.ndarray:
-    return np.array([r[0] for r in cat.execute("SELECT id FROM thumbs ORDER BY id")], dtype=np.int64)
+    return np.array(queries.thumb_ids(cat), dtype=np.int64)
 
 
 def pick_model(cat: Catalog, model: str | None) -> tuple[int, str, int]:
     """(model_id, name, dim) of the named model, or of the most recently featurized one."""
-    row = cat.find_model(model)
+    row = queries.find_model(cat, model)
     if row is None:
         raise CatalogError(f"no embeddings yet: run `nearsort featurize {cat.root}` first "
                            "(or use --by phash, which needs no model)")
-    return row[0], row[1], row[2]
+    return row.id, row.name, row.dim
 
 
 def load_vectors(cat: Catalog, model_id: int, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(thumb_ids, float32 vectors) of every thumbnail that has a vector for this model."""
     from nearsort.vectors.index import VectorIndex
 
-    rows = cat.execute("SELECT thumb_id, row FROM embeddings WHERE model_id=? ORDER BY thumb_id",
-                       (model_id,)).fetchall()
+    rows = queries.embeddings(cat, model_id)
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     rownums = np.array([r[1] for r in rows], dtype=np.int64)
-    valid = int(rownums.max()) + 1 if len(rownums) else 0
+    valid = queries.valid_rows(cat, model_id)  # read after the rows: it covers every one of them
     vi = VectorIndex.open(cat.root / ".nearsort", name, dim, valid_rows=valid)
     vecs = vi.get(rownums) if len(rownums) else np.zeros((0, dim), np.float32)
     return ids, np.ascontiguousarray(vecs, dtype=np.float32)
@@ -58,9 +58,7 @@ def load_vectors(cat: Catalog, model_id: int, name: str, dim: int) -> tuple[np.n
 
 def _date_keys(cat: Catalog, ids: np.ndarray) -> list:
     best: dict[int, str] = {}
-    for tid, ct, mt in cat.execute(
-        "SELECT o.thumb_id, min(o.capture_time), min(s.mtime_ns) FROM originals o "
-        "LEFT JOIN sources s ON s.original_id=o.id GROUP BY o.thumb_id"):
+    for tid, ct, mt in queries.thumb_dates(cat):
         if ct:
             best[tid] = ct
         elif mt:
@@ -69,21 +67,19 @@ def _date_keys(cat: Catalog, ids: np.ndarray) -> list:
 
 
 def _size_keys(cat: Catalog, ids: np.ndarray) -> list:
-    px = {tid: (w or 0) * (h or 0) for tid, w, h in cat.execute(
-        "SELECT thumb_id, max(width), max(height) FROM originals GROUP BY thumb_id")}
+    px = {tid: (w or 0) * (h or 0) for tid, w, h in queries.thumb_sizes(cat)}
     return [-px.get(int(t), 0) for t in ids]
 
 
 def _names(cat: Catalog, ids: np.ndarray) -> list[str]:
     first: dict[int, str] = {}
-    for tid, p in cat.execute(
-        "SELECT o.thumb_id, min(s.path) FROM originals o JOIN sources s ON s.original_id=o.id GROUP BY o.thumb_id"):
+    for tid, p in queries.thumb_first_paths(cat):
         first[tid] = os.path.basename(os.fsdecode(bytes(p)))
     return [first.get(int(t), "") for t in ids]
 
 
 def _phashes(cat: Catalog, ids: np.ndarray) -> np.ndarray:
-    names = dict(cat.execute("SELECT id, name FROM thumbs").fetchall())
+    names = queries.thumb_names(cat)
     return np.array([int(name_phash(names[int(t)]), 16) for t in ids], dtype=np.uint64)
 
 
@@ -100,7 +96,7 @@ def analyze(
         raise ValueError(f"--by must be one of {', '.join(BY)}")
     t0 = time.monotonic()
     with Catalog.open(root) as cat:
-        run_id = cat.start_run(f"analyze --by {by}")
+        run_id = queries.start_run(cat, f"analyze --by {by}")
         summary: dict = {"by": by, "fast": fast}
         all_ids = _thumb_ids(cat)
         if by == "similarity":
@@ -132,17 +128,13 @@ def analyze(
                 perm = orders.name_order(_names(cat, all_ids))
             chain_ids = all_ids[np.asarray(perm, dtype=np.int64)]
             steps = np.full(len(chain_ids), np.nan, np.float32)
-        with cat.tx() as c:
-            c.execute("DELETE FROM ranks WHERE ordering=?", (ordering,))
-            c.executemany(
-                "INSERT INTO ranks(ordering, thumb_id, rank, jump) VALUES(?,?,?,?)",
-                ((ordering, int(t), i, None if not np.isfinite(s) else float(s))
-                 for i, (t, s) in enumerate(zip(chain_ids, steps))),
-            )
-            cat.set_meta("last_ordering", ordering)
+        with cat.tx():
+            queries.replace_ranks(cat, ordering, ((int(t), i, None if not np.isfinite(s) else float(s))
+                                                  for i, (t, s) in enumerate(zip(chain_ids, steps))))
+            queries.set_meta(cat, "last_ordering", ordering)
         summary.update(ordering=ordering, thumbnails=int(len(chain_ids)),
                        seconds=round(time.monotonic() - t0, 3))
-        cat.finish_run(run_id, "done", json.dumps(summary))
+        queries.finish_run(cat, run_id, "done", json.dumps(summary))
     return summary
 
 
@@ -157,9 +149,10 @@ def _quality(res) -> dict:
 
 
 def ranked(cat: Catalog, ordering: str | None = None) -> list[tuple[int, int, float | None]]:
-    """(thumb_id, rank, jump) in chain order for ``ordering`` (default: the latest analyzed)."""
-    ordering = ordering or cat.get_meta("last_ordering")
-    if not ordering:
-        raise CatalogError(f"no order yet: run `nearsort analyze {cat.root}` first")
-    return [tuple(r) for r in cat.execute(
-        "SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank", (ordering,))]
+    """(thumb_id, rank, jump) in chain order for ``ordering`` (default: the one
+    ``queries.current_ordering`` picks, as refresh and report do)."""
+    name = queries.current_ordering(cat, ordering)
+    if not name:
+        raise CatalogError(f"no order {ordering!r} in the catalog: run `nearsort analyze {cat.root}` first"
+                           if ordering else f"no order yet: run `nearsort analyze {cat.root}` first")
+    return queries.ranks(cat, name)
