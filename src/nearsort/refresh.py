@@ -76,7 +76,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from nearsort.store import sync
+from nearsort.store import queries, sync
 from nearsort.store.catalog import Catalog, CatalogError, CatalogLocked
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 
@@ -180,8 +180,7 @@ def _thumb_moved(cat: Catalog, ref_id: Optional[int], path: str) -> None:
     if ref_id is None:
         return
     parsed = parse_thumb_filename(posixpath.basename(path))
-    cat.conn.execute("UPDATE thumbs SET relpath=?, rank=? WHERE id=?",
-                     (path, parsed[1] if parsed else None, ref_id))
+    queries.set_thumb_place(cat, ref_id, path, parsed[1] if parsed else None)
 
 
 def _thumb_cleanup(cat: Catalog, vacated: list) -> None:
@@ -340,9 +339,8 @@ def journal_moves(cat: Catalog, kind: str, moves: Iterable[tuple], params: dict 
         raise ValueError("journal_moves: sources and destinations must be unique")
     two_phase = any(_key(r[3]) in srcs for r in rows)
     params = dict(params or {})
-    with cat.tx() as c:
-        op_id = c.execute("INSERT INTO ops(kind, state, created, params) VALUES(?, 'planned', ?, ?)",
-                          (kind, time.time(), "{}")).lastrowid
+    with cat.tx():
+        op_id = queries.add_op(cat, kind)
         if two_phase:
             tmps = [_jjoin(_jdir(s), f".nearsort-tmp-{op_id}-{i}") for i, (_, _, s, _) in enumerate(rows)]
             jrows = [(k, ref, s, t) for (k, ref, s, _), t in zip(rows, tmps)]
@@ -351,11 +349,8 @@ def journal_moves(cat: Catalog, kind: str, moves: Iterable[tuple], params: dict 
         else:
             jrows = rows
         params["rows"] = len(jrows)
-        c.execute("UPDATE ops SET params=? WHERE id=?", (json.dumps(params, sort_keys=True), op_id))
-        c.executemany(
-            "INSERT INTO journal(op_id, seq, kind, ref_id, src, dst, state) VALUES(?,?,?,?,?,?, 'planned')",
-            ((op_id, i, k, ref, os.fsencode(s), os.fsencode(d)) for i, (k, ref, s, d) in enumerate(jrows)),
-        )
+        queries.set_op_params(cat, op_id, params)
+        queries.add_journal_rows(cat, op_id, jrows)
     return int(op_id)
 
 
@@ -383,9 +378,7 @@ class _Marks:
             self.flush()
 
     def write(self) -> None:  # inside the caller's transaction
-        c = self.cat.conn
-        c.executemany("UPDATE journal SET state=? WHERE op_id=? AND seq=?",
-                      [(st, self.op_id, seq) for seq, st, _, _, _ in self.buf])
+        queries.mark_journal_rows(self.cat, self.op_id, [(seq, st) for seq, st, _, _, _ in self.buf])
         for _, _, kind, ref_id, final in self.buf:
             h = _kind(kind)
             if final is not None and h.moved:
@@ -400,11 +393,7 @@ class _Marks:
 
 
 def _load_rows(cat: Catalog, op_id: int) -> list[_Row]:
-    return [
-        _Row(seq, kind, ref, os.fsdecode(bytes(s)), os.fsdecode(bytes(d)), st)
-        for seq, kind, ref, s, d, st in cat.execute(
-            "SELECT seq, kind, ref_id, src, dst, state FROM journal WHERE op_id=? ORDER BY seq", (op_id,))
-    ]
+    return [_Row(*r) for r in queries.journal_rows(cat, op_id)]
 
 
 def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: bool | None = None) -> dict:
@@ -412,19 +401,19 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
 
     Returns {"op_id", "kind", "moved", "already", "skipped": [{"src", "dst", "why"}]}.
     """
-    op = cat.execute("SELECT id, kind, state, params FROM ops WHERE id=?", (op_id,)).fetchone()
+    op = queries.op(cat, op_id)
     if op is None:
         raise ValueError(f"no op {op_id}")
-    res = {"op_id": op_id, "kind": op["kind"], "moved": 0, "already": 0, "skipped": []}
-    if op["state"] not in ACTIVE_STATES:
-        res["state"] = op["state"]
+    res = {"op_id": op_id, "kind": op.kind, "moved": 0, "already": 0, "skipped": []}
+    if op.state not in ACTIVE_STATES:
+        res["state"] = op.state
         return res
-    recovering = op["state"] == "applying" if _recovering is None else _recovering
-    params = json.loads(op["params"] or "{}")
+    recovering = op.state == "applying" if _recovering is None else _recovering
+    params = op.params
     guards = params.get("guards") or {}
     rows = _load_rows(cat, op_id)
-    with cat.tx() as c:
-        c.execute("UPDATE ops SET state='applying' WHERE id=?", (op_id,))
+    with cat.tx():
+        queries.set_op_state(cat, op_id, "applying")
     n1 = params.get("n1")
     phases = [rows[:n1], rows[n1:]] if n1 else [rows]
     marks = _Marks(cat, op_id)
@@ -458,7 +447,7 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
                         raise RefreshError(
                             f"could not move {src} -> {dst}: {e.strerror or e}. Nothing was lost: fix this and "
                             f"run `nearsort refresh` or `nearsort undo` on {cat.root} to finish or revert "
-                            f"the interrupted {op['kind']} (op #{op_id})") from e
+                            f"the interrupted {op.kind} (op #{op_id})") from e
                 if status == "moved":
                     res["moved"] += 1
                 elif status == "done":
@@ -492,17 +481,17 @@ def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: b
             pass  # recovery re-derives everything from the filesystem
     # finish: clean up, then mark done (cleanup is idempotent, so a kill here is harmless)
     vacated: dict[str, list] = {}
-    for kind, s, st in cat.execute("SELECT kind, src, state FROM journal WHERE op_id=?", (op_id,)):
+    for _seq, kind, _ref, s, _dst, st in queries.journal_rows(cat, op_id):
         if st == "done":
-            vacated.setdefault(kind, []).append(os.fsdecode(bytes(s)))
+            vacated.setdefault(kind, []).append(s)
     for kind, paths in vacated.items():
         h = _kind(kind)
         if h.cleanup:
             h.cleanup(cat, paths)
-    with cat.tx() as c:
-        c.execute("UPDATE ops SET state='done' WHERE id=?", (op_id,))
-        if op["kind"] == "undo" and params.get("undoes") is not None:
-            c.execute("UPDATE ops SET state='undone' WHERE id=?", (params["undoes"],))
+    with cat.tx():
+        queries.set_op_state(cat, op_id, "done")
+        if op.kind == "undo" and params.get("undoes") is not None:
+            queries.set_op_state(cat, params["undoes"], "undone")
     if progress:
         progress(total, total)
     res["state"] = "done"
@@ -523,8 +512,7 @@ def recover(cat) -> dict:
     """
     cat, own = _as_catalog(cat)
     try:
-        ids = [r[0] for r in cat.execute(
-            "SELECT id FROM ops WHERE state IN ('planned', 'applying') ORDER BY id")]
+        ids = [o.id for o in queries.active_ops(cat)]
         return {"recovered": [apply_op(cat, i, _recovering=True) for i in ids]}
     finally:
         if own:
@@ -544,8 +532,8 @@ def _logical_moves(rows: list[_Row], n1: Optional[int]) -> list[tuple]:
 
 def moves_done(cat: Catalog, op_id: int) -> int:
     """How many of an op's moves are done (a two-phase move counts once, when both phases are)."""
-    row = cat.execute("SELECT params FROM ops WHERE id=?", (op_id,)).fetchone()
-    n1 = json.loads(row[0] or "{}").get("n1") if row else None
+    row = queries.op(cat, op_id)
+    n1 = row.params.get("n1") if row else None
     return len(_logical_moves(_load_rows(cat, op_id), n1))
 
 
@@ -564,23 +552,17 @@ def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = N
         killed = [r for r in rec["recovered"] if r["kind"] == "undo"]
         if killed:
             u = killed[-1]
-            p = json.loads(cat.execute("SELECT params FROM ops WHERE id=?", (u["op_id"],)).fetchone()[0] or "{}")
+            p = queries.op(cat, u["op_id"]).params
             return {"undone": p.get("undoes"), "undone_kind": p.get("undoes_kind"), "op_id": u["op_id"],
                     "moved": moves_done(cat, u["op_id"]), "left": [], "skipped": u["skipped"],
                     "finished_interrupted": True, "recovered": rec["recovered"],
                     "message": f"finished the interrupted undo of {p.get('undoes_kind')} #{p.get('undoes')}"}
-        q = "SELECT id, kind, params FROM ops WHERE state='done' AND kind != 'undo'"
-        args: list = []
-        if kinds:
-            kinds = list(kinds)
-            q += " AND kind IN (%s)" % ",".join("?" * len(kinds))
-            args = kinds
-        target = cat.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        target = queries.last_done_op(cat, list(kinds) if kinds else None)
         if target is None:
             return {"undone": None, "undone_kind": None, "op_id": None, "moved": 0, "left": [], "skipped": [],
                     "finished_interrupted": False, "message": "nothing to undo", "recovered": rec["recovered"]}
-        tparams = json.loads(target["params"] or "{}")
-        rows = _load_rows(cat, target["id"])
+        tparams = target.params
+        rows = _load_rows(cat, target.id)
         if any(r.kind == "thumb" for r in rows):
             sync.reconcile(cat)
         rev, left = [], []
@@ -589,12 +571,12 @@ def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = N
                 rev.append((kind, ref, dst, src))
             else:
                 left.append(dst)
-        op_id = journal_moves(cat, "undo", rev, {"undoes": target["id"], "undoes_kind": target["kind"]},
+        op_id = journal_moves(cat, "undo", rev, {"undoes": target.id, "undoes_kind": target.kind},
                               allow_empty=True)
         res = apply_op(cat, op_id, progress, _recovering=False)
-        return {"undone": target["id"], "undone_kind": target["kind"], "op_id": op_id,
+        return {"undone": target.id, "undone_kind": target.kind, "op_id": op_id,
                 "moved": res["moved"], "left": left, "skipped": res["skipped"], "finished_interrupted": False,
-                "message": f"undid {target['kind']} #{target['id']}", "recovered": rec["recovered"]}
+                "message": f"undid {target.kind} #{target.id}", "recovered": rec["recovered"]}
     finally:
         if own:
             cat.close()
@@ -613,7 +595,7 @@ class Move:
 
 def _locate(cat: Catalog) -> tuple[dict[int, str], list[int], list[str]]:
     """Where each catalog thumbnail is now, like sync.reconcile but without writing anything."""
-    known = {name: (tid, rel) for tid, name, rel in cat.execute("SELECT id, name, relpath FROM thumbs")}
+    known = {name: (tid, rel) for tid, name, rel in queries.thumbs(cat)}
     found: dict[str, str] = {}
     unknown = []
     for relpath, name, _rank in sync.iter_thumb_files(cat.root):
@@ -631,33 +613,22 @@ def _locate(cat: Catalog) -> tuple[dict[int, str], list[int], list[str]]:
     return locs, missing, unknown
 
 
-def _orderings(cat: Catalog) -> list[tuple[str, int, int]]:
-    return [(r[0], r[1], r[2]) for r in cat.execute(
-        "SELECT ordering, count(*), max(rowid) FROM ranks GROUP BY ordering ORDER BY ordering")]
-
-
 def pick_ordering(cat: Catalog, ordering: Optional[str] = None) -> str:
-    """The ordering to apply: ``ordering`` (exact, or 'similarity:'+ordering); else the one the
-    last ``analyze`` stored (``meta.last_ordering``); else the most recently written
-    ``similarity:*`` one. Raises RefreshError with a clear message."""
-    rows = _orderings(cat)
-    if not rows:
+    """The ordering to apply, by the one rule (:func:`queries.current_ordering`): ``ordering``
+    (exact, or 'similarity:'+ordering); else the one the last ``analyze`` stored
+    (``meta.last_ordering``); else the most recently written ``similarity:*`` one. Raises
+    RefreshError with a clear message."""
+    names = queries.ordering_names(cat)
+    if not names:
         raise RefreshError(f"no ranks in the catalog yet: run `nearsort analyze {cat.root}` first")
-    names = [r[0] for r in rows]
+    chosen = queries.current_ordering(cat, ordering)
+    if chosen:
+        return chosen
     if ordering:
-        for cand in (ordering, f"similarity:{ordering}"):
-            if cand in names:
-                return cand
         raise RefreshError(f"no ordering {ordering!r} in the catalog; available: {', '.join(names)}")
-    last = cat.get_meta("last_ordering")
-    if last in names:
-        return last
-    sims = [r for r in rows if r[0].startswith("similarity:")]
-    if not sims:
-        raise RefreshError(
-            f"no similarity ordering yet: run `nearsort analyze {cat.root}` first "
-            f"(or pass --by one of: {', '.join(names)})")
-    return max(sims, key=lambda r: r[2])[0]
+    raise RefreshError(
+        f"no similarity ordering yet: run `nearsort analyze {cat.root}` first "
+        f"(or pass --by one of: {', '.join(names)})")
 
 
 def _greedy_cuts(steps, max_per_page: int) -> list[int]:
@@ -708,14 +679,7 @@ def _reset_folders(cat: Catalog, locs: dict[int, str], layout: str, names: dict[
     """Default-layout folder of each thumbnail, computed the way ``resize`` placed it: from the
     first original's capture time, else its first source's mtime, else the thumbnail's mtime
     (which resize set to the source's mtime)."""
-    info = {}
-    for tid, ct, mt in cat.execute(
-        "SELECT o.thumb_id, o.capture_time,"
-        " (SELECT s.mtime_ns FROM sources s WHERE s.original_id=o.id ORDER BY s.id LIMIT 1)"
-        " FROM originals o JOIN (SELECT thumb_id, min(id) AS mid FROM originals GROUP BY thumb_id) f"
-        " ON o.id = f.mid"
-    ):
-        info[tid] = (ct, mt)
+    info = {tid: (ct, mt) for tid, ct, mt in queries.first_original_dates(cat)}
     out = {}
     for tid, rel in locs.items():
         ct, mt = info.get(tid, (None, None))
@@ -746,7 +710,7 @@ def _norm_layout(layout: Optional[str], reset: bool) -> str:
 def _plan(cat: Catalog, locs: dict[int, str], *, ordering: Optional[str], layout: str, per_page: int,
           reset: bool) -> tuple[list[Move], dict]:
     """All thumbnails' moves (including unchanged ones, src == dst) and plan facts."""
-    names = {tid: name for tid, name in cat.execute("SELECT id, name FROM thumbs")}
+    names = queries.thumb_names(cat)
     info: dict = {"layout": layout}
     moves: list[Move] = []
     if reset:
@@ -761,8 +725,7 @@ def _plan(cat: Catalog, locs: dict[int, str], *, ordering: Optional[str], layout
     ordname = pick_ordering(cat, ordering)
     info["ordering"] = ordname
     chain, steps, seen = [], [], set()
-    for tid, _rank, jump in cat.execute(
-            "SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank, thumb_id", (ordname,)):
+    for tid, _rank, jump in queries.ranks(cat, ordname):
         if tid in locs and tid not in seen:
             seen.add(tid)
             chain.append(tid)
@@ -818,7 +781,7 @@ def harvest_tags(cat: Catalog, locations: dict[int, str], write: bool = True) ->
     "tags": {tag: n new}}. With ``write=False`` only reports what it would add.
     """
     existing: dict[int, set] = {}
-    for tid, tag in cat.execute("SELECT thumb_id, tag FROM tags"):
+    for tid, tag in queries.tags(cat):
         existing.setdefault(tid, set()).add(tag)
     new: list[tuple[int, str]] = []
     for tid, rel in locations.items():
@@ -832,8 +795,8 @@ def harvest_tags(cat: Catalog, locations: dict[int, str], write: bool = True) ->
     if write and new:
         # files are rewritten inside the transaction: a kill rolls the tags back and the next run
         # redoes both (a thumbnail carrying a tag the catalog lacks is harmless)
-        with cat.tx() as c:
-            c.executemany("INSERT OR IGNORE INTO tags(thumb_id, tag, origin) VALUES(?, ?, 'folder')", new)
+        with cat.tx():
+            queries.add_tags(cat, new)
             for tid in changed:
                 sync.write_thumb_meta(cat, tid)
     return {"added": len(new), "thumbs": len(changed), "tags": counts}
@@ -856,17 +819,17 @@ def refresh(root, dry_run: bool = False, reset: bool = False, layout: Optional[s
             pick_ordering(cat, ordering)  # refuse before touching anything
         summary: dict = {"dry_run": dry_run, "kind": "reset" if reset else "refresh"}
         if dry_run:
-            pending = [r[0] for r in cat.execute("SELECT id FROM ops WHERE state IN ('planned','applying')")]
+            pending = [o.id for o in queries.active_ops(cat)]
             summary["pending_ops"] = pending  # would be finished first
             locs, missing, unknown = _locate(cat)
             summary["tags_added"] = harvest_tags(cat, locs, write=False)["added"]
         else:
             summary["recovered"] = recover(cat)["recovered"]
-            run_id = cat.start_run(summary["kind"])
+            run_id = queries.start_run(cat, summary["kind"])
             rec = sync.reconcile(cat)
             missing, unknown = rec["missing"], rec["unknown"]
             miss = set(missing)
-            locs = {tid: rel for tid, rel in cat.execute("SELECT id, relpath FROM thumbs") if tid not in miss}
+            locs = {tid: rel for tid, rel in queries.thumb_relpaths(cat).items() if tid not in miss}
             summary["tags_added"] = harvest_tags(cat, locs)["added"]
         moves, info = _plan(cat, locs, ordering=ordering, layout=layout, per_page=per_page, reset=reset)
         changing = [m for m in moves if m.src != m.dst]
@@ -880,17 +843,16 @@ def refresh(root, dry_run: bool = False, reset: bool = False, layout: Optional[s
         params = {k: summary.get(k) for k in ("layout", "ordering", "per_page")}
         op_id = journal_moves(cat, summary["kind"], (("thumb", m.thumb_id, m.src, m.dst) for m in changing),
                               params)
-        with cat.tx() as c:  # unchanged thumbnails: their rank is their (unchanged) prefix
-            c.executemany("UPDATE thumbs SET rank=? WHERE id=?",
-                          [(m.rank, m.thumb_id) for m in moves if m.src == m.dst])
-            cat.set_meta("refresh.last", json.dumps(params, sort_keys=True))
+        with cat.tx():  # unchanged thumbnails: their rank is their (unchanged) prefix
+            queries.set_thumb_ranks(cat, [(m.rank, m.thumb_id) for m in moves if m.src == m.dst])
+            queries.set_meta(cat, "refresh.last", json.dumps(params, sort_keys=True))
         if op_id is not None:
             res = apply_op(cat, op_id, progress, _recovering=False)
             summary["op_id"] = op_id
             summary["moved"] = res["moved"]
             summary["skipped"] = res["skipped"]
-        cat.finish_run(run_id, "done", json.dumps({k: v for k, v in summary.items() if k != "plan"},
-                                                  default=str))
+        queries.finish_run(cat, run_id, "done", json.dumps({k: v for k, v in summary.items() if k != "plan"},
+                                                           default=str))
         return summary
 
 
@@ -911,7 +873,7 @@ def list_tags(root, harvest: bool = True) -> dict[str, int]:
         if harvest:
             rec = sync.reconcile(cat)
             miss = set(rec["missing"])
-            harvest_tags(cat, {t: r for t, r in cat.execute("SELECT id, relpath FROM thumbs") if t not in miss})
-        return {t: n for t, n in cat.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag")}
+            harvest_tags(cat, {t: r for t, r in queries.thumb_relpaths(cat).items() if t not in miss})
+        return queries.tag_counts(cat)
     finally:
         cat.close()

@@ -611,9 +611,9 @@ def active_ops(db: Db, kind: Optional[str] = None) -> list[Op]:
 
 
 def last_done_op(db: Db, kinds: Optional[Sequence[str]] = None) -> Optional[Op]:
-    """The newest op in state 'done' that is not an undo (of one of ``kinds`` if given), or None."""
+    """The newest op in state 'done' that is not an undo (of one of ``kinds`` unless None), or None."""
     sql, args = "SELECT id, kind, state, params FROM ops WHERE state='done' AND kind != 'undo'", []
-    if kinds:
+    if kinds is not None:
         sql += " AND kind IN (%s)" % ",".join("?" * len(kinds))
         args = list(kinds)
     row = _c(db).execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
