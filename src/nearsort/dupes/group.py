@@ -85,7 +85,7 @@ folders up front, skips files changed since the last resize, and marks moved sou
 every file to move and each group's keeper is hashed again (sha256 = ``originals.content_hash``);
 a group whose keeper is missing, changed or outside the library is refused whole (the last
 verified copy never moves), a member that fails is skipped. "The library" is the source roots,
-the folders ``resize`` scanned (:meth:`Catalog.source_roots`): every file moved must lie inside
+the folders ``resize`` scanned (:func:`queries.source_roots`): every file moved must lie inside
 one, also once symbolic links are resolved, and the quarantine folder must not (nor THUMBS).
 A quarantine a killed process left half-done is finished by the next ``dupes --move-to`` (which
 then plans nothing new), so one ``undo`` restores all of it.
@@ -107,6 +107,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError, state_dir
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from nearsort.textsafe import term
@@ -523,25 +524,21 @@ def _restored(path: bytes, size: Optional[int]) -> bool:
 
 def heal_statuses(cat: Catalog) -> int:
     """Writable catalogs: quarantined sources that are back home become 'ok' again."""
-    back = [sid for sid, path, size in cat.execute("SELECT id, path, size FROM sources WHERE status='quarantined'")
-            if _restored(path, size)]
+    back = [sid for sid, path, size in queries.quarantined_sources(cat) if _restored(path, size)]
     if back:
-        with cat.tx() as c:
-            c.executemany("UPDATE sources SET status='ok' WHERE id=?", [(i,) for i in back])
+        with cat.tx():
+            queries.set_sources_status(cat, back, "ok")
     return len(back)
 
 
 def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, str]]:
     """Every ok source with its original + thumbnail facts; thumb names and relpaths."""
     names, rels = {}, {}
-    for tid, name, rel in cat.execute("SELECT id, name, relpath FROM thumbs"):
+    for tid, name, rel in queries.thumbs(cat):
         names[tid], rels[tid] = name, rel
     out = []
-    q = """SELECT s.id, s.path, s.size, s.mtime_ns, o.id, o.thumb_id, o.content_hash, o.width, o.height,
-                  o.bytes, o.format, o.capture_time, o.make, o.model, o.gps_lat, o.exif_json, s.status
-           FROM sources s JOIN originals o ON o.id = s.original_id
-           WHERE s.status IN ('ok', 'quarantined') AND o.thumb_id IS NOT NULL ORDER BY s.id"""
-    for (sid, path, size, mtime, oid, tid, ch, w, h, nbytes, fmt, ct, make, model, glat, exif, status) in cat.execute(q):
+    for (sid, path, size, mtime, oid, tid, ch, w, h, nbytes, fmt, ct, make, model, glat, exif,
+         status) in queries.member_rows(cat):
         if tid not in names:
             continue
         if status == "quarantined" and not _restored(path, size):
@@ -558,15 +555,15 @@ def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, 
 
 def thumb_blur(cat: Catalog) -> dict[int, float]:
     """thumbs.blur (variance of the Laplacian, from resize) by thumbnail id."""
-    return {tid: (b if b is not None else 99.0) for tid, b in cat.execute("SELECT id, blur FROM thumbs")}
+    return {tid: (b if b is not None else 99.0) for tid, b in queries.thumb_blur(cat)}
 
 
 def _pick_model(cat: Catalog, model: Optional[str]):
     try:
-        row = cat.find_model(model)
+        row = queries.find_model(cat, model)
     except CatalogError as e:
         raise DupesError(f"{e} first") from None
-    return None if row is None else tuple(row)[:3]
+    return None if row is None else (row.id, row.name, row.dim)
 
 
 def near_candidates(cat: Catalog, model_id: int, name: str, dim: int, k: int, threshold: float,
@@ -574,13 +571,13 @@ def near_candidates(cat: Catalog, model_id: int, name: str, dim: int, k: int, th
     """(thumb a, thumb b, cosine) for k-NN pairs with cosine >= threshold (a < b, unique)."""
     from nearsort.vectors.index import VectorIndex
 
-    rows = cat.execute("SELECT row, thumb_id FROM embeddings WHERE model_id=?", (model_id,)).fetchall()
+    rows = queries.embeddings(cat, model_id)
     if len(rows) < 2:
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0, np.float32)
-    valid = max(r[0] for r in rows) + 1
+    valid = queries.valid_rows(cat, model_id)  # read after the rows: it covers every one of them
     row2thumb = np.full(valid, -1, dtype=np.int64)
-    for r, t in rows:
+    for t, r in rows:
         if t in thumbs:
             row2thumb[r] = t
     with VectorIndex.open(state_dir(cat.root), name, dim, valid_rows=valid, readonly=True) as vi:
@@ -1039,12 +1036,12 @@ def _register_kind() -> None:
     def moved(cat: Catalog, ref_id: Optional[int], path: str) -> None:
         if ref_id is None:
             return
-        row = cat.conn.execute("SELECT path FROM sources WHERE id=?", (ref_id,)).fetchone()
+        row = queries.source_path(cat, ref_id)
         if row is None:
             return
-        home = os.fsdecode(bytes(row[0]))
+        home = os.fsdecode(bytes(row))
         status = "ok" if os.path.normcase(path) == os.path.normcase(home) else "quarantined"
-        cat.conn.execute("UPDATE sources SET status=? WHERE id=?", (status, ref_id))
+        queries.set_sources_status(cat, [ref_id], status)
 
     def cleanup(cat: Catalog, vacated: list) -> None:
         # the thumbnails carry their sources' status (rebuild): rewrite the ones concerned
@@ -1053,10 +1050,7 @@ def _register_kind() -> None:
         tids = set()
         for p in vacated:
             key = os.fsencode(p)
-            for (tid,) in cat.conn.execute(
-                    "SELECT o.thumb_id FROM sources s JOIN originals o ON o.id=s.original_id "
-                    "WHERE s.path=? OR s.id IN (SELECT ref_id FROM journal WHERE kind='original' AND (src=? OR dst=?))",
-                    (key, key, key)):
+            for tid in queries.thumbs_of_moved_sources(cat, key):
                 if tid is not None:
                     tids.add(tid)
         for tid in sorted(tids):
@@ -1119,12 +1113,10 @@ def _read_only_reason(folder: str) -> Optional[str]:
 def quarantined_paths(cat: Catalog) -> dict[int, str]:
     """{source id: where its file is now} for every quarantined source (from the journal)."""
     out = {}
-    for (sid,) in cat.execute("SELECT id FROM sources WHERE status='quarantined'"):
-        row = cat.execute(
-            "SELECT j.dst FROM journal j JOIN ops o ON o.id=j.op_id WHERE j.kind='original' AND j.ref_id=? "
-            "AND j.state='done' AND o.kind='quarantine' ORDER BY j.op_id DESC LIMIT 1", (sid,)).fetchone()
-        if row:
-            out[sid] = os.fsdecode(bytes(row[0]))
+    for sid, _path, _size in queries.quarantined_sources(cat):
+        dst = queries.quarantine_dst(cat, sid)
+        if dst is not None:
+            out[sid] = os.fsdecode(bytes(dst))
     return out
 
 
@@ -1138,7 +1130,7 @@ def _sha256(path: str) -> str:
 
 def _library(cat: Catalog) -> list[tuple[str, str]]:
     """(root, its real path) for every source root: the folders resize scanned (the library)."""
-    return [(r, os.path.realpath(r)) for r in cat.source_roots()]
+    return [(r, os.path.realpath(r)) for r in queries.source_roots(cat)]
 
 
 def _outside_library(path: str, roots: list[tuple[str, str]]) -> Optional[str]:
@@ -1214,7 +1206,7 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
         for m in g["members"]:
             if m["keeper"]:
                 continue
-            row = cat.execute("SELECT size, mtime_ns, status FROM sources WHERE id=?", (m["source_id"],)).fetchone()
+            row = queries.source_state(cat, m["source_id"])
             try:
                 st = os.stat(m["path"])
             except OSError:
@@ -1294,7 +1286,7 @@ def finish_interrupted(cat: Catalog) -> Optional[dict]:
     if not done:
         return None
     r = done[-1]
-    params = json.loads(cat.execute("SELECT params FROM ops WHERE id=?", (r["op_id"],)).fetchone()[0] or "{}")
+    params = queries.op(cat, r["op_id"]).params
     return {"dest": params.get("dest"), "moves": [], "skipped": r["skipped"], "refused_groups": [],
             "read_only": [], "dest_inside": None, "dest_problem": None, "bytes": params.get("bytes") or 0,
             "dry_run": False, "op_id": r["op_id"], "moved": rename.moves_done(cat, r["op_id"]),
@@ -1315,14 +1307,13 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
         cat = Catalog.open(root, write=not dry_run)
     try:
         if dry_run:
-            pend = cat.execute("SELECT id, params FROM ops WHERE kind='quarantine' AND state IN "
-                               "('planned', 'applying') ORDER BY id DESC LIMIT 1").fetchone()
+            pend = (queries.active_ops(cat, "quarantine") or [None])[-1]
             if pend:
-                params = json.loads(pend[1] or "{}")
+                params = pend.params
                 return {"dest": params.get("dest"), "moves": [], "skipped": [], "refused_groups": [],
                         "read_only": [], "dest_inside": None, "dest_problem": None,
                         "bytes": params.get("bytes") or 0, "dry_run": True, "op_id": None, "moved": 0,
-                        "pending_quarantine": pend[0]}
+                        "pending_quarantine": pend.id}
         else:
             fin = finish_interrupted(cat)
             if fin:
