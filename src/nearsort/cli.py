@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
 from nearsort.textsafe import term
 
@@ -178,8 +179,7 @@ def errors(
 ):
     """List source files that could not be made into thumbnails, with the reason."""
     with _run(Catalog.open, thumbs, write=False) as cat:
-        rows = [(os.fsdecode(bytes(p)), e) for p, e in
-                cat.execute("SELECT path, error FROM sources WHERE status='error' ORDER BY path")]
+        rows = [(os.fsdecode(bytes(p)), e) for p, e, _size in queries.source_errors(cat)]
     if as_json:
         print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=2))
         return
@@ -207,8 +207,8 @@ def export(
 def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     """What the catalog holds."""
     with _run(Catalog.open, thumbs, write=False) as cat:
-        c = cat.counts()
-        last = cat.execute("SELECT command, status, summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        c = queries.counts(cat)
+        last = queries.last_run(cat)
     for k, v in c.items():
         out.print(f"{k:>12}: {v}")
     if last:

@@ -22,6 +22,7 @@ import os
 import sys
 from typing import IO, Iterator
 
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 from nearsort.textsafe import csv_cell, encode_path
 
@@ -37,17 +38,9 @@ def _f(x):
 
 def rows(cat: Catalog) -> Iterator[dict]:
     tags: dict[int, list[str]] = {}
-    for tid, tag in cat.conn.execute("SELECT thumb_id, tag FROM tags ORDER BY tag"):
+    for tid, tag in queries.tags(cat):
         tags.setdefault(tid, []).append(tag)
-    q = """
-        SELECT s.path, s.status, s.error, o.content_hash, o.width, o.height, o.phash, o.capture_time,
-               t.id AS tid, t.relpath, t.brightness, t.contrast, t.blur, t.rank
-        FROM sources s
-        LEFT JOIN originals o ON o.id = s.original_id
-        LEFT JOIN thumbs t ON t.id = o.thumb_id
-        ORDER BY s.path
-    """
-    for r in cat.conn.execute(q):
+    for r in queries.export_rows(cat):
         yield {
             "source_path": os.fsdecode(bytes(r["path"])),
             "thumb_path": r["relpath"],

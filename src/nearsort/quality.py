@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 from nearsort.textsafe import term
 
@@ -91,18 +92,15 @@ def _photos(cat: Catalog):
     """[(thumb_id, relpath, brightness, contrast, blur, tw, th)] of thumbnails with an ok source, and
     {thumb_id: [(path, width, height)]}."""
     srcs: dict[int, list] = {}
-    for tid, path, w, h in cat.execute(
-            "SELECT o.thumb_id, s.path, o.width, o.height FROM sources s JOIN originals o ON o.id=s.original_id"
-            " WHERE s.status='ok' AND o.thumb_id IS NOT NULL ORDER BY s.path"):
+    for tid, path, w, h in queries.ok_source_sizes(cat):
         srcs.setdefault(tid, []).append((os.fsdecode(bytes(path)), w, h))
-    rows = [r for r in cat.execute("SELECT id, relpath, brightness, contrast, blur, tw, th FROM thumbs ORDER BY id")
-            if r[0] in srcs]
+    rows = [r for r in queries.thumb_quality(cat) if r[0] in srcs]
     return rows, srcs
 
 
 def errors(cat: Catalog) -> list[dict]:
     return [{"path": os.fsdecode(bytes(p)), "error": e or "unknown error", "size": s}
-            for p, e, s in cat.execute("SELECT path, error, size FROM sources WHERE status='error' ORDER BY path")]
+            for p, e, s in queries.source_errors(cat)]
 
 
 def assess(cat: Catalog, kinds=KINDS, given: Optional[Thresholds] = None, limit: Optional[int] = None) -> QualityResult:

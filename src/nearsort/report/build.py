@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 
 INLINE_MAX = 200          # inline thumbnails as data: URIs up to this many (auto mode)
@@ -107,22 +108,6 @@ class _Tables:
         return [k, name]
 
 
-def _pick_ordering(cat: Catalog, ordering: Optional[str]) -> Optional[str]:
-    names = [r[0] for r in cat.execute("SELECT DISTINCT ordering FROM ranks")]
-    if not names:
-        return None
-    if ordering:
-        for cand in (ordering, f"similarity:{ordering}"):
-            if cand in names:
-                return cand
-        return None
-    last = cat.get_meta("last_ordering")
-    if last in names:
-        return last
-    sims = [n for n in names if n.startswith("similarity:")]
-    return sorted(sims or names)[-1]
-
-
 def _chunks(prefix: str, items: list, size: int) -> tuple[str, int]:
     out, n = [], 0
     for i in range(0, len(items), size):
@@ -145,16 +130,16 @@ def build(cat: Catalog, out_path: Path, *, dupes_result=None, dupes_config=None,
 
     out_path = Path(os.path.abspath(out_path))
     out_dir = out_path.parent
-    names = {tid: n for tid, n in cat.execute("SELECT id, name FROM thumbs")}
-    rels = {tid: r for tid, r in cat.execute("SELECT id, relpath FROM thumbs")}
+    names = queries.thumb_names(cat)
+    rels = queries.thumb_relpaths(cat)
     if inline is None:
         inline = len(rels) <= INLINE_MAX and sum(_size(cat.root / r) for r in rels.values()) <= INLINE_MAX_BYTES
     T = _Tables(cat.root, out_dir, names, rels, inline)
 
     res = dupes_result if dupes_result is not None else D.find_duplicates(cat, dupes_config)
     qres = quality_result if quality_result is not None else Q.assess(cat)
-    counts = cat.counts()
-    quarantined = cat.execute("SELECT count(*) FROM sources WHERE status='quarantined'").fetchone()[0]
+    counts = queries.counts(cat)
+    quarantined = queries.count_sources(cat, "quarantined")
 
     # ---- duplicate groups: [id, kind, evidence, reclaimable, members, mirrors]
     # member: [src, thumb, relation, w, h, bytes, date, camera, gps(0/1), keeper(0/1), format]
@@ -173,11 +158,10 @@ def build(cat: Catalog, out_path: Path, *, dupes_result=None, dupes_config=None,
         groups.append([g["id"], g["kind"], g["evidence"], g["reclaimable_bytes"], mem, mirrors])
 
     # ---- chain
-    ordname = _pick_ordering(cat, ordering)
+    ordname = queries.current_ordering(cat, ordering)  # the rule refresh applies
     order, jumps = [], []
     if ordname:
-        for tid, _rank, jump in cat.execute(
-                "SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank, thumb_id", (ordname,)):
+        for tid, _rank, jump in queries.ranks(cat, ordname):
             if tid in rels:
                 order.append(T.thumb(tid))
                 jumps.append(-1 if jump is None else int(round(float(jump) * 1000)))

@@ -15,11 +15,11 @@ rebuilt from the store.
 Write protocol (the caller's)::
 
     rows = vi.append(vectors)        # 1. durable on return (write + fdatasync)
-    with cat.tx() as c: INSERT INTO embeddings(model_id, thumb_id, row) ...   # 2.
+    with cat.tx(): queries.add_embeddings(cat, model_id, zip(thumb_ids, rows))   # 2.
     ...
     vi.save()                        # 3. after the commit: persist the index (atomic)
 
-On open, pass ``valid_rows = SELECT coalesce(max(row)+1, 0) FROM embeddings WHERE model_id=?``:
+On open, pass ``valid_rows = queries.valid_rows(cat, model_id)`` (max(row)+1 of the catalog's rows):
 rows at or past it were written but never committed (a crash between 1 and 2) and are
 truncated away (a torn partial row is always dropped). If a saved index covers more rows than
 survive, it is invalidated *before* the truncation; if it covers fewer, the missing rows are
