@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from nearsort import refresh as rename
-from nearsort.store import thumbmeta
+from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, catalog_path
 from nearsort.ingest.resize import resize
 from nearsort.store.sync import iter_thumb_files
@@ -286,10 +286,28 @@ def test_rerefresh_replaces_prefix_and_picks_latest_ordering(lib):
     assert rename.refresh(lib, layout="flat")["ordering"] == "similarity:b"
     with Catalog.open(lib) as cat:  # ... unless analyze says it is the latest
         with cat.tx():
-            cat.set_meta("last_ordering", "date")
+            queries.set_meta(cat, "last_ordering", "date")
     assert rename.refresh(lib, layout="flat")["ordering"] == "date"
     _check_consistent(lib)
     assert _sorted_names(lib) == _chain_names(lib, "date")
+
+
+def test_report_shows_the_chain_refresh_applies(lib, tmp_path):
+    """One ordering rule: with no analyze record (meta.last_ordering), refresh and the report both
+    take the similarity ordering written last, not the alphabetically last one."""
+    from nearsort.report import build as R
+
+    _write_ranks(lib, "similarity:zz", seed=1)
+    _write_ranks(lib, "similarity:aa", seed=2)  # written last, first by name
+    _write_ranks(lib, "date", seed=3)           # not a similarity ordering: never the default
+    s = rename.refresh(lib, layout="flat")
+    assert s["ordering"] == "similarity:aa"
+    assert _sorted_names(lib) == _chain_names(lib, "similarity:aa")
+    assert R.report(lib, tmp_path / "r1.html")["ordering"] == "similarity:aa"
+    _write_ranks(lib, "similarity:zz", seed=4)  # analyzed again: now the newest
+    assert rename.refresh(lib, layout="flat")["ordering"] == "similarity:zz"
+    assert R.report(lib, tmp_path / "r2.html")["ordering"] == "similarity:zz"
+    assert R.report(lib, tmp_path / "r3.html", ordering="aa")["ordering"] == "similarity:aa"
 
 
 def test_pages_layout_respects_per_page_and_cuts_at_jumps(lib):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nearsort.report import build as R
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 
 from test_dupes import EVIL_IMG, featurized  # noqa: F401  (session fixture)
@@ -187,7 +188,7 @@ def _synthetic_catalog(root: Path, n: int, seed: int = 7) -> None:
         c.executemany("INSERT INTO sources(id, path, original_id, size, mtime_ns, status, error) VALUES(?,?,?,?,?,?,?)",
                       sources)
         c.executemany("INSERT INTO ranks(ordering, thumb_id, rank, jump) VALUES(?,?,?,?)", ranks)
-        cat.set_meta("last_ordering", "similarity:test")
+        queries.set_meta(cat, "last_ordering", "similarity:test")
 
 
 def test_report_size_at_100k_photos(tmp_path):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import PY, SAMPLES, make_photo, tree_snapshot
 from nearsort import Catalog, CatalogLocked, rebuild, resize
-from nearsort.store import thumbmeta
+from nearsort.store import queries, thumbmeta
 from nearsort.export import export
 from nearsort.textsafe import csv_uncell, decode_path
 from nearsort.ingest.thumbs import NAME_RE, process_file
@@ -371,7 +371,7 @@ def test_ctrl_c_keeps_work_and_next_run_continues(tmp_path):
     assert s2["unchanged"] == s["processed"] and s2["processed"] == n - s["processed"]
     assert len(all_thumbs(out)) == 1
     with Catalog.open(out, write=False) as cat:
-        assert cat.counts()["sources_ok"] == n
+        assert queries.counts(cat)["sources_ok"] == n
 
 
 def test_cli_json_summary_and_export(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from conftest import PY, make_photo, tree_snapshot
 from nearsort.dupes import group as D
 from nearsort import rebuild
-from nearsort.store import thumbmeta
+from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog
 from nearsort.ingest.resize import Interrupted, resize
 
@@ -184,7 +184,7 @@ def test_edited_metadata_cannot_make_quarantine_move_files_outside_the_library(t
         D.dupes(thumbs, CFG, move_to=q)
     resize(src, thumbs, workers=1)                 # now it knows: src is the library
     with Catalog.open(thumbs, write=False) as cat:
-        assert cat.source_roots() == [str(src)]
+        assert queries.source_roots(cat) == [str(src)]
     res, s = D.dupes(thumbs, CFG, move_to=q)
     assert {mv["src"] for mv in s["moves"]} == {str(p) for p in P[0][1:]}
     why = {x["path"]: x["why"] for x in s["skipped"]}
@@ -319,7 +319,7 @@ def test_deleted_source_is_marked_missing_never_keeper_and_ok_when_back(tmp_path
     s = resize(src, thumbs, workers=1)
     assert s["missing"] == 1 and _statuses(thumbs)[str(keeper)] == "missing"
     with Catalog.open(thumbs, write=False) as cat:
-        assert cat.counts()["missing"] == 1
+        assert queries.counts(cat)["missing"] == 1
         rel = cat.execute("SELECT t.relpath FROM sources s JOIN originals o ON o.id=s.original_id "
                           "JOIN thumbs t ON t.id=o.thumb_id WHERE s.path=?", (os.fsencode(str(keeper)),)).fetchone()[0]
     carried = {x["path"]: x["status"] for o in thumbmeta.read(thumbs / rel)["originals"] for x in o["sources"]}

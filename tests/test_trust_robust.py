@@ -20,6 +20,7 @@ import pytest
 from conftest import PY, make_photo
 from nearsort import Catalog, resize
 from nearsort.ingest.thumbs import process_file
+from nearsort.store import queries
 
 TIMEOUT = 180  # seconds: a regression that hangs fails instead of blocking the suite
 
@@ -69,7 +70,7 @@ def test_fifo_and_socket_among_photos_are_skipped_unopened_and_listed(tmp_path):
     assert "FIFO" in listed["x.jpg"] and "without opening" in listed["x.jpg"]
     assert "socket" in listed["y.jpg"]
     with Catalog.open(out, write=False) as cat:
-        assert cat.counts()["sources_ok"] == 3
+        assert queries.counts(cat)["sources_ok"] == 3
         for (rel,) in cat.execute("SELECT relpath FROM thumbs"):
             assert (out / rel).is_file()
     # a second run does not hang either, and the good files are unchanged
@@ -178,7 +179,7 @@ def test_sigkill_of_resize_leaves_no_worker_and_no_lock(tmp_path):
     s = json.loads(r.stdout)
     assert s["status"] == "done" and 0 < s["processed"] < n and s["unchanged"] + s["processed"] == n
     with Catalog.open(out, write=False) as cat:
-        assert cat.counts()["sources_ok"] == n
+        assert queries.counts(cat)["sources_ok"] == n
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
@@ -275,7 +276,7 @@ def test_damaged_catalog_is_one_line_everywhere_and_rebuild_recovers(tmp_path, h
     if how != "garbage-pages":  # (SQLite itself drops the -shm of a file it can open)
         assert kept + "-shm" in names
     with Catalog.open(out, write=False) as cat:
-        assert cat.counts()["sources_ok"] == 3
+        assert queries.counts(cat)["sources_ok"] == 3
     assert cli("resize", lib, "--out", out).returncode == 0
 
 
@@ -307,7 +308,7 @@ def test_disk_full_during_resize_keeps_a_consistent_catalog_and_resumes(tmp_path
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)  # "free some space"
     with Catalog.open(small_fs, write=False) as cat:
         assert cat.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        kept = cat.counts()["sources_ok"]
+        kept = queries.counts(cat)["sources_ok"]
         for (rel,) in cat.execute("SELECT relpath FROM thumbs"):  # every committed thumbnail exists
             assert (small_fs / rel).is_file()
     r = cli("resize", lib, "--out", small_fs, "-j", "2", "--json")
@@ -315,7 +316,7 @@ def test_disk_full_during_resize_keeps_a_consistent_catalog_and_resumes(tmp_path
     s = json.loads(r.stdout)
     assert s["unchanged"] == kept and s["processed"] == 90 - kept
     with Catalog.open(small_fs, write=False) as cat:
-        assert cat.counts()["sources_ok"] == 90
+        assert queries.counts(cat)["sources_ok"] == 90
         assert cat.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert _temp_files(small_fs) == []
 

@@ -27,11 +27,9 @@ data is a named function in ``queries.py``.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sqlite3
 import struct
-import time
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -600,68 +598,5 @@ class Catalog:
         """Raw SQL, for tests and benches; the library's own queries are in ``store/queries.py``."""
         return self.conn.execute(sql, params)
 
-    # -- meta
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, value),
-        )
-
-    # -- runs
-    def start_run(self, command: str) -> int:
-        cur = self.conn.execute("INSERT INTO runs(command, started) VALUES(?, ?)", (command, time.time()))
-        return int(cur.lastrowid)
-
-    def finish_run(self, run_id: int, status: str, summary: str | None = None) -> None:
-        self.conn.execute(
-            "UPDATE runs SET finished=?, status=?, summary=? WHERE id=?", (time.time(), status, summary, run_id)
-        )
-
-    def source_roots(self) -> list[str]:
-        """The library: the SRC folders ``resize`` scanned into this catalog (absolute paths, first
-        scanned first). Every resize run that completed or was interrupted records its ``src`` in its
-        ``runs.summary``; a rebuilt catalog knows none until the next resize."""
-        roots: list[str] = []
-        for (summary,) in self.conn.execute(
-                "SELECT summary FROM runs WHERE command='resize' AND status IN ('done', 'interrupted') "
-                "AND summary IS NOT NULL ORDER BY id"):
-            try:
-                src = json.loads(summary).get("src")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(src, str) and src and src not in roots:
-                roots.append(src)
-        return roots
-
-    # -- common lookups used across modules
     def thumb_abspath(self, relpath: str) -> Path:
         return self.root / relpath
-
-    def find_model(self, name: str | None = None):
-        """``models`` row (id, name, dim, info) of ``name``, or of the newest model that has
-        embeddings when ``name`` is None (then None if there is none). Unknown names raise."""
-        if name:
-            row = self.conn.execute("SELECT id, name, dim, info FROM models WHERE name=?", (name,)).fetchone()
-            if row is None:
-                known = [r[0] for r in self.conn.execute("SELECT name FROM models")]
-                raise CatalogError(f"no embeddings for model {name!r} (have: {', '.join(known) or 'none'}); "
-                                   f"run `nearsort featurize {self.root} --model {name}`")
-            return row
-        return self.conn.execute(
-            "SELECT m.id, m.name, m.dim, m.info FROM models m WHERE EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.model_id=m.id) ORDER BY m.id DESC LIMIT 1").fetchone()
-
-    def counts(self) -> dict[str, int]:
-        q = self.conn.execute
-        return {
-            "sources": q("SELECT count(*) FROM sources").fetchone()[0],
-            "sources_ok": q("SELECT count(*) FROM sources WHERE status='ok'").fetchone()[0],
-            "errors": q("SELECT count(*) FROM sources WHERE status='error'").fetchone()[0],
-            "missing": q("SELECT count(*) FROM sources WHERE status='missing'").fetchone()[0],  # gone from SRC
-            "originals": q("SELECT count(*) FROM originals").fetchone()[0],
-            "thumbs": q("SELECT count(*) FROM thumbs").fetchone()[0],
-        }
