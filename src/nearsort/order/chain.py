@@ -1,111 +1,11 @@
-"""Orders: put every photo into one chain so that look-alikes sit side by side.
+"""Chain orderings: put every photo into one chain so that look-alikes sit side by side.
 
-Pure algorithms (numpy/scipy, no catalog, no I/O). Public API::
-
-    similarity_chain(vectors, *, fast=False, k=16, exact_limit=50_000, improve=True,
-                     progress=None, jump_threshold=None, mst=True, ...) -> ChainResult
-    hamming_chain(hashes_uint64, *, fast=False, k=16, exact_limit=20_000, ...) -> ChainResult
-    key_order(keys, *, reverse=False) -> int64 permutation     (date, resolution, ...)
-    name_order(names) -> int64 permutation                     (natural sort of file names)
-    cut_points(steps, max_per_page=500) -> [chain positions where a new folder starts]
-
-``ChainResult``: ``order`` (int64 permutation: order[i] = input index of the i-th photo),
-``steps`` (float32, distance from the previous photo, steps[0] = 0), ``length`` (sum of
-steps), ``mst_weight`` (bound, below), ``mst_ratio`` (length / mst_weight),
-``long_jumps`` (steps above the jump threshold), ``stats`` (timings, k, exact/approx,
-fallback counts, greedy length before improvement, move counts, ...).
-Same input (same machine / BLAS) -> same order: no randomness without a fixed seed, ties
-broken by index, no wall-clock budget unless asked for.
-
-Similarity chain (cosine distance 1 - cos of L2-normalised embeddings)
------------------------------------------------------------------------
-1. **k-NN graph** (k = 16). ``n <= exact_limit`` (and not ``fast``): exact, query blocks
-   against all points as one BLAS GEMM each + a cheap row top-k. Above (or ``fast``): an
-   IVF partition - spherical k-means (nlist ~ 2 sqrt(n), trained on 32 points per list)
-   - and every list's points are searched together, one GEMM, among the members of the
-   ``nprobe`` = 8 lists nearest to that list's centroid. Recall@16 on the synthetic
-   100k bench: 0.998 (nprobe 4: 0.985). Blocks run on a few Python threads with OpenBLAS
-   pinned to one thread (faiss.knn / IndexFlatIP measured ~5x slower than this on this
-   2-core box at k = 17, faiss.Kmeans likewise; OpenBLAS' own threads collapse on small
-   blocks when the machine is busy).
-2. **Start**: the point farthest from the mean direction - an "end" of the data, so the
-   walk does not begin in the middle and strand one half for a long jump back; it does
-   not depend on the input order (index 0 would).
-3. **Walk**: from the current point step to the first unvisited entry of its k-NN list
-   (sorted by distance, then id) - exactly the nearest unvisited point when the list is
-   exact. When all k neighbours are visited (~7 % of steps), **nearest unvisited point
-   without rescanning everything**: the IVF lists double as an index of the unvisited
-   points - each list is compacted lazily (visited ids dropped when the list is
-   scanned), empty lists leave the centroid table, which is rebuilt whenever half of it
-   is dead (geometric rebuilds -> amortised O(n) upkeep).
-   * exact mode: lists are scanned by decreasing upper bound cos(max(0, angle(q, c) - r))
-     (c centroid, r list radius) until no remaining list can beat the best point found
-     -> the exact nearest unvisited point (the greedy chain equals the naive O(n^2) one);
-     on the 20k bench it reads ~2.3k points per fallback.
-   * approximate mode: first the unvisited 2-hop neighbours (neighbours of neighbours,
-     <= k^2 points; answers ~70 % of the fallbacks), else the ``nprobe`` nearest non-empty
-     lists.
-4. **Improvement** (``improve=True``): local search on the chain closed through a dummy
-   node (so its two ends may change): 2-opt and Or-opt moves (segments of 1-3 photos, or
-   a whole run up to the next long jump, either orientation), candidates = the 8 nearest
-   neighbours with the usual gain criterion (new edge shorter than the removed edge next
-   to it); a queue of nodes to examine, worst (longest edge vs nearest-neighbour
-   distance) first, endpoints of changed edges re-queued; array representation, a move
-   reverses the shorter arc. Work budget ``improve_evals * n`` examinations (default 5;
-   it converges at ~1.2 n on the bench). Shortens the greedy chain by ~11 %: MST ratio
-   1.35 -> 1.21 (an iterated local search with 300 double-bridge kicks on 3k points only
-   got 1.8 % further, so most of the rest is the path-vs-tree gap of the bound).
-5. **Near-duplicates**: the objective (1-cos is half the squared chord, not a metric) can
-   prefer a photo x *between* two copies; groups = components of k-NN edges shorter than
-   ``dup_threshold`` (default min(0.01, median NN distance / 4)) are therefore made
-   contiguous afterwards (split members move next to the first one; cost and count in
-   ``stats``).
-6. **Quality**: ``mst_weight`` = weight of the minimum spanning tree (scipy) of the k-NN
-   graph *plus the chain's own edges*. The chain edges make the graph connected (the
-   k-NN graph alone may not be) and the chain is a spanning tree of that graph, so
-   length >= mst_weight always; it is a lower bound for any chain that uses k-NN or
-   chain edges (and close to the exact MST, whose edges are nearly all k-NN edges).
-   ``long_jumps``: steps longer than ``jump_threshold``, by default the 99th percentile
-   of the distance to the k-th nearest neighbour ("leaves the neighbourhood of 99 % of
-   the photos"; on the synthetic bench it matches the subject changes); ``stats``
-   also gives the MST's own edges above it (a floor for any chain in that graph).
-
-Costs (2 shared cores; synthetic clustered 512-d float32; bench/analyze.py): 100k in
-23 s (peak RSS 0.6 GB), 1M in 275 s (peak RSS 3.1 GB incl. the 2.0 GB of vectors:
-IVF 41 s, k-NN 82 s, walk 39 s, improvement 103 s, MST 6 s); naive O(n^2) greedy
-extrapolates to ~27 h for 1M. Memory beyond the vectors: k-NN graph 8*k bytes/point
-(int32 ids + float32 distances), IVF lists ~16 B/point, improvement ~150 B/point, MST
-temporaries ~0.6 KB/point (freed before return).
-
-**10 M photos in 24 GB**: pass the vectors as float16 (10.2 GB; a read-only np.memmap of
-the vector store works, no float32 copy is made - every computation gathers rows into
-float32 blocks of a few thousand). Then: k-NN graph 1.3 GB, IVF + walk arrays ~0.3 GB,
-improvement ~1.5 GB (freed), MST over 8 neighbours (used above 2M points) ~5 GB
-transient -> ~17 GB peak. Time, extrapolated from 1M on 2 cores (IVF and k-NN grow as
-n^1.5 with nlist ~ 2 sqrt(n), the rest ~linearly): IVF ~20 min, k-NN (~12.6k candidates
-per query, ~1.3e14 flop) ~45 min, walk ~10 min, improvement ~17 min (cap with
-``improve_evals``), MST ~1 min: ~1.5 h, IVF/k-NN scaling with cores (``nprobe=4``
-halves the k-NN at recall 0.985). ``mst=False`` skips the bound.
-
-Hamming chain (64-bit perceptual hashes)
-----------------------------------------
-Same walk with Hamming distance. Exact for n <= 20k (XOR/popcount blocks; exact
-nearest-unvisited by scanning a compact copy of the unvisited hashes, rebuilt when half
-of it is visited). Above: candidates from 16 random bit permutations - sort the hashes by
-each permuted code and take 8 neighbours on each side (close codes share long prefixes);
-nearest-unvisited fallback = the nearest unvisited positions around the current hash in 4
-of those sorted orders (union-find "next unvisited" pointers). faiss' binary indexes were
-measured and not used: IndexBinaryFlat was ~2x slower than numpy popcount here,
-IndexBinaryIVF had 40 % recall on phash-like codes, IndexBinaryMultiHash needs ~0.2 ms a
-query at 200k.
-
-Key orders
-----------
-``key_order``: stable, ties -> lower index (also reversed), None/NaN last.
-``name_order``: natural sort of accent-free, case-folded names ("IMG_2" < "IMG_10").
-``cut_points``: exact DP over cut positions maximising the sum of (step - threshold) at
-cuts with pages in [max/5, max]: cuts at the big jumps, forced cuts at the largest
-available steps, no tiny folders.
+Pure algorithms on arrays (numpy/scipy; no catalog, no I/O): ``similarity_chain`` (cosine),
+``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``, ``cut_points`` (page folders).
+Invariants: ``ChainResult.order`` is a permutation of the input; the same input (same machine /
+BLAS) gives the same order (no unseeded randomness, ties broken by index, no wall-clock budget
+unless asked for); ``length >= mst_weight`` whenever the bound is computed.
+How and why: docs/design.md, "order".
 """
 from __future__ import annotations
 
