@@ -859,12 +859,6 @@ class _Tour:
     def pred(self, a: int) -> int:
         return int(self.C[int(self.pos[a]) - 1])
 
-    def edge_after(self, a: int) -> float:
-        return float(self.EL[int(self.pos[a])])
-
-    def edge_before(self, a: int) -> float:
-        return float(self.EL[int(self.pos[a]) - 1])
-
     def _reverse(self, i: int, L: int) -> None:
         """Reverse the L elements at cyclic positions i .. i+L-1 (boundary EL not set)."""
         m = self.m
