@@ -1,94 +1,11 @@
 """``dupes``: find the source files that show the same photo, pick a keeper, quarantine the rest.
 
-Evidence (graph nodes are *thumbnails*; every source file belongs to one through its original)
-
-exact
-    byte-identical files (same sha256) share one ``originals`` row, hence one thumbnail.
-same thumbnail
-    different bytes with the same pixel size and the same 64-bit phash share one thumbnail
-    ("copies collapse by name": re-encodes, EXIF-stripped copies...). Counted as *perceptual*.
-perceptual
-    phash Hamming distance <= ``phash_distance`` (default 8) between two thumbnails. Found with
-    multi-index hashing (:func:`hamming_pairs`: the 64 bits are cut into m chunks of <= 22 bits,
-    each looked up in a direct-address table with every flip pattern of up to r bits, m*(r+1) >
-    radius, so the search is exact; equal hashes are merged first). Cost grows with n * probes,
-    never n^2.
-near
-    a k-NN neighbour (``k`` = 10, FAISS via :class:`nearsort.vectors.index.VectorIndex`) with embedding
-    cosine >= ``threshold`` (default 0.5) that is *confirmed* on the thumbnails by the crop-aware
-    hash: uniform borders (letterbox, frames) are trimmed, then the 64-bit DCT phash of centre
-    crops at 100/93/87/81 % of one image is compared with the other image (both ways); the
-    smallest distance must be <= ``crop_distance`` (default 12). The embedding alone cannot
-    decide: on the dev bench the most similar *different* photos reach cosine 0.78 while true
-    duplicates go down to 0.57 (efficientnet-lite0); the crop-aware hash separates them
-    (different photos >= 20 among pairs with cosine >= 0.5; duplicates <= 14).
-
-Mirror images (horizontal flips) are *similar*, not duplicates: the crop-aware hash is also
-computed on the mirrored thumbnail; when the mirrored distance beats the direct one by
-``mirror_margin`` (4) bits, the pair is recorded as ``similar`` and never joined. Flips score
-0..4 mirrored vs 22..34 direct on the dev bench; true duplicates are >= 10 bits better direct.
-
-Every perceptual and near edge is then **confirmed on pixels** (:mod:`nearsort.dupes.pixels`): the two
-thumbnails, aligned (scale, shift, small rotation, either framing), must show the same picture;
-a compact local change on one framing makes the pair a *similar shot* (``similar`` with relation
-``shot``), never an edge. A near candidate that the crop-aware hash rejects still becomes an edge
-when its pixels are strongly alike (``Verdict.strong``) and its hash is near (<= 20), its
-embeddings nearly agree (cosine >= 0.9) or both thumbnails are faint (a faint picture's hash is
-noise). A blank (clipped uniform) thumbnail groups only byte-identical files. The pixel checks a
-run needs are made first, in worker processes (``PixelVerifier.prefetch``).
-
-Groups are the connected components (union-find) of exact + perceptual + near edges. Against
-chaining (A~B~C joining A and C through weak edges, or a flip joining through a crop) every
-component is then checked as a *star* around its keeper: each member must itself match the
-keeper (same thumbnail, phash distance <= ``phash_distance``, or crop-aware distance <=
-``crop_distance`` + 2 and not mirrored, or a strong pixel match as above) *and* be the keeper's
-picture on pixels; members that fail are split off and regrouped among
-themselves (recursively); members that are mirror images of the keeper become ``similar``.
-
-Keep-best (``keep``, a comma list, earlier keys win): ``resolution`` (most picture pixels:
-letterbox bars and frames, found by the border trim, do not count),
-``metadata`` (EXIF capture date + camera + GPS present, then number of EXIF tags), ``size``
-(largest file), ``oldest`` (earliest capture time, else mtime); also ``newest`` and ``path``
-(shortest path). Default ``resolution,metadata,size,oldest``; ties end on the path.
-
-Defaults, measured on the dev bench (make_nd_bench.py --seed 1: 432 files, 124 groups, 581
-positive pairs; pairwise scoring of bench/README.md; ``nice .venv/bin/python bench/dupes.py
-/tmp/devbench --sweep`` prints every table quoted here):
-
-* result at the defaults (with the pixel check, 2026-12-01): **P 1.000, R 0.995** (578 of 581
-  pairs), no flip in any group, all 25 flips labelled mirror images; on the tiles and shots
-  benches and the measured peers see README "Measured figures". (The sweeps below are from
-  before the pixel check, which only removes edges or adds strongly confirmed ones.)
-* one signal is not enough: phash alone keeps P 1.00 only up to d 12 (R 0.79; first false pair
-  at 14); the embedding cosine alone peaks at T 0.80 with P 1.00 / R 0.974 but puts all 25
-  flips into groups and falls to P 0.95 at T 0.70.
-* ``crop_distance`` 12: P 1.00 for 4..16 (first false pair at 18); R rises to 0.991 at 12 and is
-  flat to 16. 12 keeps a 6-bit margin below the first false pair.
-* ``threshold`` 0.5: only a candidate gate; R is flat at 0.991 for 0.2..0.6 (0.988 at 0.7,
-  0.969 at 0.8); 0.5 sits in the middle, with room for real libraries' weaker matches.
-* ``phash_distance`` 8: with the other evidence P/R are flat for 0..8 (0.995 at 10..12, a false
-  pair at 14); without embeddings it is the whole search (R 0.71 at 8); 8 keeps 6 bits of
-  margin and a cheap exact search (3 chunks x 2 flips).
-* ``k`` 10: flat for 2..20 on the bench; more neighbours only matter for groups larger than k.
-
-Cost: the phash search is ~2 s for 10^5 thumbnails at d 8 (~1 min for 10^6, 2 cores); the
-crop-aware signatures are computed only for thumbnails in a near candidate pair or a group
-(~3 ms each, in processes, cached in THUMBS/.nearsort/cropsig-v2.npz); the k-NN graph comes
-from index.py (exact below 50 k vectors, IVF above).
-
-Quarantine (:func:`quarantine`) moves the non-keeper files into a folder that mirrors their
-absolute paths, through rename.py's journaled moves (op kind ``quarantine``, journal kind
-``original``; ``nearsort undo`` restores them). It never deletes, refuses read-only source
-folders up front, skips files changed since the last resize, and marks moved sources
-``status='quarantined'``; where each one went is the ``dst`` of its journal row
-(:func:`quarantined_paths`). It trusts nothing the catalog says about the files: before any move
-every file to move and each group's keeper is hashed again (sha256 = ``originals.content_hash``);
-a group whose keeper is missing, changed or outside the library is refused whole (the last
-verified copy never moves), a member that fails is skipped. "The library" is the source roots,
-the folders ``resize`` scanned (:func:`queries.source_roots`): every file moved must lie inside
-one, also once symbolic links are resolved, and the quarantine folder must not (nor THUMBS).
-A quarantine a killed process left half-done is finished by the next ``dupes --move-to`` (which
-then plans nothing new), so one ``undo`` restores all of it.
+Groups are components of exact (sha256), perceptual (phash) and near (embedding + crop-aware hash)
+edges, every edge confirmed on pixels (:mod:`nearsort.dupes.pixels`) and every group checked as a
+star around its keeper; mirror images and similar shots are ``similar``, never grouped.
+:func:`quarantine` moves files through the journal (``nearsort undo`` restores them), never
+deletes, re-hashes every file and keeper first, and never moves a group's last verified copy.
+How and why: docs/design.md, "dupes"; defaults measured in docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -403,7 +320,7 @@ def crop_distances(sa: np.ndarray, sb: np.ndarray) -> tuple[int, int]:
 
 class Signatures:
     """Crop-aware signatures of thumbnails, computed on demand (in processes when many), cached
-    in THUMBS/.nearsort/cropsig-v1.npz keyed by thumbnail name."""
+    in THUMBS/.nearsort/``SIG_CACHE`` keyed by thumbnail name."""
 
     def __init__(self, root: Path, names: dict[int, str], relpaths: dict[int, str],
                  workers: Optional[int] = None, cache: bool = True):
