@@ -1,83 +1,10 @@
 """Vector store + FAISS index, one per model, crash-consistent with the catalog.
 
-Layout (``state_dir`` is ``THUMBS/.nearsort``)::
-
-    vectors/<slug>-<sha1[:10]>/          one folder per model name (safe from any name)
-        store.json                       {"format", "version", "model", "dim", "dtype": "float16", "byteorder"}
-        vectors.f16                      raw rows, float16 little-endian, append-only, no header
-        index.json                       which index file is current + what it covers (see below)
-        index-<token>.faiss              the FAISS index (faiss.write_index)
-
-The store is the truth for *vectors*; the catalog's ``embeddings(model_id, thumb_id, row)``
-is the truth for which rows are *committed*. The FAISS index is a cache that can always be
-rebuilt from the store.
-
-Write protocol (the caller's)::
-
-    rows = vi.append(vectors)        # 1. durable on return (write + fdatasync)
-    with cat.tx(): queries.add_embeddings(cat, model_id, zip(thumb_ids, rows))   # 2.
-    ...
-    vi.save()                        # 3. after the commit: persist the index (atomic)
-
-On open, pass ``valid_rows = queries.valid_rows(cat, model_id)`` (max(row)+1 of the catalog's rows):
-rows at or past it were written but never committed (a crash between 1 and 2) and are
-truncated away (a torn partial row is always dropped). If a saved index covers more rows than
-survive, it is invalidated *before* the truncation; if it covers fewer, the missing rows are
-added when it is loaded; if it does not match the store (row count, head/tail CRC of the rows
-it claims to cover, dim), it is rebuilt from the store. ``index.json`` names its FAISS file
-(``index-<token>.faiss``), which is written, fsynced and only then made current by an atomic
-``os.replace`` of ``index.json``, so a crash never pairs metadata with the wrong file.
-
-API::
-
-    vi = VectorIndex.open(state_dir, model_name, dim, valid_rows=None, *,
-                          policy=IndexPolicy(), readonly=False)
-    vi.append(vectors (m,d)) -> rows int64 (m,)          # L2-normalised, stored float16, durable
-    len(vi); vi.dim; vi.folder; vi.model_name
-    vi.get(rows) -> float32 (n,d)                         # the stored (float16-rounded) vectors
-    vi.search(queries (m,d), k, *, nprobe=None, ef=None, refine=None)
-        -> (scores float32 (m,k), rows int64 (m,k))       # inner product = cosine, best first,
-                                                          # padding: row -1, score -inf
-    vi.exact_search(queries, k)                           # brute force over the store, chunked
-    vi.knn(k, *, exclude_self=True, exact=None, batch=None, nprobe=None, ef=None, progress=None)
-        -> (scores (N,k), rows (N,k))                     # k-NN graph of all N stored vectors
-                                                          # (exact below flat_max, else via the index)
-    vi.save() -> dict                                     # persist index if needed; returns params()
-    vi.rebuild() -> None                                  # rebuild the index from the store now
-    vi.params() -> dict                                   # kind, parameters, ntotal... (for models.info)
-    vi.close()                                            # also a context manager
-    VectorIndex.folder_for(state_dir, model_name) -> Path
-
-Index choice (``IndexPolicy``, ``kind="auto"``), measured with bench/search.py (2 cores, 512-d,
-1000 clusters; numbers in the bench's docstring):
-
-* ``n < flat_max`` (50 000): exact ``IndexFlatIP``. A query scans all n*d floats (~6 ms p50
-  at 50 k, 35-50 ms at 100 k); the exact k-NN graph costs N^2*d (1.4 s at 10 k, ~50 s at
-  50 k, ~7 min at 200 k). Above 50 k both miss their budgets.
-* ``n >= flat_max``: ``IndexIVFScalarQuantizer`` (SQ8 codes, inner product), spherical
-  k-means centroids, ``nlist`` = power of two nearest 4*sqrt(n) (1024 at 100 k, 4096 at 1 M;
-  at most n/39), ``nprobe`` 64; the best ``refine*k`` candidates are re-scored exactly from
-  the float16 store, so scores are exact and SQ8 error costs no recall. At 1 M: build 87 s,
-  p50 2.9 ms, recall@10 1.00, 0.5 GB index, k-NN graph 2.5 min. HNSW (M=32, efC=64) at 1 M:
-  build 142 s, p50 0.4 ms but recall@10 0.82 (0.89 at ef=128) on the same data, 3.2 GB on
-  disk / 3.4 GB RSS; it wins only on diffuse data (spread 2 at 100 k: 1.00 vs 0.94), so it
-  is used on request only (``kind="hnsw"``).
-  An IVF index is retrained on ``save()`` once the store has grown ``rebuild_growth`` (4)
-  times past the size it was trained on; a change of kind (flat -> ivf) also rebuilds on save.
-* k-NN graph through IVF (``knn``) is list-major: per list, the rows that probe it
-  (``knn_nprobe`` = 16 nearest centroids per row) are scored against its members in one
-  float32 matmul -- ~10x faster than one IVF search per row.
-* Dense linear algebra (k-means, coarse assignment, exact search) is done with numpy, whose
-  OpenBLAS is ~4x faster here than the one bundled in faiss-cpu wheels.
-
-GPU: when ``faiss.get_num_gpus() > 0`` (faiss-gpu), IVF training and flat/IVF searches run on a
-GPU clone of the CPU index; the CPU index stays the master that is saved. Any GPU failure falls
-back to the CPU silently (logged).
-
-Memory: vectors are float16 on disk and read through ``np.memmap``; building, catching up,
-re-ranking, exact search and knn work in chunks (the IVF k-NN graph holds a float16 copy of
-up to 262 144 rows, 256 MiB at d=512), plus the index itself: 4*n*d bytes for flat, ~n*d for
-IVF-SQ8, 4*n*d + graph for HNSW. Measured peak RSS at 1 M (incl. mapped store pages): 2.8 GB.
+The float16 store (append-only; ``append`` is durable on return) is the truth for vectors, the
+catalog's ``embeddings`` rows for which rows are committed: rows past ``valid_rows`` are truncated
+on open. The FAISS index is a cache, always rebuildable from the store, made current only by an
+atomic replace of ``index.json``. Layout, write protocol, index choice, memory: docs/design.md,
+"vectors"; figures: docs/benchmarks.md (bench/search.py).
 """
 from __future__ import annotations
 
@@ -347,7 +274,7 @@ def _to_gpu(index):  # pragma: no cover - needs faiss-gpu and a GPU
 
 
 class VectorIndex:
-    """Append-only float16 vector store + FAISS index for one model. See the module docstring."""
+    """Append-only float16 vector store + FAISS index for one model. See docs/design.md, "vectors"."""
 
     def __init__(self, folder: Path, model_name: str, dim: int, policy: IndexPolicy, readonly: bool):
         self.folder = folder
