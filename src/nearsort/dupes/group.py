@@ -168,7 +168,7 @@ def _flip_masks(bits: int, r: int) -> np.ndarray:
 def hamming_pairs(hashes: np.ndarray, radius: int, batch: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i < j) of 64-bit hashes within Hamming ``radius``: (i, j, distance) int64 arrays.
 
-    Multi-index hashing, exact: see the module docstring. Equal hashes are collapsed first; a
+    Multi-index hashing, exact: see docs/design.md, "dupes". Equal hashes are collapsed first; a
     group of equal hashes is returned as a star (first index to each other), which is all that
     connected components need.
     """
@@ -900,7 +900,7 @@ class _Finder:
 
 def find_duplicates(root_or_cat, config: Optional[DupesConfig] = None,
                     progress: Optional[Callable[[str], None]] = None) -> DupesResult:
-    """Group the ok sources of a catalog into duplicate groups (see the module docstring)."""
+    """Group the ok sources of a catalog into duplicate groups (see docs/design.md, "dupes")."""
     cfg = config or DupesConfig()
     cfg.check()
     if isinstance(root_or_cat, Catalog):
