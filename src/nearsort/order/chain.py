@@ -730,7 +730,7 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
                      improve_seconds: Optional[float] = None,
                      dup_threshold: Optional[float] = None) -> ChainResult:
     """Greedy nearest-unvisited chain through L2-normalised embeddings (cosine distance),
-    then 2-opt/Or-opt improvement. See the module docstring for the algorithm.
+    then 2-opt/Or-opt improvement. The algorithm: docs/design.md, "order".
 
     vectors: (n, d) array (any float dtype; rows are normalised if they are not unit).
     fast: approximate k-NN/fallback even when ``n <= exact_limit``.
