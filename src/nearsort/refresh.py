@@ -1,65 +1,10 @@
 """``refresh`` / ``undo`` / ``tags``: name and place thumbnails in chain order, crash-safely.
 
-refresh
-    Renames every thumbnail to ``{rank:0Nd}_{name}.jpg`` (N = digits of the thumbnail count,
-    so a plain name sort is the chain order; the rank is the 1-based position in the chain).
-    An old prefix is *replaced*, never stacked. The chain comes from the ``ranks`` table
-    (``nearsort analyze``); by default the one the last analyze stored (``meta.last_ordering``),
-    else the most recently written ``similarity:*`` ordering.
-    Thumbnails the ordering does not know (made after the last analyze) follow the chain,
-    by name. Layouts: ``pages`` (default) moves them into ``p0001/``, ``p0002/`` ... (at most
-    ``per_page`` each, cut preferably at the largest jumps); ``flat`` renames in place.
-    ``reset`` strips the prefixes and puts thumbnails back into the week folders
-    (``YYYY/Www``, as ``resize`` made them); ``reset`` + ``flat`` only strips prefixes in place.
-
-Tags
-    Before anything moves, the names of the user's own folders become tags
-    (``tags.origin='folder'``) and are written into each tagged thumbnail's embedded metadata.
-    A folder is "ours" when it is generated: ``YYYY/Www``, ``ab/cd`` (hash layout), ``pNNNN``;
-    every other component of the path is a tag, one per component
-    (``trips/2019 rome/x.jpg`` -> ``trips``, ``2019 rome``; ``trips/2019/W05/x.jpg`` -> ``trips``).
-    Hidden folders (``.something``) are not tags. Tags are NFC-normalised and stripped; they are
-    never removed by refresh or undo.
-
-Crash safety (the ``ops`` / ``journal`` tables)
-    1. plan everything; write one ``ops`` row + one ``journal`` row per file move in ONE
-       transaction (state ``planned``);
-    2. move each file with :func:`move_file` (never overwrites: ``os.link`` + ``unlink``, which
-       fails on an existing destination; ``os.rename`` after an existence check where hard links
-       are unsupported; copy + fsync + verify + unlink across filesystems), marking journal rows
-       ``done`` and updating the catalog (``thumbs.relpath`` / ``rank``) in batched transactions;
-    3. remove generated folders left empty, mark the op ``done``.
-
-    Killed at any instant, the next ``refresh`` / ``undo`` (:func:`recover`) **finishes** the
-    interrupted op (roll forward). Whether a row was done is decided from the filesystem, not
-    from the (possibly lost) batched marks: src there and dst not -> to do; dst there and src not
-    -> done; both there -> (only when recovering) done if they are the same file or
-    byte-identical (a killed link/copy: src is unlinked), else a conflict (both left alone, row
-    ``skipped``); neither -> lost (row ``skipped``). Ctrl-C or an I/O error (disk full ...) leaves
-    the op resumable the same way. If an op's destinations overlap its sources (a swap/cycle; impossible for
-    thumbnails, whose paths all contain their unique name) it runs in two phases through unique
-    temporary names, with a committed barrier between the phases so recovery stays exact.
-
-undo
-    Reverts the most recent op still ``done`` (any kind: refresh, reset, quarantine ...) by
-    journaling and applying the reverse moves as a new op of kind ``undo`` (so undo itself is
-    crash-safe), then marks the reverted op ``undone``. A second ``undo`` reverts the op before
-    that (undo is a stack, not a redo); with none left it says "nothing to undo". Files the user
-    moved or deleted since the op are left where they are (reported). An ``undo`` that was killed
-    and is run again finishes the killed undo and stops there: it never reverts a second op.
-
-Journal rows (``journal.kind``): ``thumb`` (src/dst are paths relative to THUMBS, ``ref_id`` =
-``thumbs.id``) and any kind another module registers with :func:`register_kind` (e.g.
-``original`` for quarantine: absolute paths, ``ref_id`` = ``sources.id``). Paths are stored as
-raw OS bytes (``os.fsencode``). Row states: ``planned`` | ``done`` | ``skipped``.
-Op states: ``planned`` | ``applying`` | ``done`` | ``undone``.
-
-Reuse (e.g. ``dupes --move-to QUARANTINE``)::
-
-    register_kind("original", moved=lambda cat, source_id, path: ...)  # catalog update, in a tx
-    op = journal_moves(cat, "quarantine", [("original", source_id, abs_src, abs_dst), ...], params)
-    apply_op(cat, op)     # crash-safe; cross-filesystem moves handled by move_file
-    # after a kill: recover(cat); to revert: undo_last(cat) / `nearsort undo THUMBS`
+Every file move is journaled (``ops`` / ``journal``) before it happens and never overwrites; an op
+killed at any instant is finished by the next refresh / undo (roll forward, each row decided from
+the filesystem); undo is itself a journaled op and reverts one op at a time. The user's folder
+names become tags before anything moves and are never removed. How and why: docs/design.md,
+"refresh".
 """
 from __future__ import annotations
 
@@ -120,7 +65,7 @@ def _clean_tag(component: str) -> str | None:
 
 
 def folder_tags(relpath: str) -> list[str]:
-    """Tags a thumbnail gets from the user folders it sits in (see the module docstring)."""
+    """Tags a thumbnail gets from the user folders it sits in (see docs/design.md, "refresh")."""
     parts = relpath.split("/")[:-1]
     tags: list[str] = []
     i = 0
@@ -291,7 +236,7 @@ def _same_or_identical(a: str, b: str) -> bool:
 
 
 def _settle(src: str, dst: str, recovering: bool) -> str:
-    """Where is this row's file? 'todo' | 'done' | 'conflict' | 'lost' (see module docstring)."""
+    """Where is this row's file? 'todo' | 'done' | 'conflict' | 'lost' (see docs/design.md, "refresh")."""
     s, d = os.path.lexists(src), os.path.lexists(dst)
     if s and not d:
         return "todo"
@@ -806,7 +751,7 @@ def harvest_tags(cat: Catalog, locations: dict[int, str], write: bool = True) ->
 def refresh(root, dry_run: bool = False, reset: bool = False, layout: Optional[str] = None,
             per_page: int = DEFAULT_PER_PAGE, ordering: Optional[str] = None,
             progress: Progress = None) -> dict:
-    """Rename/move the thumbnails below ``root`` into chain order (see the module docstring).
+    """Rename/move the thumbnails below ``root`` into chain order (see docs/design.md, "refresh").
 
     Returns a summary dict: op_id (None when nothing moved or dry run), kind, layout, ordering,
     thumbnails, moved, unchanged, pages, unranked, missing (catalog thumbnails with no file),
