@@ -1,47 +1,10 @@
 """Pixel verification: do two thumbnails show the *same picture*, or two pictures that look alike?
 
-Hashes and embeddings only propose candidate pairs. Near-uniform frames, skies, walls, paper,
-dark pocket shots and bursts defeat both (a 64-bit phash of a flat frame is noise; an embedding
-says "sky" for every sky), so every pair that would join a copy group is confirmed here, on the
-thumbnails' pixels, member to keeper. :func:`compare` answers with a :class:`Verdict`:
-
-``copy``
-    the same picture: re-encoded, resized, converted, cropped (centre crops down to 76 %),
-    bordered / letterboxed, slightly rotated (up to 3 degrees), tone-shifted, or greyed.
-``shot``
-    the same framing with a local change: an object moved, added or removed (a burst, a
-    stereo pair, the same scene a moment later). A *similar shot*: shown next to each other,
-    never a copy.
-``different`` / ``colour`` / ``tone`` / ``uniform``
-    not the same picture, with the reason.
-
-How (thumbnails are <= 256 px JPEGs):
-
-1. Uniform borders (letterbox, frames) are trimmed (:func:`nearsort.dupes.group.trim_box`).
-2. *Content.* A frame with no structure (luma std < ``UNIFORM_STD``) shows only its tone. A
-   *blank* one (uniform and within ``CLIPPED`` levels of black or white in every channel: a
-   pocket shot, a blown-out sky) shows nothing of its scene: it is a copy only of byte-identical
-   files (the caller's exact evidence), never here. Two uniform frames of a real tone are copies
-   when their mean colours agree within ``LOW_INFO_TONE`` levels per channel. A frame whose structure is almost only a smooth gradient (residual std of a
-   quadratic fit < ``LOW_INFO``: clear skies, blank paper, blurred walls) is compared in absolute
-   terms: mean RGB difference and mean brightness within ``LOW_INFO_TONE`` levels at 64 px, no
-   tone or crop allowance (a brightness-shifted copy of a blank page cannot be told from another
-   blank page, so it is not claimed).
-3. *Alignment.* Centre crops of either image at 13 scales (1.00 ... 0.76) against the other's
-   full frame, each with the translation found by phase correlation (<= 3.5 % of the side), then a
-   rotation search (+-1..3 degrees) around the best scale when the residual is not yet small;
-   the best (lowest mean difference of the zero-mean / unit-variance images) wins. 64 px.
-4. *Structure* at 128 px, on the chosen alignment: the difference of the normalised images with
-   a one-pixel tolerance (each pixel matched to the best of its 3x3 neighbours, both ways, so a
-   sub-pixel misalignment costs nothing). Its mean must be <= ``MAX_DIFF`` (else ``different``);
-   its worst 16x16 block may exceed the 90th-percentile block by <= ``MAX_LOCAL`` (else ``shot``:
-   a compact change on an otherwise identical picture).
-5. *Colour*: unless one side is (nearly) grey, the aligned chroma must agree within
-   ``CHROMA_ABS`` + ``CHROMA_REL`` x its magnitude (a grey copy is a copy; a beige wall is not a
-   grey one).
-
-Thresholds come from ``bench/dupes.py`` on the dev bench, a tiles bench and a shots bench
-(``bench/make_hard_bench.py``); see README "Duplicates".
+Hashes and embeddings only propose pairs; every pair that would join a copy group is confirmed
+here, on the thumbnails' pixels, member to keeper, and answered with a :class:`Verdict`: ``copy``,
+``shot`` (the same framing with a local change: never a copy), or not the same picture, with the
+reason. A blank (clipped uniform) frame is never a copy here: only byte-identical files are.
+Steps and thresholds: docs/design.md, "Pixel verification".
 """
 from __future__ import annotations
 
