@@ -1,37 +1,9 @@
 """``featurize`` / ``search`` / ``similar``: embeddings of every thumbnail, and queries over them.
 
-featurize
-    Embeds every thumbnail that has no vector for the model yet (keyed by ``thumbs.id``, so a
-    thumbnail keeps its vector when sources or thumbnails are renamed/moved). Per batch:
-
-    1. ``VectorIndex.append(vectors)`` -- durable (fdatasync) on return;
-    2. the same rows in ``rows.bin`` beside the store: each row's thumbnail *name* and top-5
-       labels, durable too (``_RowLog``; ``model.json`` there keeps the model's catalog row);
-    3. one catalog transaction: ``embeddings(model_id, thumb_id, row)`` (+ top-5 ``labels`` for
-       ImageNet CNNs).
-
-    A crash or Ctrl-C between 1 and 3 leaves rows past ``max(row)+1`` in the store; the next
-    ``VectorIndex.open(valid_rows=...)`` truncates them (and ``_RowLog`` its records), so no
-    vector is ever duplicated or orphaned and the next run simply continues. A rebuilt catalog
-    gets every vector back from 2 (``reattach_vectors``, by thumbnail name): nothing is
-    embedded again. The FAISS index is saved at the end (a cache
-    that index.py rebuilds from the store when needed). Thumbnails are streamed from the catalog
-    in pages of ``PAGE`` ids (bounded memory at 10^7 thumbnails). Users move thumbnails into
-    their own folders: on the first one not at its catalog ``relpath``, ``sync.reconcile`` finds
-    every thumbnail where it is now (relpaths updated; ``relocated`` in the summary), so moved
-    ones are embedded; deleted ones are counted as ``missing`` (resize remakes them), not unreadable.
-
-search_text
-    CLIP models: the text tower, in the same space as the images. CNN models (no text tower):
-    ImageNet label search -- the query is matched to class names (``models.label_query``) and
-    thumbnails are ranked by sum(weight * probability) over their stored top-5 classes
-    (``fallback=True`` in the result). No model needs to be loaded for the CNN fallback.
-
-similar
-    A thumbnail already in the library (relpath, absolute path, thumbnail name, or a source
-    path) uses its stored vector; any other image file is embedded on the fly.
-
-Results: ``{"model", ..., "results": [{"thumb_id", "relpath", "thumb", "sources": [paths], "score"}]}``.
+A vector is durable in the model's store and in ``rows.bin`` before the catalog row that commits
+it, so a crash never duplicates or orphans a vector (the next run continues) and a rebuilt catalog
+gets every vector back; vectors belong to ``thumbs.id`` (renames and moves keep them); thumbnails
+are streamed in pages (bounded memory). Protocol and search fallbacks: docs/design.md, "embed".
 """
 from __future__ import annotations
 
@@ -113,7 +85,7 @@ def _load_for(name: str, info: dict, device: str, log=None):
 
 # ------------------------------------------------------------------ what each vector row embeds (rebuild)
 
-ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (index.py): one record per vector row
+ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (vectors/index.py): one record per vector row
 CARD_FILE = "model.json"  # the model's catalog row: {"format", "version", "name", "dim", "info"}
 CARD_FORMAT = "nearsort.model"
 _NAME_BYTES = 64
@@ -270,7 +242,7 @@ def featurize(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Embed every thumbnail of THUMBS=``root`` that has no vector for ``model`` yet; see module doc.
+    """Embed every thumbnail of THUMBS=``root`` that has no vector for ``model`` yet (docs/design.md, "embed").
 
     Returns a summary dict (``model`` is the resolved name -- ``auto`` says which it picked).
     Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
