@@ -977,6 +977,3 @@ def label_query(text: str, max_classes: int = 200, min_weight: float = 0.15) -> 
     out = sorted(((i, round(s, 4)) for i, s in scores.items() if s >= min_weight), key=lambda t: (-t[1], t[0]))
     return out[:max_classes]
 
-
-def describe_labels(ids: Sequence[int], probs: Sequence[float]) -> list[tuple[str, float]]:
-    return [(class_name(int(i)), float(p)) for i, p in zip(ids, probs)]
