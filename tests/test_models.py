@@ -155,6 +155,63 @@ def test_clip_random_weights_named_and_flagged():
     assert t.shape == (2, 384)
 
 
+def test_clip_load_leaves_the_applications_logging_alone():
+    """Loading an open_clip model hides open_clip's own records ("initialized randomly" is what
+    ``random`` asks for) but never silences the application's logging while it loads, and leaves
+    the root logger's level, handlers and filters as they were."""
+    import logging
+
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    root, app = logging.getLogger(), logging.getLogger("nearsort-test-app")
+    before = (root.level, list(root.handlers), list(root.filters))
+    seen: list[logging.LogRecord] = []
+    keep = logging.Handler(logging.DEBUG)
+    keep.emit = seen.append
+    during = []
+
+    def hook(module, name, submodule):  # runs inside open_clip's model construction
+        if not during:
+            during.append((logging.getLogger().level, app.isEnabledFor(logging.INFO)))
+            app.info("the application logs while the model loads")
+
+    root.addHandler(keep)
+    root.setLevel(logging.INFO)
+    handle = register_module_module_registration_hook(hook)
+    try:
+        M.load_model("clip:ViT-S-32/random", device="cpu", log=lambda s: None, cache=False)
+    finally:
+        handle.remove()
+        root.removeHandler(keep)
+        root.setLevel(before[0])
+    assert during == [(logging.INFO, True)]
+    messages = [r.getMessage() for r in seen]
+    assert "the application logs while the model loads" in messages
+    assert not any("initialized randomly" in m for m in messages)
+    assert (root.level, root.handlers, root.filters) == before
+
+
+def test_clip_load_does_not_configure_logging(tmp_path):
+    """A program that never configured logging: loading CLIP adds no handler to the root logger
+    (open_clip's ``logging.info`` would call basicConfig) and the program's warnings still print."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from nearsort.embed import models as M\n"
+        "M.load_model('clip:ViT-S-32/random', device='cpu', log=lambda s: None)\n"
+        "root = logging.getLogger()\n"
+        "print('handlers', root.handlers, 'level', root.level, 'filters', root.filters)\n"
+        "logging.getLogger('app').warning('app warning after the load')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "handlers [] level 30 filters []"  # WARNING, as Python starts it
+    assert "app warning after the load" in r.stderr
+    assert "initialized randomly" not in r.stderr
+
+
 def test_clip_file_agrees_with_open_clip(clip_file, tmp_path):
     import open_clip
 

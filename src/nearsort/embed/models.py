@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Sequence
@@ -669,6 +670,131 @@ def _load_tv(ref: ModelRef, weights, device, log) -> Model:
     return _finish_cnn(m, device)
 
 
+@dataclass
+class _ClipSource:
+    """Where a CLIP model's weights come from, resolved before anything is loaded."""
+
+    name: str                      # the model's registry name
+    tag: str | None                # open_clip pretrained tag
+    pretrained: str | None         # what open_clip is given: None (random), a file path, or the tag (download)
+    src: str                       # for models.info
+    random: bool = False
+    path: str | None = None        # the user's weights file
+    kwargs: dict = field(default_factory=dict)  # create_model_and_transforms options for a file path
+
+    @property
+    def downloads(self) -> bool:
+        return not self.random and self.pretrained == self.tag
+
+
+def _clip_source(arch: str, tag: str | None, path: str | None) -> _ClipSource:
+    import open_clip
+
+    if tag is not None and tag.lower() in ("random", "none"):
+        return _ClipSource(f"clip:{arch}/random", tag, None, "random", random=True, path=path)
+    if path:
+        spec = _ClipSource(f"clip:{arch}/{tag}" if tag else f"clip:{arch}/{_file_tag(path)}", tag, path, path,
+                           path=path)
+        cfg = _clip_cfg(arch, tag) if tag else {}
+    else:
+        tag = tag or default_clip_tag(arch)
+        cfg = _clip_cfg(arch, tag)
+        if not cfg:
+            raise ModelUnavailable(
+                f"open_clip has no pretrained tag {tag!r} for {arch}; known: "
+                f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}"
+            )
+        cached = cached_clip_weights(arch, tag)
+        spec = (_ClipSource(f"clip:{arch}/{tag}", tag, cached, f"{tag} (cached {cached})") if cached
+                else _ClipSource(f"clip:{arch}/{tag}", tag, tag, tag))
+    if cfg and spec.pretrained != tag:
+        # a file path: apply what open_clip would have applied for the tag
+        if cfg.get("quick_gelu"):
+            spec.kwargs["force_quick_gelu"] = True
+        for k_cfg, k_arg in (("mean", "image_mean"), ("std", "image_std"),
+                             ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+            if cfg.get(k_cfg) is not None:
+                spec.kwargs[k_arg] = cfg[k_cfg]
+    return spec
+
+
+class _DropOpenClipRecords:
+    """A logging filter that drops the records open_clip's own files log (nothing else)."""
+
+    def __init__(self):
+        import open_clip
+
+        self.prefix = os.path.join(os.path.dirname(os.path.abspath(open_clip.__file__)), "")
+
+    def filter(self, record) -> bool:
+        return not os.path.abspath(record.pathname).startswith(self.prefix)
+
+
+@contextmanager
+def _quiet_open_clip():
+    """While open_clip loads a model: drop its log records ("initialized randomly", which is what
+    ``random`` asks for, and its download errors, which become one clear ModelUnavailable).
+
+    open_clip logs through the root logger itself (``logging.warning(...)``), so the filter sits on
+    the root logger, matches only records from open_clip's files and is removed afterwards; the root
+    logger's level and every other record are left alone. ``logging.warning`` would also call
+    ``basicConfig`` (adding a stderr handler to the root for good) when the root has no handler: for
+    the duration the root gets Python's own last-resort handler, which prints exactly what an
+    unconfigured root prints, and loses it afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    drop = _DropOpenClipRecords()
+    stand_in = None
+    if not root.handlers:
+        stand_in = logging.lastResort or logging.NullHandler()
+        root.addHandler(stand_in)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+
+
+def _create_clip(arch: str, spec: _ClipSource):
+    """The open_clip network on the CPU (random weights are seeded: the same at every load, so
+    stored vectors stay comparable)."""
+    import open_clip
+    import torch
+
+    try:
+        with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net, _, _ = open_clip.create_model_and_transforms(
+                arch, pretrained=spec.pretrained, device="cpu", pretrained_text=False, **spec.kwargs)
+    except Exception as e:
+        if spec.pretrained is None:
+            raise
+        raise ModelUnavailable(_offline_msg(
+            spec.name, e, f"open_clip downloads the {arch} weights for tag {spec.tag!r} on first use.")) from e
+    return net
+
+
+def _clip_preprocess(net) -> Preprocess:
+    import open_clip
+
+    pc = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
+    size = pc.get("size", 224)
+    size = int(size[-1] if isinstance(size, (tuple, list)) else size)
+    mode = pc.get("resize_mode", "shortest")
+    return Preprocess(
+        size=size, resize_to=size,
+        mean=tuple(pc.get("mean", open_clip.OPENAI_DATASET_MEAN)), std=tuple(pc.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=pc.get("interpolation", "bicubic"), mode="squash" if mode == "squash" else "shortest",
+    )
+
+
+def _clip_image_fn(net, x):
+    return net.encode_image(x), None
+
+
 def _load_clip(ref: ModelRef, weights, device, log) -> Model:
     import open_clip
     import torch
@@ -676,84 +802,22 @@ def _load_clip(ref: ModelRef, weights, device, log) -> Model:
     arch = ref.arch
     if arch not in open_clip.list_models():
         raise ModelUnavailable(f"open_clip has no model {arch!r} (see open_clip.list_models())")
-    path = _check_weights(weights)
-    tag = ref.tag
-    random = tag is not None and tag.lower() in ("random", "none")
-    kwargs: dict[str, Any] = {}
-    cfg: dict = {}
-    if random:
-        pretrained, src, name = None, "random", f"clip:{arch}/random"
-    else:
-        if path:
-            pretrained, src = path, path
-            name = f"clip:{arch}/{tag}" if tag else f"clip:{arch}/{_file_tag(path)}"
-            cfg = _clip_cfg(arch, tag) if tag else {}
-        else:
-            tag = tag or default_clip_tag(arch)
-            cfg = _clip_cfg(arch, tag)
-            if not cfg:
-                raise ModelUnavailable(
-                    f"open_clip has no pretrained tag {tag!r} for {arch}; known: "
-                    f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}"
-                )
-            name = f"clip:{arch}/{tag}"
-            cached = cached_clip_weights(arch, tag)
-            if cached:
-                pretrained, src = cached, f"{tag} (cached {cached})"
-            else:
-                pretrained, src = tag, tag
-        if cfg and pretrained != tag:
-            # a file path: apply what open_clip would have applied for the tag
-            if cfg.get("quick_gelu"):
-                kwargs["force_quick_gelu"] = True
-            for k_cfg, k_arg in (("mean", "image_mean"), ("std", "image_std"),
-                                 ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
-                if cfg.get(k_cfg) is not None:
-                    kwargs[k_arg] = cfg[k_cfg]
-    if pretrained == tag and not random:
-        log(f"downloading CLIP weights for {name} on first use (open_clip / Hugging Face hub, progress below)...")
-    import logging
-
-    root_log = logging.getLogger()
-    old_level = root_log.level
-    # open_clip logs "initialized randomly" (what 'random' asks for) and its own download errors,
-    # which we turn into one clear message below
-    root_log.setLevel(logging.CRITICAL)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # 'random' weights are the same at every load (stored vectors stay comparable)
-            net, _, _ = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained, device="cpu", pretrained_text=False, **kwargs)
-    except Exception as e:
-        if pretrained is None:
-            raise
-        raise ModelUnavailable(_offline_msg(
-            name, e, f"open_clip downloads the {arch} weights for tag {tag!r} on first use.")) from e
-    finally:
-        root_log.setLevel(old_level)
+    spec = _clip_source(arch, ref.tag, _check_weights(weights))
+    if spec.downloads:
+        log(f"downloading CLIP weights for {spec.name} on first use (open_clip / Hugging Face hub, progress below)...")
+    net = _create_clip(arch, spec)
     net.eval().to(device)
-    pc = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
-    size = pc.get("size", 224)
-    size = int(size[-1] if isinstance(size, (tuple, list)) else size)
-    mode = pc.get("resize_mode", "shortest")
-    pre = Preprocess(
-        size=size, resize_to=size,
-        mean=tuple(pc.get("mean", open_clip.OPENAI_DATASET_MEAN)), std=tuple(pc.get("std", open_clip.OPENAI_DATASET_STD)),
-        interpolation=pc.get("interpolation", "bicubic"), mode="squash" if mode == "squash" else "shortest",
-    )
-
-    def fn(net, x):
-        return net.encode_image(x), None
-
-    m = Model(name=name, kind="clip", dim=0, preprocess=pre, device=device, net=net,
-              info={"family": "clip", "arch": arch, "tag": tag, "weights": src, "random_weights": random,
-                    "preprocess": pre.as_dict()})
-    if path and not random:
-        m.info["weights_file"] = path
-    m._image_fn = fn
-    m._tokenizer = open_clip.get_tokenizer(arch)
+    pre = _clip_preprocess(net)
+    m = Model(name=spec.name, kind="clip", dim=0, preprocess=pre, device=device, net=net,
+              info={"family": "clip", "arch": arch, "tag": spec.tag, "weights": spec.src,
+                    "random_weights": spec.random, "preprocess": pre.as_dict()})
+    if spec.path and not spec.random:
+        m.info["weights_file"] = spec.path
+    m._image_fn = _clip_image_fn
+    with _quiet_open_clip():  # it logs too
+        m._tokenizer = open_clip.get_tokenizer(arch)
     with torch.inference_mode():
-        m.dim = int(m.forward(np.zeros((1, size, size, 3), np.uint8))[0].shape[-1])
+        m.dim = int(m.forward(np.zeros((1, pre.size, pre.size, 3), np.uint8))[0].shape[-1])
     m.info["dim"] = m.dim
     return m
 
