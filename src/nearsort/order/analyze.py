@@ -146,13 +146,3 @@ def _quality(res) -> dict:
         "long_jumps": int(res.long_jumps),
         "stats": {k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))},
     }
-
-
-def ranked(cat: Catalog, ordering: str | None = None) -> list[tuple[int, int, float | None]]:
-    """(thumb_id, rank, jump) in chain order for ``ordering`` (default: the one
-    ``queries.current_ordering`` picks, as refresh and report do)."""
-    name = queries.current_ordering(cat, ordering)
-    if not name:
-        raise CatalogError(f"no order {ordering!r} in the catalog: run `nearsort analyze {cat.root}` first"
-                           if ordering else f"no order yet: run `nearsort analyze {cat.root}` first")
-    return queries.ranks(cat, name)

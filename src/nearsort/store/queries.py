@@ -549,7 +549,7 @@ def ordering_names(db: Db) -> list[str]:
 
 
 def current_ordering(db: Db, wanted: Optional[str] = None) -> Optional[str]:
-    """The ordering to show or apply; the one rule (refresh, report, analyze.ranked):
+    """The ordering to show or apply; the one rule (refresh, report):
 
     ``wanted`` (exact, else ``'similarity:' + wanted``; None when neither has ranks); without it the
     one the last ``analyze`` stored (``meta.last_ordering``), else the ``similarity:*`` ordering
