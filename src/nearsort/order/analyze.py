@@ -1,17 +1,9 @@
 """``analyze``: order every thumbnail into one chain and store each one's rank in the catalog.
 
-Orderings (``by``):
-
-* ``similarity`` (default) -- greedy nearest-neighbour chain over the embeddings of one model
-  (order.similarity_chain: kNN graph + IVF "nearest unvisited" fallback + local improvement);
-* ``phash`` -- the same walk on Hamming distance of the 64-bit perceptual hashes (no model);
-* ``date`` -- capture time (EXIF), else the file's mtime;
-* ``size`` -- resolution (W×H), largest first;
-* ``name`` -- original file name (natural order, similar names together).
-
-Ranks go to ``ranks(ordering, thumb_id, rank, jump)`` with ordering ``similarity:<model>`` or the
-plain ``by`` name; ``meta.last_ordering`` remembers the latest so ``refresh`` uses it by default.
-Same input -> same order.
+Orderings (``by``): ``similarity`` (default; the chain over one model's embeddings), ``phash``
+(Hamming chain, no model), ``date``, ``size``, ``name``. Ranks go to ``ranks`` under
+``similarity:<model>`` or the plain ``by`` name, and ``meta.last_ordering`` names the latest, which
+``refresh`` uses by default. Same input -> same order. Details: docs/design.md, "analyze".
 """
 from __future__ import annotations
 
