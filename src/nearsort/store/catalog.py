@@ -1,28 +1,11 @@
-"""The catalog: one SQLite file inside THUMBS, the single source of truth for state.
-
-Layout inside THUMBS::
-
-    THUMBS/.nearsort/catalog.sqlite   the catalog (WAL mode)
-    THUMBS/.nearsort/lock             held (flock) by the one process that writes
-    THUMBS/.nearsort/...              vectors, indexes (see index.py)
-
-Everything the catalog knows about *sources* is also written into the thumbnails
-themselves (see thumbmeta.py), so ``nearsort rebuild`` can recreate it.
-
-Schema (version 1):
-
-* ``originals``  one row per distinct original *content* (byte-identical files share it)
-* ``sources``    one row per source path seen under SRC (ok / error / missing / quarantined)
-* ``thumbs``     one row per thumbnail file; several originals may share one thumbnail
-                 when they have the same ``{W}x{H}_{phash}`` name ("copies collapse by name")
-* ``models`` / ``embeddings`` / ``labels``   vectors live outside SQLite (index.py); these map them
-* ``ranks``      per-order rank of each thumbnail (analyze)
-* ``tags``       user folder names harvested as tags (refresh)
-* ``ops`` / ``journal``   planned-then-applied file moves (refresh, quarantine), for undo/recovery
-* ``runs``       one row per command run, with its JSON summary
+"""The catalog: one SQLite file inside THUMBS (``.nearsort/catalog.sqlite``, WAL), the single source
+of truth for state.
 
 This module owns the schema, migrations, connection, lock and transactions; every query of the
-data is a named function in ``queries.py``.
+data is a named function in ``queries.py``. One writer at a time (``flock`` on ``.nearsort/lock``);
+the schema only grows by appending to ``MIGRATIONS``; everything the catalog knows about sources is
+also carried by the thumbnails (thumbmeta), so ``nearsort rebuild`` can recreate it. Tables and
+state values: docs/design.md, "store".
 """
 from __future__ import annotations
 
@@ -163,7 +146,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE ops(
         id        INTEGER PRIMARY KEY,
         kind      TEXT NOT NULL,      -- refresh | reset | quarantine | undo
-        state     TEXT NOT NULL,      -- planned | applying | done | rolled_back | undone
+        state     TEXT NOT NULL,      -- planned | applying | done | undone
         created   REAL NOT NULL,
         params    TEXT
     );
@@ -174,7 +157,7 @@ MIGRATIONS: list[str] = [
         ref_id    INTEGER,            -- thumbs.id or sources.id
         src       BLOB NOT NULL,
         dst       BLOB NOT NULL,
-        state     TEXT NOT NULL,      -- planned | done
+        state     TEXT NOT NULL,      -- planned | done | skipped
         PRIMARY KEY(op_id, seq)
     );
     """,
