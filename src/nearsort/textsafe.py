@@ -1,27 +1,10 @@
 """Names leaving nearsort: safe on a terminal, valid UTF-8 in files, inert in spreadsheets.
 
-File names are chosen by whoever filled the library, so they may hold anything a POSIX file
-name can: terminal escape sequences (``\\x1b[31m``), newlines, bidi overrides, bytes that are
-not UTF-8 (``os.fsdecode`` turns them into lone surrogates), or text a spreadsheet evaluates
-(``=HYPERLINK(...)``). Every place that writes a name goes through this module:
-
-``term(s)``
-    For terminal output (every human-readable line the CLI prints). Escapes C0 controls, DEL
-    and C1 controls as ``\\xNN``, undecodable bytes as ``\\xNN`` (the byte), bidi controls
-    (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), line/paragraph separators and other
-    lone surrogates as ``\\uNNNN``. For display only: not reversible (``--json`` is for machines).
-
-``encode_path(p)`` / ``decode_path(text)``
-    Reversible UTF-8 text for a path (used by ``export``, CSV and JSON). A backslash becomes
-    ``\\\\`` and every byte that is not valid UTF-8 becomes ``\\xNN`` (two lowercase hex
-    digits); everything else is unchanged. ``decode_path`` undoes it exactly and returns the
-    path as ``os.fsdecode`` would (usable with ``open``); ``os.fsencode`` of it gives the bytes.
-
-``csv_cell(v)`` / ``csv_uncell(s)``
-    Spreadsheet formula injection (OWASP "CSV injection"): a text cell starting with ``=``,
-    ``+``, ``-``, ``@``, tab or CR gets a leading apostrophe, so spreadsheets show it as text.
-    A cell that already starts with an apostrophe gets one too, so ``csv_uncell`` (strip one
-    leading apostrophe) restores every cell exactly. Numbers are left alone.
+File names may hold anything a POSIX name can (escape sequences, bidi overrides, bytes that are not
+UTF-8, ``=HYPERLINK(...)``); every place that writes one goes through here: ``term`` for terminal
+lines (display only, not reversible), ``encode_path`` / ``decode_path`` (reversible UTF-8 text:
+``\\\\`` and ``\\xNN`` escapes), ``csv_cell`` / ``csv_uncell`` (a leading apostrophe against formula
+injection, reversible). Exact rules: docs/design.md, "textsafe".
 """
 from __future__ import annotations
 
