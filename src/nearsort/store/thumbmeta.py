@@ -1,24 +1,8 @@
 """Metadata carried inside each thumbnail, so the catalog can be rebuilt from thumbnails alone.
 
-Thumbnails are baseline JPEGs. The metadata is one JSON document stored in JPEG COM
-(comment) segments right after the SOI/APP0 headers. A COM segment holds at most
-65,533 bytes, so the JSON is split over as many segments as it needs; each carries the
-magic ``nearsort-meta/1``, its index and the count, so nothing limits how many source
-paths a thumbnail can list. Any JPEG reader ignores COM segments; ``exiftool -Comment``
-shows them.
-
-The document (version 1)::
-
-    {"v": 1, "name": "4000x3000_c3d1...", "thumb": [256, 192],
-     "quality": {"brightness": .., "contrast": .., "blur": ..},
-     "originals": [ {"content_hash": .., "width": .., "height": .., "format": .., "bytes": ..,
-                     "phash": .., "capture_time": .., "make": .., "model": .., "gps": [lat, lon],
-                     "exif": {..},
-                     "sources": [{"path": .., "size": .., "mtime_ns": .., "status": ..}, ..]}, ..],
-     "tags": [..]}
-
-Paths are stored as ``os.fsdecode`` strings; json escapes undecodable bytes (lone
-surrogates) so non-UTF-8 names round-trip exactly.
+One JSON document in JPEG COM segments (magic ``nearsort-meta/1``, split over as many segments as
+it needs, so any number of source paths fits); every JPEG reader ignores them. Non-UTF-8 paths
+round-trip exactly. The document: docs/design.md, "Thumbnail metadata".
 """
 from __future__ import annotations
 
