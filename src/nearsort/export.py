@@ -1,18 +1,10 @@
 """``export``: one row per source file -- the contract other tools and our benchmarks read.
 
 Columns: source_path, thumb_path (relative to THUMBS), width, height, content_hash, phash,
-capture_time, brightness, contrast, blur, status, error, rank, tags.
-Rows are sorted by source path, so two exports of the same catalog are byte-identical.
-
-Both files are valid UTF-8 whatever the file names hold (see :mod:`nearsort.textsafe`):
-
-* every text cell is ``textsafe.encode_path(value)``: a backslash is written ``\\\\`` and a byte
-  of a POSIX file name that is not UTF-8 is written ``\\xNN``; ``textsafe.decode_path(cell)``
-  gives back the exact value (a path usable with ``open``);
-* CSV only, against spreadsheet formula injection: a text cell starting with ``=``, ``+``, ``-``,
-  ``@``, tab, CR (or ``'``) gets a leading apostrophe (``textsafe.csv_cell``; ``csv_uncell``
-  strips it). Numeric columns stay plain numbers. Read a path back with
-  ``decode_path(csv_uncell(cell))``.
+capture_time, brightness, contrast, blur, status, error, rank, tags. Rows are sorted by source path
+(two exports of one catalog are byte-identical); both files are valid UTF-8 and CSV cells inert
+in spreadsheets, whatever the names hold: read a path back with
+``textsafe.decode_path(textsafe.csv_uncell(cell))`` (JSON: ``decode_path(value)``).
 """
 from __future__ import annotations
 
