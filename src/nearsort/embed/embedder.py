@@ -1,17 +1,9 @@
 """Run a :class:`~nearsort.embed.models.Model` over many images, fast and with bounded memory.
 
-* image decode + preprocessing (Pillow: JPEG ``draft``, resize, centre crop -> uint8) runs in
-  worker threads (Pillow releases the GIL) while the model runs the previous batch;
-* at most ``batch * (prefetch + 1)`` images are in flight, so a stream of 10^7 paths is fine;
-* inference in ``torch.inference_mode()``, uint8 NHWC batches normalised on the device,
-  CNNs in channels_last; unreadable files are reported (``on_error``) and skipped.
-
-::
-
-    for b in embed_files(model, paths, batch=32, workers=2):
-        b.indices      # positions in ``paths`` of the images in this batch (failed ones left out)
-        b.vectors      # float32 (n, dim), L2-normalised
-        b.topk         # (ids int32 (n, 5), probs float32 (n, 5)) for ImageNet CNNs, else None
+Decoding and preprocessing run in threads while the model runs the previous batch; at most
+``batch * (prefetch + 1)`` images are in flight (a stream of 10^7 paths is fine); unreadable files
+are reported (``on_error``) and skipped. ``embed_files`` yields batches with ``indices`` (positions
+in the input), L2-normalised float32 ``vectors`` and ImageNet ``topk`` (CNNs). docs/design.md, "Embedder".
 """
 from __future__ import annotations
 
@@ -65,7 +57,7 @@ def embed_files(
     prefetch: int = 2,
     topk: int = TOPK,
 ) -> Iterator[EmbeddedBatch]:
-    """Embed image files (paths, or anything ``Model.prepare`` takes) in batches; see module doc.
+    """Embed image files (paths, or anything ``Model.prepare`` takes) in batches (see the module docstring).
 
     ``progress(done, total)`` is called after every batch (``total`` is None for a plain iterator).
     ``on_error(index, path, exc)`` is called for each unreadable file (default: one line on stderr).
