@@ -1,16 +1,10 @@
 """Making one thumbnail: the per-file work that runs in worker processes.
 
-``process_file(path)`` reads the file once (bytes stay in memory), hashes it, decodes it at
-reduced scale, computes the perceptual hash and the quality signals on the small image, and
-encodes the thumbnail JPEG. It never writes anything: the single writer (ingest.py) decides
-where the thumbnail goes and records it in the catalog.
-
-Names: ``{W}x{H}_{phash}`` -- W x H of the upright original, 64-bit DCT perceptual hash
-(imagehash.phash) in 16 hex digits -- then ``_{n}`` (n >= 2) when a *different* picture already
-has that size and phash (uniform frames all hash alike): two originals share a thumbnail only
-when their thumbnails' pixels agree (``same_pixels``), not just their size and phash.
-Layouts (folders below THUMBS): ``week`` = ``YYYY/Www`` (ISO week of the capture time, else the
-file's mtime), ``hash`` = ``ab/cd`` from the phash.
+``process_file(path)`` reads the file once, hashes it, decodes it at reduced scale, computes the
+phash and quality signals and encodes the thumbnail; it never writes anything (the single writer
+in ``ingest/resize.py`` places and records it). Names are ``{W}x{H}_{phash}`` (``_{n}`` when a
+different picture has them: two originals share a thumbnail only when their pixels agree); layouts
+``week`` (``YYYY/Www``) or ``hash`` (``ab/cd``). Details: docs/design.md, "One thumbnail".
 """
 from __future__ import annotations
 
