@@ -1,26 +1,10 @@
 """``quality``: dark, overexposed and blurry photos, worst first, plus files that could not be read.
 
-The scores were measured by ``resize`` on the thumbnail-sized image (thumbs.quality_signals):
-``brightness`` = mean luma 0..255, ``contrast`` = luma standard deviation, ``blur`` = variance
-of the Laplacian (low = soft). Each photo (thumbnail) is listed once, with its source files.
-
-Thresholds come from the library itself, held inside absolute guards so that a library of good
-photos does not get its "worst 5 %" reported and a library full of night shots still gets all
-of them reported:
-
-* dark:    brightness <  clamp(5th percentile,  20, 35)
-* bright:  brightness >  clamp(95th percentile, 215, 240)
-* blurry:  blur       <  clamp(5th percentile,  10, 30)  and  blur / contrast^2 < 0.025
-
-The guards were set on thumbnails: on the 124 real photos of the dev bench the 5th percentile of
-brightness is 49: the starfields sit at 17..28, low-key studio shots (a black dog on black, a
-black guitar) at 41..44 and letterboxed photos at 47..58 -- dark on purpose, hence the upper
-guard 35; the 95th percentile is 168 (max 213), the 5th percentile of blur 107 (min 42, a hand out of focus). A Gaussian blur of sigma 1 px at
-thumbnail scale leaves 20..150, sigma 2 px 3..40: below 30 a thumbnail is visibly soft, while
-smooth subjects (sky, sunsets) stay above ~40. The Laplacian variance scales with contrast^2, so
-a sharp but dark (or flat) photo also has a low one: the second condition asks for edges that
-are weak *for the photo's own contrast* (real photos: 0.05..1.6, 1 % below 0.008; Gaussian
-sigma 2 px: 0.001..0.05). Every threshold can be given explicitly.
+Scores are those ``resize`` measured on the thumbnail (brightness = mean luma, contrast = luma std,
+blur = Laplacian variance); each photo is listed once, with its source files. Thresholds are the
+library's own percentiles held inside fixed guards (a library of good photos gets no "worst 5 %",
+one of night shots gets all of them), or given explicitly. The rules and how the guards were set:
+docs/design.md, "quality"; docs/benchmarks.md, "Quality guards".
 """
 from __future__ import annotations
 
