@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -211,3 +212,43 @@ def test_report_size_at_100k_photos(tmp_path):
     chain_chunks = [k for k in blocks if k.startswith("d-chain-")]
     assert len(chain_chunks) == -(-n // R.CHUNK["chain"])
     assert max(len(json.dumps(v)) for v in blocks.values() if isinstance(v, list)) < 600_000  # parsed lazily
+
+
+# ----------------------------------------------------------------------------- installed package
+def test_installed_wheel_makes_the_report(tmp_path):
+    """The page's markup, style and script are package files: a wheel (not the source tree) must
+    carry them, so a non-editable install can make a report."""
+    from conftest import make_photo
+
+    from nearsort.ingest.resize import resize
+
+    tree, wheels, site = tmp_path / "tree", tmp_path / "wheels", tmp_path / "site"
+    for name in ("pyproject.toml", "README.md"):  # a copy: the build leaves build/ and *.egg-info behind
+        tree.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, tree / name)
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    r = subprocess.run(pip + ["wheel", str(tree), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = wheels.glob("nearsort-*.whl")
+    r = subprocess.run(pip + ["install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name for p in (site / "nearsort" / "report").iterdir()} >= {"template.html", "report.css", "report.js"}
+
+    make_photo(tmp_path / "src" / "a.jpg", 1)
+    resize(tmp_path / "src", tmp_path / "thumbs", workers=1)
+    code = ("import sys, nearsort.report.build as R; print(R.__file__); "
+            "print(R.report(sys.argv[1], sys.argv[2])['bytes'])")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "thumbs"), str(tmp_path / "r.html")],
+                       env=dict(os.environ, PYTHONPATH=str(site)), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    where, size = r.stdout.split()
+    assert Path(where).is_relative_to(site)                 # the installed copy, not src/
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert int(size) == len(page.encode("utf-8"))
+    assert ".tile.keep{" in page and '"use strict";' in page       # style and script filled in
+    assert not re.search(r"__(CSP_HASH|TITLE|CSS|DATA|SCRIPT)__", page)
+    check_json_blocks(page)
