@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Duplicate finding on a labeled near-duplicate bench (make_nd_bench.py): pairwise P/R/F1.
+"""Duplicate finding on a labeled near-duplicate bench (../shared/bench/make_nd_bench.py): pairwise P/R/F1.
 
     nice .venv/bin/python bench/dupes.py /tmp/devbench                 # resize + featurize once, score defaults
     nice .venv/bin/python bench/dupes.py /tmp/devbench --sweep         # + threshold sweeps (justify defaults)
@@ -15,13 +15,14 @@ pictures made from two different photos: must be 0).
 THUMBS defaults to /tmp/nearsort-bench-dupes/<bench name>; it is made with ``resize`` and
 ``featurize`` (efficientnet-lite0, the offline default) when missing.
 
-Scoring (bench/README.md): positives are the pairs of files in one group whose relations are
+Scoring: positives are the pairs of files in one group whose relations are
 original / exact / near_duplicate; pairs with a ``similar`` (flipped) file are not counted
 either way; every other pair is a negative. Predicted positives are the pairs of files that
 ``dupes`` puts in one group (files are matched by path). Also reported: how many flips were
 put into a duplicate group (should be 0) and how many were labelled as mirror images.
 
-Peers are measured in the same run with ``--peers`` (bench/peers.py).
+Peers are measured in the same run with ``--peers`` (bench/peers.py). Figures: README "Measured figures",
+docs/benchmarks.md "Duplicates".
 """
 from __future__ import annotations
 
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     bench = a.bench.resolve()
     if not (bench / "ground_truth.csv").exists():
-        ap.error(f"{bench}/ground_truth.csv not found (make one with make_nd_bench.py)")
+        ap.error(f"{bench}/ground_truth.csv not found "
+                 "(make one with ../shared/bench/make_nd_bench.py or bench/make_hard_bench.py)")
     truth = load_truth(bench)
     n_files = len(truth)
     if a.json:
