@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown tool {', '.join(bad)} (known: {', '.join(TOOLS)})")
     for bench in a.bench:
         if not (bench / "ground_truth.csv").exists():
-            ap.error(f"{bench}/ground_truth.csv not found (make one with make_nd_bench.py)")
+            ap.error(f"{bench}/ground_truth.csv not found (make one with ../shared/bench/make_nd_bench.py)")
     for bench in a.bench:
         print(f"{bench.resolve()} ({len(load_truth(bench.resolve()))} files)")
         try:
