@@ -4,7 +4,7 @@
     PYTHONPATH=src nice .venv/bin/python bench/featurize.py [--dir THUMBS] [--n 320] [--clip]
 
 Without --dir it makes (once, cached in --cache) a folder of --n JPEG thumbnails, longest side
-256 px, from /work/shared/bench/originals (or $NEARSORT_BENCH_ORIGINALS) when present -- several
+256 px, from ../shared/bench/originals (or $NEARSORT_BENCH_ORIGINALS) when present -- several
 crops/flips per photo -- else synthetic images.  Prints, per model:
 
     bare forward   images/s   (batch --batch, random uint8 input, normalisation included)
@@ -26,11 +26,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ingest import SHARED  # noqa: E402  (bench/ingest.py: where ../shared/bench is)
 from nearsort.embed.embedder import bare_forward_rate, embed_files  # noqa: E402
 from nearsort.embed.models import load_model  # noqa: E402
 
-ORIGINALS = Path(os.environ.get("NEARSORT_BENCH_ORIGINALS", "/work/shared/bench/originals"))
+ORIGINALS = Path(os.environ.get("NEARSORT_BENCH_ORIGINALS", SHARED / "originals"))
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
