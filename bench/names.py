@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ingest import SHARED  # noqa: E402  (bench/ingest.py: where ../shared/bench is)
 from nearsort.ingest.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes, same_pixels  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench" / "originals"
 
 
 def thumb(data: bytes, name: str) -> tuple[str, bytes]:
@@ -63,7 +63,7 @@ def strip_segments(data: bytes) -> bytes | None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", type=Path, default=SHARED)
+    ap.add_argument("--dir", type=Path, default=SHARED / "originals")
     a = ap.parse_args()
     same, t_print = [], []
     for f in sorted(p for p in a.dir.iterdir() if p.is_file()):
