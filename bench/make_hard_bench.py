@@ -46,7 +46,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 HERE = Path(__file__).resolve().parent
-ND_BENCH = HERE.parents[1] / "shared" / "bench" / "make_nd_bench.py"
+sys.path.insert(0, str(HERE))
+from ingest import SHARED  # noqa: E402  (bench/ingest.py: where ../shared/bench is)
+
+ND_BENCH = SHARED / "make_nd_bench.py"
 IMG_EXT = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 COLS = ["file", "group_id", "transform", "relation", "params", "source", "width", "height", "has_exif", "sha1",
         "scene"]
