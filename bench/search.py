@@ -17,24 +17,7 @@ cosine ~0.9, 10th ~0.8, random pairs ~0), unlike isotropic blobs where k-NN is a
     nice .venv/bin/python bench/search.py                      # 10k, 100k, 1M with the size rule
     nice .venv/bin/python bench/search.py --sizes 10000,100000 --kind auto,hnsw --nprobe 8,16,32,64
 
-Measured (2-core Xeon VM shared with other jobs, loadavg ~2, faiss-cpu 1.15.1, no GPU):
-
-`nice .venv/bin/python bench/search.py --knn --knn-max 1000000 --nprobe 16,32` (5 min)::
-
-      vectors kind  params                        build s load s p50 ms p95 ms  R@10 RSS MB disk MB
-       10,000 flat  -                                 0.1   0.01   1.65   2.03 1.000    402      29
-      100,000 ivf   nlist=1024,nprobe=64,SQ8,refine=2 4.6   0.02   0.96   1.09 0.998    504     149
-    1,000,000 ivf   nlist=4096,nprobe=64,SQ8,refine=2 87.1  0.26   2.88   3.31 1.000   2799    1481
-                    (nprobe=16: 1.21 / 1.42 ms, R@10 1.000; nprobe=32: 1.83 / 2.14 ms)
-    knn graph k=10: 10 k (flat, exact) 1.4 s; 100 k (ivf) 6.7 s, recall 1.000; 1 M (ivf) 152 s, 1.000
-
-`--sizes 1000000 --kind hnsw --ef 32,128`: build 142 s, p50 0.36 ms, R@10 0.816 (ef=128: 0.44 ms,
-0.894), RSS 3.4 GB, disk 3.2 GB.  `--kind flat`: p50 ~6 ms at 50 k, 35-50 ms at 100 k; exact
-knn graph 11 s at 20 k, 47 s at 50 k, 409 s at 200 k.
-
-Harder, diffuse data, `--sizes 100000 --spread 2 --kind auto,hnsw --nprobe 16,32,128 --ef 32,128 --knn`:
-ivf R@10 0.938 at nprobe 64 (16: 0.891, 32: 0.914, 128: 0.954; p50 1.1 ms), knn 7.3 s recall 0.876;
-hnsw R@10 1.000 (p50 0.57 ms), build 21.8 s vs 5.8 s, knn 18.1 s recall 0.995.
+Measured figures (tables with their commands, date and machine): docs/benchmarks.md, "Vector search".
 """
 from __future__ import annotations
 
