@@ -19,12 +19,12 @@ that size's own; it includes the input vectors themselves (n x 512 x 4 bytes).
 
 Columns: seconds of ``similarity_chain`` (excl. data generation), peak RSS of the
 process, chain length (sum of 1-cos of consecutive photos) and MST weight (over the kNN
-graph + chain edges, see order.py), ratio, the same ratio for the raw greedy chain,
+graph + chain edges, see docs/design.md "order"), ratio, the same ratio for the raw greedy chain,
 long jumps (steps > 99th percentile of the distance to the 16th neighbour) after/before
 improvement vs the MST's own edges above that threshold (a floor for any chain in that
 graph), subject changes (consecutive photos from different synthetic subjects; the
 minimum is #subjects - 1), and the share of near-duplicate groups whose members sit at
-consecutive positions.
+consecutive positions. Measured figures: docs/benchmarks.md, "Similarity chain".
 """
 from __future__ import annotations
 
