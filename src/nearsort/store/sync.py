@@ -165,7 +165,7 @@ def _set_aside(cpath: Path, damaged: bool) -> Path:
 
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
     """Recreate the catalog from the thumbnails below ``root``, and re-attach the vectors already
-    on disk (``features.reattach_vectors``; ``vectors`` in the summary: {model: thumbnails}).
+    on disk (``embed.featurize.reattach_vectors``; ``vectors`` in the summary: {model: thumbnails}).
     The old catalog is kept aside (``catalog.before-rebuild.<time>.sqlite``, or
     ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in."""
     from nearsort.embed.featurize import reattach_vectors
