@@ -88,7 +88,7 @@ def _explain(e: BaseException) -> str | None:
         return str(DiskFull(e, root or "the disk"))
     if isinstance(e, sqlite3.DatabaseError) and root is not None:
         if is_damage(e):
-            return str(CatalogDamaged(root, str(e)))
+            return str(CatalogDamaged(root, str(e), catalog_path(root)))
         if isinstance(e, sqlite3.OperationalError):  # locked for too long, I/O error, read-only disk
             return f"catalog {catalog_path(root)}: {e}"
     if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):

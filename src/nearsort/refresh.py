@@ -21,8 +21,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from nearsort.errors import CatalogLocked, RefreshError
 from nearsort.store import queries, sync
-from nearsort.store.catalog import Catalog, CatalogError, CatalogLocked
+from nearsort.store.catalog import Catalog
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 
 Progress = Optional[Callable[[int, int], None]]
@@ -31,10 +32,6 @@ MARK_EVERY = 512        # journal marks per transaction while applying
 MARK_SECONDS = 1.0
 DEFAULT_PER_PAGE = 500
 ACTIVE_STATES = ("planned", "applying")
-
-
-class RefreshError(CatalogError):
-    """A refusal the user must see as a clear message (the CLI prints CatalogErrors cleanly)."""
 
 
 # ===================================================================== folder names and tags

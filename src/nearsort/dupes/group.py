@@ -24,8 +24,9 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from nearsort.errors import CatalogError, DupesError
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog, CatalogError, state_dir
+from nearsort.store.catalog import Catalog, state_dir
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from nearsort.textsafe import term
 from nearsort.ingest.thumbs import name_phash
@@ -47,10 +48,6 @@ SCALES = (1.0, 0.93, 0.87, 0.81)
 SIG_CACHE = "cropsig-v3.npz"
 
 KIND_RANK = {"exact": 0, "perceptual": 1, "near": 2}
-
-
-class DupesError(CatalogError):
-    """A refusal shown to the user as a clear message."""
 
 
 @dataclass

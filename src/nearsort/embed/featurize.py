@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from nearsort.errors import Interrupted
 from nearsort.store import queries, sync
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
 
@@ -23,14 +24,6 @@ PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
 
 ProgressFn = Callable[..., None]  # progress(done, total)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during featurize; carries the summary of what was committed (like ingest.Interrupted)."""
-
-    def __init__(self, summary: dict):
-        super().__init__("interrupted")
-        self.summary = summary
 
 
 # ------------------------------------------------------------------ models table

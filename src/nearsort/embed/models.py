@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from nearsort.store.catalog import CatalogError
+from nearsort.errors import ModelUnavailable
 
 DEFAULT_CNN = "efficientnet-lite0"
 DEFAULT_CLIP_ARCH = "ViT-B-32"
@@ -42,11 +42,6 @@ ENV_CLIP_MODEL = "NEARSORT_CLIP_MODEL"  # architecture[/tag] for $NEARSORT_CLIP_
 TOPK = 5
 
 LogFn = Callable[[str], None]
-
-
-class ModelUnavailable(CatalogError):
-    """A model cannot be loaded (unknown name, weights missing / offline). Message is user-facing
-    (a CatalogError, so the CLI prints it as a clear error, not a traceback)."""
 
 
 def _stderr(msg: str) -> None:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nearsort.errors import Interrupted
 from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
 from nearsort.ingest.scan import ScanProblem, walk_images
@@ -32,14 +33,6 @@ from nearsort.workers import pool_context
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
 PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; carries the summary of what was committed."""
-
-    def __init__(self, summary: dict):
-        super().__init__("interrupted")
-        self.summary = summary
 
 
 @dataclass

@@ -18,35 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from nearsort.errors import CatalogDamaged, CatalogError, CatalogLocked, DiskFull  # noqa: F401  (DiskFull re-exported)
+
 STATE_DIR = ".nearsort"
 CATALOG_NAME = "catalog.sqlite"
 LOCK_NAME = "lock"
-
-
-class CatalogError(RuntimeError):
-    """A problem a user must see as a clear message (not a traceback)."""
-
-
-class CatalogLocked(CatalogError):
-    pass
-
-
-class DiskFull(CatalogError):
-    """No space left on THUMBS' disk; the message says what was kept and how to go on."""
-
-    def __init__(self, exc: BaseException, where, kept: str = "everything finished before was kept"):
-        what = getattr(exc, "filename", None) or where
-        super().__init__(f"no space left on the disk while writing {what}: {kept}; free some space "
-                         "and run the same command again to continue")
-
-
-class CatalogDamaged(CatalogError):
-    """The catalog file is not a readable SQLite database; ``nearsort rebuild`` recreates it."""
-
-    def __init__(self, root: Path, reason: str):
-        self.root, self.reason = Path(root), reason
-        super().__init__(f"catalog {catalog_path(root)} is damaged ({reason}): run `nearsort rebuild {root}` "
-                         "(it recreates the catalog from the thumbnails and keeps the damaged file aside)")
 
 
 # Each migration brings the schema from version i to i+1. Append, never edit.
@@ -261,7 +237,7 @@ def _connect_checked(root: Path, cpath: Path) -> sqlite3.Connection:
         return _connect(cpath)
     except sqlite3.DatabaseError as e:
         if is_damage(e):
-            raise CatalogDamaged(root, str(e)) from None
+            raise CatalogDamaged(root, str(e), cpath) from None
         raise
 
 
@@ -511,14 +487,14 @@ class Catalog:
         try:
             why = file_damage(cpath)
             if why:
-                raise CatalogDamaged(root, why)
+                raise CatalogDamaged(root, why, cpath)
             if not cpath.exists():
                 _create(cpath)
             conn = _connect_checked(root, cpath)
             try:
                 v = conn.execute("PRAGMA user_version").fetchone()[0]
                 if v == 0:  # _create() never leaves a catalog without its schema
-                    raise CatalogDamaged(root, "no nearsort tables in it")
+                    raise CatalogDamaged(root, "no nearsort tables in it", cpath)
                 if write or create:
                     migrate(conn)
                 elif v != SCHEMA_VERSION:
@@ -529,7 +505,7 @@ class Catalog:
             except sqlite3.DatabaseError as e:
                 conn.close()
                 if is_damage(e):
-                    raise CatalogDamaged(root, str(e)) from None
+                    raise CatalogDamaged(root, str(e), cpath) from None
                 raise
             except BaseException:
                 conn.close()

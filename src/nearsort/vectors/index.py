@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
-from nearsort.store.catalog import CatalogError
+from nearsort.errors import VectorStoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ KINDS = ("auto", "flat", "ivf", "hnsw")
 _CHUNK_ROWS = 65536  # rows converted to float32 at a time (128 MiB at d=512)
 _CRC_ROWS = 8  # rows hashed at each end of the range an index covers
 IVF_MIN_ROWS = 1000  # below this an IVF request gets a flat index
-
-
-class VectorStoreError(CatalogError):
-    """Vector store / index problem worth a clear message (the CLI prints CatalogError nicely)."""
 
 
 @dataclass(frozen=True)
