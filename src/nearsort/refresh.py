@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from nearsort.errors import CatalogLocked, RefreshError
+from nearsort.fsio import fsync_dir
 from nearsort.store import queries, sync
 from nearsort.store.catalog import Catalog
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
@@ -152,21 +153,6 @@ def _part_path(dst: str) -> str:
     return os.path.join(d, f".{b}.nearsort-part")
 
 
-def _fsync_dir(d: str) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _copy_move(src: str, dst: str) -> None:
     """Move across filesystems: copy to a part file, fsync, verify, rename into place, unlink src."""
     part = _part_path(dst)
@@ -184,9 +170,9 @@ def _copy_move(src: str, dst: str) -> None:
         os.unlink(part)
         raise _exists_error(dst)
     os.rename(part, dst)
-    _fsync_dir(os.path.dirname(dst))
+    fsync_dir(os.path.dirname(dst))
     os.unlink(src)
-    _fsync_dir(os.path.dirname(src))
+    fsync_dir(os.path.dirname(src))
 
 
 def move_file(src: str, dst: str) -> None:

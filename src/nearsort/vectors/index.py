@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from nearsort.errors import VectorStoreError
+from nearsort.fsio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,6 @@ def _slug(name: str) -> str:
     return (s[:48].rstrip("-._") or "model") + "-" + hashlib.sha1(name.encode("utf-8")).hexdigest()[:10]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _sync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
@@ -125,7 +113,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     except BaseException:  # a full disk: no temp file is left behind
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -343,7 +331,7 @@ class VectorIndex:
         else:
             if not path.exists():
                 open(path, "ab").close()
-                _fsync_dir(folder)
+                fsync_dir(folder)
             self._fh = open(path, "r+b", buffering=0)
             size = os.fstat(self._fh.fileno()).st_size
         on_disk = size // self._rowbytes
@@ -384,7 +372,7 @@ class VectorIndex:
         imeta = _read_json(self.folder / INDEX_META)
         if imeta is not None and int(imeta.get("ntotal", 0)) > n:
             (self.folder / INDEX_META).unlink()
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         log.info(
             "vector store %s: truncating %d bytes past row %d (uncommitted or torn writes)",
             self.folder.name, size - n * self._rowbytes, n,
