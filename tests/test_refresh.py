@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nearsort import journal
 from nearsort import refresh as rename
 from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, catalog_path
@@ -189,11 +190,11 @@ def test_move_file_never_overwrites(tmp_path):
     b.parent.mkdir()
     b.write_bytes(b"B")
     with pytest.raises(FileExistsError):
-        rename.move_file(str(a), str(b))
+        journal.move_file(str(a), str(b))
     assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
     with pytest.raises(FileNotFoundError):
-        rename.move_file(str(tmp_path / "nope"), str(tmp_path / "x"))
-    rename.move_file(str(a), str(tmp_path / "new" / "dir" / "a.jpg"))
+        journal.move_file(str(tmp_path / "nope"), str(tmp_path / "x"))
+    journal.move_file(str(a), str(tmp_path / "new" / "dir" / "a.jpg"))
     assert not a.exists() and (tmp_path / "new" / "dir" / "a.jpg").read_bytes() == b"A"
 
 
@@ -209,7 +210,7 @@ def test_move_file_across_filesystems(tmp_path, monkeypatch):
         m.setattr(os, "link", exdev)
         m.setattr(os, "rename", lambda s, d, _r=os.rename: exdev() if "nearsort-part" not in str(s) else _r(s, d))
         dst = tmp_path / "q" / "orig.raw"
-        rename.move_file(str(src), str(dst))
+        journal.move_file(str(src), str(dst))
     assert not src.exists() and dst.read_bytes() == data
     assert dst.stat().st_mtime_ns == 1_500_000_000_000_000_000
     assert [p.name for p in dst.parent.iterdir()] == ["orig.raw"]
@@ -218,7 +219,7 @@ def test_move_file_across_filesystems(tmp_path, monkeypatch):
     if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
         other = shm / f"nearsort-test-{os.getpid()}"
         try:
-            rename.move_file(str(dst), str(other / "orig.raw"))
+            journal.move_file(str(dst), str(other / "orig.raw"))
             assert not dst.exists() and (other / "orig.raw").read_bytes() == data
         finally:
             shutil.rmtree(other, ignore_errors=True)
@@ -231,17 +232,17 @@ def test_generic_swap_runs_in_two_phases(tmp_path):
         a, b = tmp_path / "a.bin", tmp_path / "b.bin"
         a.write_bytes(b"A")
         b.write_bytes(b"B")
-        op = rename.journal_moves(cat, "swap", [("original", 1, str(a), str(b)), ("original", 2, str(b), str(a))])
+        op = journal.journal_moves(cat, "swap", [("original", 1, str(a), str(b)), ("original", 2, str(b), str(a))])
         n = cat.execute("SELECT count(*) FROM journal WHERE op_id=?", (op,)).fetchone()[0]
         assert n == 4
-        res = rename.apply_op(cat, op)
+        res = journal.apply_op(cat, op)
         assert res["state"] == "done" and not res["skipped"]
         assert a.read_bytes() == b"B" and b.read_bytes() == b"A"
-        u = rename.undo_last(cat)
+        u = journal.undo_last(cat)
         assert u["undone"] == op
         assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "t"]
-        assert rename.undo_last(cat)["undone"] is None
+        assert journal.undo_last(cat)["undone"] is None
 
 
 # ----------------------------------------------------------------------------- refresh
@@ -437,7 +438,7 @@ def test_recovery_from_lost_marks_and_half_moves(lib):
     _write_ranks(lib)
     with Catalog.open(lib) as cat:
         moves = rename.plan_refresh(cat, per_page=10)
-        op = rename.journal_moves(cat, "refresh", [("thumb", m.thumb_id, m.src, m.dst) for m in moves])
+        op = journal.journal_moves(cat, "refresh", [("thumb", m.thumb_id, m.src, m.dst) for m in moves])
     for i, m in enumerate(moves[:12]):
         dst = lib / m.dst
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -455,10 +456,11 @@ def test_recovery_from_lost_marks_and_half_moves(lib):
 # ----------------------------------------------------------------------------- kill -9
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
+    import nearsort.journal as j
     import nearsort.refresh as r
     root, marker, stop_at, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    r.MARK_EVERY = 25           # some marks committed, the latest ones lost
-    real = r.move_file
+    j.MARK_EVERY = 25           # some marks committed, the latest ones lost
+    real = j.move_file
     n = 0
     def move(src, dst):
         global n
@@ -471,7 +473,7 @@ KILL_SCRIPT = textwrap.dedent("""
             open(marker, "w").close()
             time.sleep(600)
         return real(src, dst)
-    r.move_file = move
+    j.move_file = move
     if mode == "random":
         open(marker, "w").close()
     fn = r.undo if len(sys.argv) > 5 else r.refresh
@@ -546,7 +548,7 @@ def test_sigkill_mid_refresh_then_recover(big_lib, tmp_path, mode, stop_at, then
 def test_move_error_stops_cleanly_and_is_resumable(lib, monkeypatch):
     _write_ranks(lib)
     files0 = _files(lib)
-    real, n = rename.move_file, [0]
+    real, n = journal.move_file, [0]
 
     def failing(src, dst):
         n[0] += 1
@@ -554,10 +556,10 @@ def test_move_error_stops_cleanly_and_is_resumable(lib, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(rename, "move_file", failing)
+    monkeypatch.setattr(journal, "move_file", failing)
     with pytest.raises(rename.RefreshError, match="Nothing was lost"):
         rename.refresh(lib, per_page=10)
-    monkeypatch.setattr(rename, "move_file", real)
+    monkeypatch.setattr(journal, "move_file", real)
     u = rename.undo(lib)  # finishes the interrupted refresh, then reverts it
     assert u["recovered"][0]["moved"] == 21 and u["undone_kind"] == "refresh"
     assert _files(lib) == files0

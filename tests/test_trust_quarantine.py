@@ -209,7 +209,7 @@ def test_a_symlinked_file_leading_out_of_the_library_is_not_moved(tmp_path):
 # ----------------------------------------------------------------------------- kill -9
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    import nearsort.refresh as r
+    import nearsort.journal as r
     marker, stop_at = sys.argv[1], int(sys.argv[2])
     r.MARK_EVERY = 2            # some marks committed, the latest ones lost
     real = r.move_file
@@ -355,13 +355,13 @@ def test_files_in_a_folder_the_scan_could_not_list_are_not_marked_missing(tmp_pa
 def test_keeper_gone_after_planning_stops_its_copies_even_when_a_killed_quarantine_is_finished(tmp_path, monkeypatch):
     """The moves of a quarantine are journaled with the state of the verified keeper; a keeper
     deleted before the move (here: after a 'kill' right after journaling) keeps its copies home."""
-    from nearsort import refresh as rename
+    from nearsort import journal
 
     src, thumbs, paths = _lib(tmp_path, groups=2, copies=2)
     q = tmp_path / "q"
     res = D.find_duplicates(thumbs, CFG)
     with Catalog.open(thumbs) as cat:
-        monkeypatch.setattr(rename, "apply_op", lambda cat, op_id, **kw: {"moved": 0, "skipped": []})
+        monkeypatch.setattr(journal, "apply_op", lambda cat, op_id, **kw: {"moved": 0, "skipped": []})
         D.quarantine(thumbs, res, q, cat=cat)  # journaled, nothing moved: as if killed at once
     monkeypatch.undo()
     keeper_gone = paths[0][0]

@@ -945,7 +945,7 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
 
 # ----------------------------------------------------------------------------- quarantine
 def _register_kind() -> None:
-    from nearsort import refresh as rename
+    from nearsort import journal
 
     def moved(cat: Catalog, ref_id: Optional[int], path: str) -> None:
         if ref_id is None:
@@ -982,7 +982,7 @@ def _register_kind() -> None:
                     break
                 d = os.path.dirname(d)
 
-    rename.register_kind("original", moved=moved, cleanup=cleanup, check=lambda guard, src: _guard(guard, src))
+    journal.register_kind("original", moved=moved, cleanup=cleanup, check=lambda guard, src: _guard(guard, src))
 
 
 MARKER = "NEARSORT-QUARANTINE.txt"
@@ -1194,16 +1194,16 @@ def finish_interrupted(cat: Catalog) -> Optional[dict]:
     return its summary (``finished_interrupted``: True, ``moved``: all the files it moved, before
     and after the kill) -- a re-run of ``dupes --move-to`` finishes it instead of planning a new
     one, so one ``undo`` still restores every file. Else None."""
-    from nearsort import refresh as rename
+    from nearsort import journal
 
-    done = [r for r in rename.recover(cat)["recovered"] if r["kind"] == "quarantine"]
+    done = [r for r in journal.recover(cat)["recovered"] if r["kind"] == "quarantine"]
     if not done:
         return None
     r = done[-1]
     params = queries.op(cat, r["op_id"]).params
     return {"dest": params.get("dest"), "moves": [], "skipped": r["skipped"], "refused_groups": [],
             "read_only": [], "dest_inside": None, "dest_problem": None, "bytes": params.get("bytes") or 0,
-            "dry_run": False, "op_id": r["op_id"], "moved": rename.moves_done(cat, r["op_id"]),
+            "dry_run": False, "op_id": r["op_id"], "moved": journal.moves_done(cat, r["op_id"]),
             "moved_now": r["moved"], "finished_interrupted": True}
 
 
@@ -1257,18 +1257,18 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
         plan.update(dry_run=dry_run, op_id=None, moved=0)
         if dry_run or not plan["moves"]:
             return plan
-        from nearsort import refresh as rename
+        from nearsort import journal
 
         d = Path(plan["dest"])
         d.mkdir(parents=True, exist_ok=True)
         marker = d / MARKER
         if not marker.exists():
             marker.write_text(_MARKER_TEXT.format(thumbs=cat.root))
-        op_id = rename.journal_moves(
+        op_id = journal.journal_moves(
             cat, "quarantine", (("original", mv["source_id"], mv["src"], mv["dst"]) for mv in plan["moves"]),
             {"dest": plan["dest"], "groups": len({mv["group"] for mv in plan["moves"]}), "bytes": plan["bytes"],
              "guards": {str(mv["source_id"]): mv["guard"] for mv in plan["moves"]}})
-        r = rename.apply_op(cat, op_id, _recovering=False)
+        r = journal.apply_op(cat, op_id, _recovering=False)
         plan.update(op_id=op_id, moved=r["moved"])
         plan["skipped"] += r["skipped"]
         return plan
