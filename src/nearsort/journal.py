@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional
 
 from nearsort.errors import RefreshError
 from nearsort.fsio import fsync_dir
-from nearsort.store import queries, sync
+from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 
 Progress = Optional[Callable[[int, int], None]]
@@ -33,7 +33,7 @@ def _resolve_default(cat: Catalog, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(cat.root, path)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Kind:
     """How journal rows of one ``journal.kind`` are handled.
 
@@ -42,26 +42,37 @@ class Kind:
     ``cleanup(cat, vacated_paths)``: after the op finished (e.g. remove folders left empty).
     ``check(guard, src)``: just before a row moves, when the op's params hold a guard for its
     ref_id (``params["guards"][str(ref_id)]``): a reason not to move it, or None.
+    ``before_undo(cat)``: bring the catalog up to date with where the files are now, before an
+    undo plans its reverse moves.
     """
 
     resolve: Callable[[Catalog, str], str] = _resolve_default
     moved: Optional[Callable[[Catalog, Optional[int], str], None]] = None
     cleanup: Optional[Callable[[Catalog, list], None]] = None
     check: Optional[Callable[[list, str], Optional[str]]] = None
+    before_undo: Optional[Callable[[Catalog], None]] = None
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def register_kind(name: str, resolve=None, moved=None, cleanup=None, check=None) -> None:
-    """Register the handling of journal rows of kind ``name`` (e.g. quarantine's 'original')."""
-    KINDS[name] = Kind(resolve or _resolve_default, moved, cleanup, check)
+def register_kind(name: str, resolve=None, moved=None, cleanup=None, check=None, before_undo=None) -> None:
+    """Register the handling of journal rows of kind ``name``. The module that owns those files
+    calls it on import (refresh: 'thumb', dupes.quarantine: 'original'); whoever recovers or
+    undoes ops imports the modules whose kinds it may meet."""
+    KINDS[name] = Kind(resolve or _resolve_default, moved, cleanup, check, before_undo)
 
 
-def _kind(name: str) -> Kind:
-    if name not in KINDS and name == "original":
-        from nearsort.dupes import group as dupes  # noqa: F401  registers quarantine's journal kind
-    return KINDS.get(name) or Kind()
+def _kinds(cat: Catalog, op_id: int, rows: Iterable["_Row"]) -> dict[str, Kind]:
+    """The Kind of every row of an op; refuses (before anything moves) a kind nobody registered."""
+    out = {}
+    for name in {r.kind for r in rows}:
+        if name not in KINDS:
+            raise RefreshError(
+                f"op #{op_id} in {cat.root} moves files of kind {name!r}, which this program does not "
+                "know how to handle; nothing was moved (run the nearsort command that made it)")
+        out[name] = KINDS[name]
+    return out
 
 
 _NO_HARDLINKS = {errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS,
@@ -216,138 +227,183 @@ class _Row:
     state: str
 
 
-class _Marks:
-    """Batched journal marks + catalog updates, one transaction per batch."""
+@dataclass
+class _Op:
+    id: int
+    kind: str
+    state: str
+    params: dict
+    rows: list[_Row]
 
-    def __init__(self, cat: Catalog, op_id: int):
-        self.cat, self.op_id = cat, op_id
-        self.buf: list[tuple[int, str, str, Optional[int], Optional[str]]] = []
-        self.t = time.monotonic()
-
-    def add(self, seq: int, state: str, kind: str, ref_id, final: Optional[str]) -> None:
-        self.buf.append((seq, state, kind, ref_id, final))
-        if len(self.buf) >= MARK_EVERY or time.monotonic() - self.t > MARK_SECONDS:
-            self.flush()
-
-    def write(self) -> None:  # inside the caller's transaction
-        queries.mark_journal_rows(self.cat, self.op_id, [(seq, st) for seq, st, _, _, _ in self.buf])
-        for _, _, kind, ref_id, final in self.buf:
-            h = _kind(kind)
-            if final is not None and h.moved:
-                h.moved(self.cat, ref_id, final)
-        self.buf = []
-        self.t = time.monotonic()
-
-    def flush(self) -> None:
-        if self.buf:
-            with self.cat.tx():
-                self.write()
+    @property
+    def n1(self) -> Optional[int]:
+        """Rows in phase 1 of a two-phase op (None: one phase)."""
+        return self.params.get("n1")
 
 
-def _load_rows(cat: Catalog, op_id: int) -> list[_Row]:
-    return [_Row(*r) for r in queries.journal_rows(cat, op_id)]
-
-
-def apply_op(cat: Catalog, op_id: int, progress: Progress = None, _recovering: bool | None = None) -> dict:
-    """Apply (or finish applying) a journaled op; idempotent, safe to call again after a kill.
-
-    Returns {"op_id", "kind", "moved", "already", "skipped": [{"src", "dst", "why"}]}.
-    """
+def _load_op(cat: Catalog, op_id: int) -> _Op:
     op = queries.op(cat, op_id)
     if op is None:
         raise ValueError(f"no op {op_id}")
-    res = {"op_id": op_id, "kind": op.kind, "moved": 0, "already": 0, "skipped": []}
-    if op.state not in ACTIVE_STATES:
-        res["state"] = op.state
-        return res
-    recovering = op.state == "applying" if _recovering is None else _recovering
-    params = op.params
-    guards = params.get("guards") or {}
-    rows = _load_rows(cat, op_id)
-    with cat.tx():
-        queries.set_op_state(cat, op_id, "applying")
-    n1 = params.get("n1")
-    phases = [rows[:n1], rows[n1:]] if n1 else [rows]
-    marks = _Marks(cat, op_id)
-    done_n, total = 0, len(rows)
-    try:
-        for phase_no, phase in enumerate(phases):
-            final_phase = phase_no == len(phases) - 1
-            for r in phase:
-                done_n += 1
-                if r.state != "planned":
-                    continue
-                h = _kind(r.kind)
-                src, dst = h.resolve(cat, r.src), h.resolve(cat, r.dst)
-                status = _settle(src, dst, recovering)
-                guard = guards.get(str(r.ref_id)) if h.check else None
-                if status == "todo" and guard is not None:
-                    why = h.check(guard, src)
-                    if why:
-                        res["skipped"].append({"src": r.src, "dst": r.dst, "why": why})
-                        marks.add(r.seq, "skipped", r.kind, r.ref_id, None)
-                        continue
-                if status == "todo":
-                    try:
-                        move_file(src, dst)
-                        status = "moved"
-                    except FileExistsError:
-                        status = "conflict"
-                    except FileNotFoundError:
-                        status = "lost" if not os.path.lexists(src) else "conflict"
-                    except OSError as e:  # disk full, permissions ...: stop; the op stays resumable
-                        raise RefreshError(
-                            f"could not move {src} -> {dst}: {e.strerror or e}. Nothing was lost: fix this and "
-                            f"run `nearsort refresh` or `nearsort undo` on {cat.root} to finish or revert "
-                            f"the interrupted {op.kind} (op #{op_id})") from e
-                if status == "moved":
-                    res["moved"] += 1
-                elif status == "done":
-                    res["already"] += 1
-                else:
-                    why = "destination exists (not overwritten)" if status == "conflict" else "file not found"
-                    if n1 and final_phase and status == "conflict":
-                        # phase 2 could not reach dst: bring the file back from its temp name
-                        orig = rows[r.seq - n1].src
-                        try:
-                            move_file(src, h.resolve(cat, orig))
-                            final_rel = orig
-                        except OSError:
-                            final_rel = None
-                        if final_rel is not None:
-                            marks.add(r.seq, "skipped", r.kind, r.ref_id, final_rel)
-                            res["skipped"].append({"src": orig, "dst": r.dst, "why": why})
-                            continue
-                    res["skipped"].append({"src": r.src, "dst": r.dst, "why": why})
-                    marks.add(r.seq, "skipped", r.kind, r.ref_id, None)
-                    continue
-                # phase-1 rows of a two-phase op land on temp names: no catalog update yet
-                marks.add(r.seq, "done", r.kind, r.ref_id, r.dst if final_phase else None)
-                if progress and done_n % 256 == 0:
-                    progress(done_n, total)
-            marks.flush()  # the barrier between phases: all phase-1 marks committed
-    finally:
+    return _Op(op.id, op.kind, op.state, op.params, [_Row(*r) for r in queries.journal_rows(cat, op_id)])
+
+
+class _Marks:
+    """Batched journal marks + catalog updates, one transaction per batch."""
+
+    def __init__(self, cat: Catalog, op_id: int, kinds: dict[str, Kind]):
+        self.cat, self.op_id, self.kinds = cat, op_id, kinds
+        self.buf: list[tuple[_Row, str, Optional[str]]] = []
+        self.t = time.monotonic()
+
+    def add(self, row: _Row, state: str, final: Optional[str]) -> None:
+        """Mark ``row`` ``state``; ``final``: where its file now is, for the catalog (None: no update)."""
+        self.buf.append((row, state, final))
+        if len(self.buf) >= MARK_EVERY or time.monotonic() - self.t > MARK_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        with self.cat.tx():
+            queries.mark_journal_rows(self.cat, self.op_id, [(r.seq, st) for r, st, _ in self.buf])
+            for r, _, final in self.buf:
+                h = self.kinds[r.kind]
+                if final is not None and h.moved:
+                    h.moved(self.cat, r.ref_id, final)
+        self.buf = []
+        self.t = time.monotonic()
+
+
+_WHY = {"conflict": "destination exists (not overwritten)", "lost": "file not found"}
+
+
+class _Applier:
+    """Moves the planned rows of one op, phase by phase, and marks each (see the module docstring).
+
+    ``recovering``: the op may have been interrupted mid-move (a kill left two names of one file,
+    or a part file of a copy): such rows are finished rather than reported as conflicts."""
+
+    def __init__(self, cat: Catalog, op: _Op, kinds: dict[str, Kind], recovering: bool, progress: Progress):
+        self.cat, self.op, self.kinds, self.recovering, self.progress = cat, op, kinds, recovering, progress
+        self.guards = op.params.get("guards") or {}
+        self.marks = _Marks(cat, op.id, kinds)
+        self.res = {"op_id": op.id, "kind": op.kind, "moved": 0, "already": 0, "skipped": []}
+
+    def run(self) -> dict:
+        rows, n1 = self.op.rows, self.op.n1
+        phases = [rows[:n1], rows[n1:]] if n1 else [rows]
+        done = 0
         try:
-            marks.flush()
-        except Exception:
-            pass  # recovery re-derives everything from the filesystem
-    # finish: clean up, then mark done (cleanup is idempotent, so a kill here is harmless)
+            for no, phase in enumerate(phases):
+                final = no == len(phases) - 1
+                for r in phase:
+                    done += 1
+                    if r.state == "planned":
+                        self._row(r, final)
+                    if self.progress and done % 256 == 0:
+                        self.progress(done, len(rows))
+                self.marks.flush()  # the barrier between phases: all phase-1 marks committed
+        finally:
+            try:
+                self.marks.flush()
+            except Exception:
+                pass  # recovery re-derives everything from the filesystem
+        return self.res
+
+    def _row(self, r: _Row, final: bool) -> None:
+        h = self.kinds[r.kind]
+        src, dst = h.resolve(self.cat, r.src), h.resolve(self.cat, r.dst)
+        status = _settle(src, dst, self.recovering)
+        if status == "todo":
+            why = self._guard(h, r, src)
+            if why:
+                return self._skip(r, why)
+            status = self._move(src, dst)
+        if status == "moved":
+            self.res["moved"] += 1
+        elif status == "done":
+            self.res["already"] += 1
+        elif status == "conflict" and self.op.n1 and final and self._back_from_temp(r, h, src):
+            return
+        else:
+            return self._skip(r, _WHY[status])
+        # phase-1 rows of a two-phase op land on temp names: no catalog update yet
+        self.marks.add(r, "done", r.dst if final else None)
+
+    def _guard(self, h: Kind, r: _Row, src: str) -> Optional[str]:
+        guard = self.guards.get(str(r.ref_id)) if h.check else None
+        return h.check(guard, src) if guard is not None else None
+
+    def _move(self, src: str, dst: str) -> str:
+        """'moved' | 'conflict' | 'lost'; any other OSError stops the op, which stays resumable."""
+        try:
+            move_file(src, dst)
+            return "moved"
+        except FileExistsError:
+            return "conflict"
+        except FileNotFoundError:
+            return "lost" if not os.path.lexists(src) else "conflict"
+        except OSError as e:  # disk full, permissions ...
+            raise RefreshError(
+                f"could not move {src} -> {dst}: {e.strerror or e}. Nothing was lost: fix this and "
+                f"run `nearsort refresh` or `nearsort undo` on {self.cat.root} to finish or revert "
+                f"the interrupted {self.op.kind} (op #{self.op.id})") from e
+
+    def _back_from_temp(self, r: _Row, h: Kind, src: str) -> bool:
+        """Phase 2 could not reach its destination: put the file back where it was before phase 1."""
+        orig = self.op.rows[r.seq - self.op.n1].src
+        try:
+            move_file(src, h.resolve(self.cat, orig))
+        except OSError:
+            return False
+        self.marks.add(r, "skipped", orig)
+        self.res["skipped"].append({"src": orig, "dst": r.dst, "why": _WHY["conflict"]})
+        return True
+
+    def _skip(self, r: _Row, why: str) -> None:
+        self.res["skipped"].append({"src": r.src, "dst": r.dst, "why": why})
+        self.marks.add(r, "skipped", None)
+
+
+def _finish(cat: Catalog, op: _Op, kinds: dict[str, Kind]) -> None:
+    """Let each kind clean up after its done rows, then mark the op done (cleanup is idempotent,
+    so a kill in between is harmless); an undo marks the op it reverted undone."""
     vacated: dict[str, list] = {}
-    for _seq, kind, _ref, s, _dst, st in queries.journal_rows(cat, op_id):
+    for _seq, kind, _ref, s, _dst, st in queries.journal_rows(cat, op.id):
         if st == "done":
             vacated.setdefault(kind, []).append(s)
     for kind, paths in vacated.items():
-        h = _kind(kind)
-        if h.cleanup:
-            h.cleanup(cat, paths)
+        if kinds[kind].cleanup:
+            kinds[kind].cleanup(cat, paths)
     with cat.tx():
-        queries.set_op_state(cat, op_id, "done")
-        if op.kind == "undo" and params.get("undoes") is not None:
-            queries.set_op_state(cat, params["undoes"], "undone")
+        queries.set_op_state(cat, op.id, "done")
+        if op.kind == "undo" and op.params.get("undoes") is not None:
+            queries.set_op_state(cat, op.params["undoes"], "undone")
+
+
+def _apply(cat: Catalog, op: _Op, progress: Progress, recovering: bool) -> dict:
+    if op.state not in ACTIVE_STATES:
+        return {"op_id": op.id, "kind": op.kind, "moved": 0, "already": 0, "skipped": [], "state": op.state}
+    kinds = _kinds(cat, op.id, op.rows)
+    with cat.tx():
+        queries.set_op_state(cat, op.id, "applying")
+    res = _Applier(cat, op, kinds, recovering, progress).run()
+    _finish(cat, op, kinds)
     if progress:
-        progress(total, total)
+        progress(len(op.rows), len(op.rows))
     res["state"] = "done"
     return res
+
+
+def apply_op(cat: Catalog, op_id: int, progress: Progress = None) -> dict:
+    """Apply a journaled op (just written by :func:`journal_moves`, or one left ``applying``).
+
+    Idempotent, safe to call again after a kill. Returns {"op_id", "kind", "moved", "already",
+    "skipped": [{"src", "dst", "why"}], "state"}.
+    """
+    op = _load_op(cat, op_id)
+    return _apply(cat, op, progress, recovering=op.state == "applying")
 
 
 def _as_catalog(cat_or_root):
@@ -357,46 +413,75 @@ def _as_catalog(cat_or_root):
     return Catalog.open(cat_or_root), True
 
 
-def recover(cat) -> dict:
+def recover(cat, kinds: Optional[Iterable[str]] = None) -> dict:
     """Finish (roll forward) every op a killed process left planned/applying.
 
-    Accepts a Catalog or a THUMBS path. Returns {"recovered": [apply_op results]}.
+    Accepts a Catalog or a THUMBS path. With ``kinds`` (journal kinds), only the ops whose rows are
+    all of those kinds; the others are left for a caller that handles them. Returns
+    {"recovered": [apply_op results]}.
     """
     cat, own = _as_catalog(cat)
     try:
-        ids = [o.id for o in queries.active_ops(cat)]
-        return {"recovered": [apply_op(cat, i, _recovering=True) for i in ids]}
+        only = None if kinds is None else set(kinds)
+        out = []
+        for pending in queries.active_ops(cat):
+            op = _load_op(cat, pending.id)
+            if only is None or {r.kind for r in op.rows} <= only:
+                out.append(_apply(cat, op, None, recovering=True))
+        return {"recovered": out}
     finally:
         if own:
             cat.close()
 
 
-def _logical_moves(rows: list[_Row], n1: Optional[int]) -> list[tuple]:
+def _logical_moves(op: _Op) -> list[tuple]:
     """The done moves of an op as (kind, ref_id, src, final_dst), collapsing two-phase rows."""
+    rows, n1 = op.rows, op.n1
     if not n1:
         return [(r.kind, r.ref_id, r.src, r.dst) for r in rows if r.state == "done"]
-    out = []
-    for a, b in zip(rows[:n1], rows[n1:]):
-        if a.state == "done" and b.state == "done":
-            out.append((a.kind, a.ref_id, a.src, b.dst))
-    return out
+    return [(a.kind, a.ref_id, a.src, b.dst) for a, b in zip(rows[:n1], rows[n1:])
+            if a.state == "done" and b.state == "done"]
 
 
 def moves_done(cat: Catalog, op_id: int) -> int:
     """How many of an op's moves are done (a two-phase move counts once, when both phases are)."""
-    row = queries.op(cat, op_id)
-    n1 = row.params.get("n1") if row else None
-    return len(_logical_moves(_load_rows(cat, op_id), n1))
+    return len(_logical_moves(_load_op(cat, op_id)))
+
+
+def _last_done(cat: Catalog, kinds: Optional[Iterable[str]]) -> Optional[_Op]:
+    """The most recent op still 'done' (not an undo), optionally only of op ``kinds``."""
+    op = queries.last_done_op(cat, list(kinds) if kinds else None)
+    return None if op is None else _load_op(cat, op.id)
+
+
+def _revert(cat: Catalog, target: _Op, progress: Progress) -> dict:
+    """Journal and apply the reverse of ``target``'s done moves as a new 'undo' op; moves whose
+    file is no longer at its destination are left alone (returned in ``left``)."""
+    kinds = _kinds(cat, target.id, target.rows)
+    for h in kinds.values():
+        if h.before_undo:
+            h.before_undo(cat)
+    rev, left = [], []
+    for kind, ref, src, dst in reversed(_logical_moves(target)):
+        if os.path.lexists(kinds[kind].resolve(cat, dst)):
+            rev.append((kind, ref, dst, src))
+        else:
+            left.append(dst)
+    op_id = journal_moves(cat, "undo", rev, {"undoes": target.id, "undoes_kind": target.kind}, allow_empty=True)
+    res = apply_op(cat, op_id, progress)
+    return {"undone": target.id, "undone_kind": target.kind, "op_id": op_id, "moved": res["moved"],
+            "left": left, "skipped": res["skipped"], "finished_interrupted": False,
+            "message": f"undid {target.kind} #{target.id}"}
 
 
 def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = None) -> dict:
-    """Revert the most recent op in state 'done' (optionally only of ``kinds``).
+    """Revert the most recent op in state 'done' (optionally only of op ``kinds``).
 
     Finishes interrupted ops first. Returns {"undone": op id or None, "undone_kind", "op_id"
-    (the undo op), "moved", "left": [paths moved/deleted since, left alone], "skipped": [...]}.
-    When one of the interrupted ops is an undo (an ``undo`` that was killed, now retried),
-    finishing it *is* the undo asked for: nothing else is reverted, and the result says so
-    (``finished_interrupted``: True, ``undone`` = the op that undo reverted).
+    (the undo op), "moved", "left": [paths moved/deleted since, left alone], "skipped": [...],
+    "recovered", "message"}. When one of the interrupted ops is an undo (an ``undo`` that was
+    killed, now retried), finishing it *is* the undo asked for: nothing else is reverted, and the
+    result says so (``finished_interrupted``: True, ``undone`` = the op that undo reverted).
     """
     cat, own = _as_catalog(cat)
     try:
@@ -404,31 +489,18 @@ def undo_last(cat, progress: Progress = None, kinds: Optional[Iterable[str]] = N
         killed = [r for r in rec["recovered"] if r["kind"] == "undo"]
         if killed:
             u = killed[-1]
-            p = queries.op(cat, u["op_id"]).params
-            return {"undone": p.get("undoes"), "undone_kind": p.get("undoes_kind"), "op_id": u["op_id"],
-                    "moved": moves_done(cat, u["op_id"]), "left": [], "skipped": u["skipped"],
-                    "finished_interrupted": True, "recovered": rec["recovered"],
-                    "message": f"finished the interrupted undo of {p.get('undoes_kind')} #{p.get('undoes')}"}
-        target = queries.last_done_op(cat, list(kinds) if kinds else None)
-        if target is None:
-            return {"undone": None, "undone_kind": None, "op_id": None, "moved": 0, "left": [], "skipped": [],
-                    "finished_interrupted": False, "message": "nothing to undo", "recovered": rec["recovered"]}
-        tparams = target.params
-        rows = _load_rows(cat, target.id)
-        if any(r.kind == "thumb" for r in rows):
-            sync.reconcile(cat)
-        rev, left = [], []
-        for kind, ref, src, dst in reversed(_logical_moves(rows, tparams.get("n1"))):
-            if os.path.lexists(_kind(kind).resolve(cat, dst)):
-                rev.append((kind, ref, dst, src))
-            else:
-                left.append(dst)
-        op_id = journal_moves(cat, "undo", rev, {"undoes": target.id, "undoes_kind": target.kind},
-                              allow_empty=True)
-        res = apply_op(cat, op_id, progress, _recovering=False)
-        return {"undone": target.id, "undone_kind": target.kind, "op_id": op_id,
-                "moved": res["moved"], "left": left, "skipped": res["skipped"], "finished_interrupted": False,
-                "message": f"undid {target.kind} #{target.id}", "recovered": rec["recovered"]}
+            p = _load_op(cat, u["op_id"]).params
+            out = {"undone": p.get("undoes"), "undone_kind": p.get("undoes_kind"), "op_id": u["op_id"],
+                   "moved": moves_done(cat, u["op_id"]), "left": [], "skipped": u["skipped"],
+                   "finished_interrupted": True,
+                   "message": f"finished the interrupted undo of {p.get('undoes_kind')} #{p.get('undoes')}"}
+        else:
+            target = _last_done(cat, kinds)
+            out = _revert(cat, target, progress) if target is not None else {
+                "undone": None, "undone_kind": None, "op_id": None, "moved": 0, "left": [], "skipped": [],
+                "finished_interrupted": False, "message": "nothing to undo"}
+        out["recovered"] = rec["recovered"]
+        return out
     finally:
         if own:
             cat.close()

@@ -17,6 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
+# undo reverts (and refresh finishes) quarantines too: importing dupes.group registers their journal kind
+from nearsort.dupes import group as _quarantine  # noqa: F401
 from nearsort.errors import CatalogLocked, RefreshError
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 from nearsort.journal import Progress, apply_op, journal_moves, recover, register_kind, undo_last
@@ -93,7 +95,7 @@ def _thumb_cleanup(cat: Catalog, vacated: list) -> None:
             d = posixpath.dirname(d)
 
 
-register_kind("thumb", moved=_thumb_moved, cleanup=_thumb_cleanup)
+register_kind("thumb", moved=_thumb_moved, cleanup=_thumb_cleanup, before_undo=sync.reconcile)
 
 
 # ===================================================================== refresh planning
@@ -361,7 +363,7 @@ def refresh(root, dry_run: bool = False, reset: bool = False, layout: Optional[s
             queries.set_thumb_ranks(cat, [(m.rank, m.thumb_id) for m in moves if m.src == m.dst])
             queries.set_meta(cat, "refresh.last", json.dumps(params, sort_keys=True))
         if op_id is not None:
-            res = apply_op(cat, op_id, progress, _recovering=False)
+            res = apply_op(cat, op_id, progress)
             summary["op_id"] = op_id
             summary["moved"] = res["moved"]
             summary["skipped"] = res["skipped"]

@@ -1196,7 +1196,7 @@ def finish_interrupted(cat: Catalog) -> Optional[dict]:
     one, so one ``undo`` still restores every file. Else None."""
     from nearsort import journal
 
-    done = [r for r in journal.recover(cat)["recovered"] if r["kind"] == "quarantine"]
+    done = [r for r in journal.recover(cat, kinds=("original",))["recovered"] if r["kind"] == "quarantine"]
     if not done:
         return None
     r = done[-1]
@@ -1268,7 +1268,7 @@ def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optiona
             cat, "quarantine", (("original", mv["source_id"], mv["src"], mv["dst"]) for mv in plan["moves"]),
             {"dest": plan["dest"], "groups": len({mv["group"] for mv in plan["moves"]}), "bytes": plan["bytes"],
              "guards": {str(mv["source_id"]): mv["guard"] for mv in plan["moves"]}})
-        r = journal.apply_op(cat, op_id, _recovering=False)
+        r = journal.apply_op(cat, op_id)
         plan.update(op_id=op_id, moved=r["moved"])
         plan["skipped"] += r["skipped"]
         return plan
