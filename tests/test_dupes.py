@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 
 from nearsort.dupes import group as D
+from nearsort.dupes import quarantine as DQ
 from nearsort import quality as Q
 from nearsort.store.catalog import Catalog
 from nearsort.ingest.resize import resize
@@ -244,23 +245,23 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     q = base / "quarantine"
     before = {k: sha(v) for k, v in p.items() if v.exists()}
     cfg = D.DupesConfig(use_embeddings=False)
-    res, plan = D.dupes(thumbs, cfg, move_to=q, dry_run=True)
+    res, plan = DQ.dupes(thumbs, cfg, move_to=q, dry_run=True)
     movers = {str(p[k]) for k in ("exact", "resized", "reencoded", "evil_copy")}
     assert {mv["src"] for mv in plan["moves"]} == movers
     assert not q.exists() and all(Path(m).exists() for m in movers)  # dry run: nothing moved
 
-    res, summary = D.dupes(thumbs, cfg, move_to=q)
+    res, summary = DQ.dupes(thumbs, cfg, move_to=q)
     assert summary["moved"] == 4 and summary["op_id"]
     for k in ("exact", "resized", "reencoded", "evil_copy"):
         dst = q / str(p[k]).lstrip(os.sep)           # mirrors the absolute path
         assert not p[k].exists() and dst.exists() and sha(dst) == before[k]
-    assert (q / D.MARKER).exists()
+    assert (q / DQ.MARKER).exists()
     for k in ("original", "darknet__eagle.jpg", "flip"):
         assert p[k].exists()                           # keepers and mirror images stay
     st = _statuses(thumbs)
     assert {k for k, v in st.items() if v == "quarantined"} == movers
     with Catalog.open(thumbs, write=False) as cat:
-        qp = D.quarantined_paths(cat)
+        qp = DQ.quarantined_paths(cat)
         srcs = {sid: os.fsdecode(bytes(pa)) for sid, pa in cat.execute("SELECT id, path FROM sources")}
     assert {srcs[s]: d for s, d in qp.items()} == {m: str(q / m.lstrip(os.sep)) for m in movers}
     # quarantined files are no longer offered as duplicates
@@ -271,12 +272,12 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     after = {k: sha(v) for k, v in p.items() if v.exists()}
     assert after == before
     assert set(_statuses(thumbs).values()) <= {"ok", "error"}
-    assert sorted(os.listdir(q)) == [D.MARKER]        # emptied folders removed, the note stays
+    assert sorted(os.listdir(q)) == [DQ.MARKER]        # emptied folders removed, the note stays
     g = _group_of(D.find_duplicates(thumbs, cfg), p["original"])
     assert g is not None and len(g["members"]) == 4
 
     # again, undone by a process that only knows rename.py (like `nearsort undo`)
-    res, summary = D.dupes(thumbs, cfg, move_to=q)
+    res, summary = DQ.dupes(thumbs, cfg, move_to=q)
     assert summary["moved"] == 4
     import subprocess
 
@@ -297,7 +298,7 @@ def test_quarantine_refuses_read_only_sources(small_lib):
     folder.chmod(0o555)
     try:
         with pytest.raises(D.DupesError, match="read-only") as ei:
-            D.dupes(thumbs, D.DupesConfig(use_embeddings=False), move_to=base / "q")
+            DQ.dupes(thumbs, D.DupesConfig(use_embeddings=False), move_to=base / "q")
         assert str(folder) in str(ei.value)
         assert not (base / "q").exists()
         assert all(v.exists() for k, v in p.items() if k in ("exact", "resized", "reencoded", "evil_copy"))
@@ -310,12 +311,12 @@ def test_quarantine_refuses_inside_library_and_skips_changed_files(small_lib):
     base, p, thumbs = small_lib
     cfg = D.DupesConfig(use_embeddings=False)
     with pytest.raises(D.DupesError, match="inside"):
-        D.dupes(thumbs, cfg, move_to=base / "src" / "dupes")
+        DQ.dupes(thumbs, cfg, move_to=base / "src" / "dupes")
     with pytest.raises(D.DupesError, match="inside"):
-        D.dupes(thumbs, cfg, move_to=thumbs / "q")
+        DQ.dupes(thumbs, cfg, move_to=thumbs / "q")
     with open(p["resized"], "ab") as fh:   # changed after the last resize
         fh.write(b"\0")
-    res, plan = D.dupes(thumbs, cfg, move_to=base / "q", dry_run=True)
+    res, plan = DQ.dupes(thumbs, cfg, move_to=base / "q", dry_run=True)
     assert str(p["resized"]) in {s["path"] for s in plan["skipped"]}
     assert str(p["resized"]) not in {mv["src"] for mv in plan["moves"]}
 

@@ -332,7 +332,8 @@ def dupes(
     as_json: bool = typer.Option(False, "--json", help="Print groups, keepers and mirror images as JSON."),
 ):
     """Find duplicate photos (exact, perceptual, near); pick a keeper in each group; optionally quarantine the rest."""
-    from nearsort.dupes.group import DupesConfig, dupes as do_dupes, format_quarantine, format_text, write_json
+    from nearsort.dupes.group import DupesConfig, format_text, write_json
+    from nearsort.dupes.quarantine import dupes as do_dupes, format_quarantine
 
     if dry_run and move_to is None:
         fail("--dry-run goes with --move-to")

@@ -17,8 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
-# undo reverts (and refresh finishes) quarantines too: importing dupes.group registers their journal kind
-from nearsort.dupes import group as _quarantine  # noqa: F401
+# undo reverts (and refresh finishes) quarantines too: importing dupes.quarantine registers their journal kind
+from nearsort.dupes import quarantine as _quarantine  # noqa: F401
 from nearsort.errors import CatalogLocked, RefreshError
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
 from nearsort.journal import Progress, apply_op, journal_moves, recover, register_kind, undo_last
