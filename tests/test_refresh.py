@@ -245,6 +245,23 @@ def test_generic_swap_runs_in_two_phases(tmp_path):
         assert journal.undo_last(cat)["undone"] is None
 
 
+def test_a_journal_kind_nobody_registered_is_refused_before_anything_moves(tmp_path):
+    """The journal knows no kinds: rows of a kind no module registered are never moved with
+    guessed handling; a recovery restricted to other kinds leaves that op for whoever knows it."""
+    root = tmp_path / "t"
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"A")
+    with Catalog.open(root, create=True) as cat:
+        op = journal.journal_moves(cat, "mystery", [("no-such-kind", None, str(a), str(b))])
+        with pytest.raises(rename.RefreshError, match="no-such-kind"):
+            journal.apply_op(cat, op)
+        assert journal.recover(cat, kinds=("thumb", "original"))["recovered"] == []
+        with pytest.raises(rename.RefreshError, match="nothing was moved"):
+            journal.undo_last(cat)  # finishing every interrupted op first: refused, clearly
+        assert cat.execute("SELECT state FROM ops WHERE id=?", (op,)).fetchone()[0] == "planned"
+    assert a.read_bytes() == b"A" and not b.exists()
+
+
 # ----------------------------------------------------------------------------- refresh
 def test_refuses_without_ranks(lib):
     before = _files(lib)
