@@ -25,6 +25,7 @@ from nearsort.errors import CatalogError, DupesError
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, state_dir
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
+from nearsort.frames import trim_box
 from nearsort.textsafe import term
 from nearsort.ingest.thumbs import name_phash
 
@@ -244,33 +245,6 @@ def _phash32(x: np.ndarray) -> int:
     low = _DCT @ x @ _DCT.T
     bits = (low > np.median(low)).ravel()
     return int(np.bitwise_or.reduce(_BITW[bits])) if bits.any() else 0
-
-
-def trim_box(g: np.ndarray, tol_std: float = 3.0, tol_mean: float = 5.0, max_frac: float = 0.45):
-    """(top, bottom, left, right) after removing uniform edge rows/columns (letterbox, frames).
-    The tolerances are tight (row std < 3, mean within 5 levels of the edge): a real border is
-    flat, while the edge rows of a faint picture (a sky, a pale wall) drift slowly -- looser ones
-    (6 / 10) trimmed faint pictures down to a strip, so their copies misaligned and a bordered copy
-    looked bigger than the original (tiles bench R 0.898 -> 0.924, dev bench unchanged)."""
-    h, w = g.shape
-
-    def side(lines_mean, lines_std, limit):
-        ref = lines_mean[0]
-        k = 0
-        while k < limit and lines_std[k] < tol_std and abs(lines_mean[k] - ref) < tol_mean:
-            k += 1
-        return k
-
-    rm, rs = g.mean(axis=1), g.std(axis=1)
-    t = side(rm, rs, int(h * max_frac))
-    b = h - side(rm[::-1], rs[::-1], int(h * max_frac))
-    sub = g[t:b] if b - t >= 1 else g
-    cm, cs = sub.mean(axis=0), sub.std(axis=0)
-    left = side(cm, cs, int(w * max_frac))
-    right = w - side(cm[::-1], cs[::-1], int(w * max_frac))
-    if b - t < 8 or right - left < 8:  # (nearly) uniform image: keep it whole
-        return 0, h, 0, w
-    return t, b, left, right
 
 
 def crop_signature(path) -> np.ndarray:

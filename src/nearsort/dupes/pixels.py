@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from nearsort.frames import trim_box
+
 SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
 SCALES = tuple(round(1.0 - 0.02 * k, 2) for k in range(13))   # 1.00 .. 0.76
@@ -129,8 +131,6 @@ class _Picture:
 
     def __init__(self, path: Path):
         from PIL import Image
-
-        from nearsort.dupes.group import trim_box
 
         with Image.open(path) as im:
             rgb = im.convert("RGB")
