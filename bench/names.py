@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""When do two originals share a thumbnail? Measures thumbs.same_pixels on real photos.
+"""When do two originals share a thumbnail? Measures frames.same_pixels on real photos.
 
     python bench/names.py [--dir PHOTOS]      (default: ../shared/bench/originals)
 
-Two originals share a thumbnail only when their thumbnails' pixels agree (thumbs.same_pixels:
+Two originals share a thumbnail only when their thumbnails' pixels agree (frames.same_pixels:
 both reduced to 32x32 RGB, mean absolute difference <= SAME_MEAN and its 99th percentile
 <= SAME_P99), not merely their W x H and phash. This prints, for every photo, the two numbers
 between its thumbnail and the thumbnail of a copy that must collapse (re-encoded JPEG at
@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest import SHARED  # noqa: E402  (bench/ingest.py: where ../shared/bench is)
-from nearsort.ingest.thumbs import SAME_MEAN, SAME_P99, pixel_print, process_bytes, same_pixels  # noqa: E402
+from nearsort.frames import SAME_MEAN, SAME_P99, pixel_print, same_pixels  # noqa: E402
+from nearsort.ingest.thumbs import process_bytes  # noqa: E402
 
 
 def thumb(data: bytes, name: str) -> tuple[str, bytes]:
@@ -92,8 +93,8 @@ def main():
     worst = sorted(same, key=lambda s: -(s[2] / SAME_MEAN + s[3] / SAME_P99))[:5]
     for s in worst:
         print(f"    {s[0]} {s[1]}: mean {s[2]:.2f} p99 {s[3]:.1f}")
-    print(f"  collapse (thumbs.same_pixels: mean <= {SAME_MEAN}, p99 <= {SAME_P99}; uniform/smooth frames "
-          f"within pixels.LOW_INFO_TONE per channel): {sum(s[4] for s in same)}/{len(same)}")
+    print(f"  collapse (frames.same_pixels: mean <= {SAME_MEAN}, p99 <= {SAME_P99}; uniform/smooth frames "
+          f"within frames.LOW_INFO_TONE per channel): {sum(s[4] for s in same)}/{len(same)}")
     print(f"  pixel_print of a 256 px thumbnail: {1000 * np.median(t_print):.2f} ms median")
 
     print("uniform 300x200 frames (level pairs):")

@@ -16,18 +16,15 @@ from typing import Optional
 
 import numpy as np
 
-from nearsort.frames import trim_box
+from nearsort.frames import LOW_INFO, LOW_INFO_TONE, UNIFORM_STD, residual_std as _residual_std, trim_box
 
 SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
 SCALES = tuple(round(1.0 - 0.02 * k, 2) for k in range(13))   # 1.00 .. 0.76
 ROTATIONS = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
 MAX_SHIFT = 0.035          # of the side, for phase correlation (imperfect border trims)
-UNIFORM_STD = 1.0          # luma std (0..255) below which a frame is uniform
 CONTENT_CROP = 0.92        # uniformity and detail are measured on this centre crop of the trimmed frame
 CLIPPED = 10.0             # a uniform frame within this of black or white in every channel is blank
-LOW_INFO = 1.2             # residual std of a quadratic fit below which a frame is "low detail"
-LOW_INFO_TONE = 1.5        # low-detail frames: mean |RGB| and mean-luma difference allowed
 MAX_DIFF = 0.25            # mean tolerant difference of normalised images (128 px)
 MAX_LOCAL = 0.2            # worst block minus 90th-percentile block
 CHROMA_ABS, CHROMA_REL, GREY = 3.0, 0.3, 3.0
@@ -149,33 +146,6 @@ class _Picture:
         self.info = _residual_std(x)
         rgb_mean = self.views[0].crop(CONTENT_CROP, 0.0, SIDE, True).reshape(-1, 3).mean(0)
         self.blank = self.std < UNIFORM_STD and bool((rgb_mean >= 255 - CLIPPED).all() or (rgb_mean <= CLIPPED).all())
-
-
-def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:side, 0:side]
-    yy, xx = yy / side - 0.5, xx / side - 0.5
-    basis = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], -1).reshape(-1, 6)
-    return basis, np.linalg.pinv(basis)
-
-
-_BASES: dict[int, tuple[np.ndarray, np.ndarray]] = {SIDE: _quadratic_basis(SIDE)}
-
-
-def _residual_std(x: np.ndarray) -> float:
-    """Std of what a quadratic surface does not explain: ~0 for flat frames and smooth gradients."""
-    side = x.shape[0]
-    if side not in _BASES:
-        _BASES[side] = _quadratic_basis(side)
-    basis, pinv = _BASES[side]
-    v = x.ravel().astype(np.float64)
-    return float((v - basis @ (pinv @ v)).std())
-
-
-def low_detail_print(rgb: np.ndarray) -> bool:
-    """A square RGB print (e.g. thumbs.pixel_print) of a frame that is uniform or only a smooth
-    gradient: such frames are the same picture only within LOW_INFO_TONE levels."""
-    g = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return float(g.std()) < UNIFORM_STD or _residual_std(g) < LOW_INFO
 
 
 def _norm(x: np.ndarray) -> np.ndarray:

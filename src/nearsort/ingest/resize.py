@@ -27,7 +27,8 @@ from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
-from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, pixel_print, prints_agree, process_file, thumb_name
+from nearsort.frames import pixel_print, prints_agree
+from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.workers import pool_context
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction

@@ -27,16 +27,6 @@ THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
 # optional '{rank}_' prefix (refresh), then the name, with its optional '_{n}' collision suffix
 NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16}(?:_[1-9]\d*)?)\.jpg$")
-# same_pixels: both thumbnails reduced to PRINT_SIDE x PRINT_SIDE RGB; they agree when the mean
-# absolute difference is <= SAME_MEAN and its 99th percentile <= SAME_P99 (0..255 levels).
-# Measured by bench/names.py on the 124 bench photos: a re-encode at quality 30..95, an
-# EXIF-stripped copy or a PNG conversion that keeps the name stays within mean 3.1 / p99 13 (610
-# of 610 collapse); the 15 pairs of visibly different 480x360 tiles of one photo whose names
-# collide (near-white, over-exposed) differ by p99 >= 17 (mean as low as 0.5): 0 collapse.
-# Uniform and smooth frames collapse only within pixels.LOW_INFO_TONE levels per channel.
-PRINT_SIDE = 32
-SAME_MEAN = 4.0
-SAME_P99 = 16.0
 
 
 @dataclass
@@ -76,32 +66,6 @@ def thumb_name(width: int, height: int, phash: str, n: int = 1) -> str:
 def name_phash(name: str) -> str:
     """The 16-hex-digit phash in a thumbnail name (with or without its '_n' suffix)."""
     return name.split("_")[1]
-
-
-def pixel_print(jpeg: bytes) -> np.ndarray:
-    """A thumbnail's pixels reduced to PRINT_SIDE x PRINT_SIDE RGB (uint8, 3 KiB), for ``same_pixels``.
-    Full decode (about a millisecond): libjpeg's reduced-scale decode adds enough error to
-    double the worst difference between a photo and its re-encoded copy."""
-    with Image.open(io.BytesIO(jpeg)) as im:
-        small = im.convert("RGB").resize((PRINT_SIDE, PRINT_SIDE), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.uint8)
-
-
-def prints_agree(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same picture within JPEG noise. Uniform or smooth frames (a grey card, a clear sky) show
-    only their tone: for them the tolerance is dupes' (pixels.LOW_INFO_TONE per channel), so a
-    thumbnail never merges two frames that `dupes` would call different pictures."""
-    from nearsort.dupes.pixels import LOW_INFO_TONE, low_detail_print
-
-    d = np.abs(a.astype(np.float32) - b.astype(np.float32))
-    if not (d.mean() <= SAME_MEAN and np.percentile(d, 99) <= SAME_P99):
-        return False
-    return not (low_detail_print(a) or low_detail_print(b)) or bool(d.reshape(-1, 3).mean(0).max() <= LOW_INFO_TONE)
-
-
-def same_pixels(jpeg_a: bytes, jpeg_b: bytes) -> bool:
-    """Do two thumbnails show the same picture (within JPEG re-encoding noise)?"""
-    return prints_agree(pixel_print(jpeg_a), pixel_print(jpeg_b))
 
 
 def parse_thumb_filename(filename: str) -> tuple[str, int | None] | None:
