@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,11 +21,10 @@ from PIL import Image
 
 from nearsort.ingest.decode import DecodeError, decode_bytes
 from nearsort.ingest.scan import special_file
+# the names of what this module makes (imported from here by resize, refresh, dupes ...)
+from nearsort.store.thumbmeta import NAME_RE, THUMB_EXT, name_phash, parse_thumb_filename, thumb_name  # noqa: F401
 
-THUMB_EXT = ".jpg"
 JPEG_QUALITY = 85
-# optional '{rank}_' prefix (refresh), then the name, with its optional '_{n}' collision suffix
-NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16}(?:_[1-9]\d*)?)\.jpg$")
 
 
 @dataclass
@@ -55,26 +53,6 @@ class FileResult:
     @property
     def name(self) -> str:
         return thumb_name(self.width, self.height, self.phash)
-
-
-def thumb_name(width: int, height: int, phash: str, n: int = 1) -> str:
-    """``'{W}x{H}_{phash}'``, or ``'{W}x{H}_{phash}_{n}'`` for the n-th distinct picture (n >= 2)."""
-    base = f"{width}x{height}_{phash}"
-    return base if n <= 1 else f"{base}_{n}"
-
-
-def name_phash(name: str) -> str:
-    """The 16-hex-digit phash in a thumbnail name (with or without its '_n' suffix)."""
-    return name.split("_")[1]
-
-
-def parse_thumb_filename(filename: str) -> tuple[str, int | None] | None:
-    """``'000123_4000x3000_abcd....jpg'`` -> ``('4000x3000_abcd...', 123)``; None if not ours."""
-    m = NAME_RE.match(filename)
-    if not m:
-        return None
-    rank = m.group("rank")
-    return m.group("name"), (int(rank) if rank is not None else None)
 
 
 def layout_folder(layout: str, phash: str, capture_time: str | None, mtime_ns: int) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nearsort.store import queries, thumbmeta
+from nearsort.store.thumbmeta import parse_thumb_filename
 from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
 from nearsort.frames import same_pixels
-from nearsort.ingest.thumbs import parse_thumb_filename
 
 
 def _fs(path_blob: bytes) -> str:

@@ -3,6 +3,7 @@
 One JSON document in JPEG COM segments (magic ``nearsort-meta/1``, split over as many segments as
 it needs, so any number of source paths fits); every JPEG reader ignores them. Non-UTF-8 paths
 round-trip exactly. The document: docs/design.md, "Thumbnail metadata".
+File names: ``[{rank}_]{W}x{H}_{phash}[_{n}].jpg`` (:func:`thumb_name`, :func:`parse_thumb_filename`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,31 @@ from pathlib import Path
 
 MAGIC = b"nearsort-meta/1 "
 _SEG_MAX = 65533 - len(MAGIC) - 4  # 2-byte length field includes itself; 4 bytes for index/count
+
+
+THUMB_EXT = ".jpg"
+# optional '{rank}_' prefix (refresh), then the name, with its optional '_{n}' collision suffix
+NAME_RE = re.compile(r"^(?:(?P<rank>\d+)_)?(?P<name>\d+x\d+_[0-9a-f]{16}(?:_[1-9]\d*)?)\.jpg$")
+
+
+def thumb_name(width: int, height: int, phash: str, n: int = 1) -> str:
+    """``'{W}x{H}_{phash}'``, or ``'{W}x{H}_{phash}_{n}'`` for the n-th distinct picture (n >= 2)."""
+    base = f"{width}x{height}_{phash}"
+    return base if n <= 1 else f"{base}_{n}"
+
+
+def name_phash(name: str) -> str:
+    """The 16-hex-digit phash in a thumbnail name (with or without its '_n' suffix)."""
+    return name.split("_")[1]
+
+
+def parse_thumb_filename(filename: str) -> tuple[str, int | None] | None:
+    """``'000123_4000x3000_abcd....jpg'`` -> ``('4000x3000_abcd...', 123)``; None if not ours."""
+    m = NAME_RE.match(filename)
+    if not m:
+        return None
+    rank = m.group("rank")
+    return m.group("name"), (int(rank) if rank is not None else None)
 
 
 class NotAThumbnail(ValueError):
