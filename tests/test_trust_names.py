@@ -334,14 +334,15 @@ def test_vector_row_records_follow_the_committed_rows(tmp_path):
     from nearsort.embed import featurize as F
     from nearsort.store.catalog import state_dir
     from nearsort.vectors.index import VectorIndex
+    from nearsort.vectors.rows import ROWS_FILE, row_dtype
 
     src, out = _library_with_error(tmp_path)
     F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)
-    rows_bin = VectorIndex.folder_for(state_dir(out), LITE0) / F.ROWS_FILE
+    rows_bin = VectorIndex.folder_for(state_dir(out), LITE0) / ROWS_FILE
     size = rows_bin.stat().st_size
-    assert size == 6 * F._row_dtype().itemsize
+    assert size == 6 * row_dtype().itemsize
     with open(rows_bin, "ab") as fh:  # a record written before a crash, never committed
-        fh.write(b"\x00" * F._row_dtype().itemsize + b"torn")
+        fh.write(b"\x00" * row_dtype().itemsize + b"torn")
     F.featurize(out, model=LITE0, device="cpu", **QUIET)
     assert rows_bin.stat().st_size == size
     good = rows_bin.read_bytes()

@@ -19,6 +19,7 @@ import numpy as np
 from nearsort.errors import Interrupted
 from nearsort.store import queries, sync
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
+from nearsort.vectors.rows import CARD_FILE, CARD_FORMAT, NAME_BYTES, ROWS_FILE, row_dtype
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
@@ -78,19 +79,6 @@ def _load_for(name: str, info: dict, device: str, log=None):
 
 # ------------------------------------------------------------------ what each vector row embeds (rebuild)
 
-ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (vectors/index.py): one record per vector row
-CARD_FILE = "model.json"  # the model's catalog row: {"format", "version", "name", "dim", "info"}
-CARD_FORMAT = "nearsort.model"
-_NAME_BYTES = 64
-
-
-def _row_dtype() -> np.dtype:
-    from nearsort.embed.models import TOPK
-
-    return np.dtype([("name", f"S{_NAME_BYTES}"), ("original", "u1", (32,)), ("label", "<i4", (TOPK,)),
-                     ("prob", "<f4", (TOPK,))])
-
-
 def _row_keys(cat: Catalog, tids: list[int]) -> dict[int, tuple[str, str | None]]:
     """thumb id -> (name, content_hash of its first original): what rows.bin records of a thumbnail."""
     return queries.row_keys(cat, tids)
@@ -107,7 +95,7 @@ class _RowLog:
     are cut, missing ones (a store made before rows.bin existed) are filled in from the catalog."""
 
     def __init__(self, folder: Path, n: int, cat: Catalog, model_id: int):
-        self.dtype = _row_dtype()
+        self.dtype = row_dtype()
         self.rec = self.dtype.itemsize
         self.path = folder / ROWS_FILE
         self.fh = open(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
@@ -122,7 +110,7 @@ class _RowLog:
     def _records(self, keys: list[tuple[str, str | None]], topk) -> np.ndarray:
         out = np.zeros(len(keys), self.dtype)
         out["label"] = -1
-        out["name"] = [nm.encode("ascii") if len(nm) <= _NAME_BYTES else b"" for nm, _ in keys]
+        out["name"] = [nm.encode("ascii") if len(nm) <= NAME_BYTES else b"" for nm, _ in keys]
         for i, (_, h) in enumerate(keys):
             if h:
                 out["original"][i] = np.frombuffer(bytes.fromhex(h), np.uint8)
@@ -165,60 +153,12 @@ class _RowLog:
 
 
 def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
-    """Keep the model's catalog row beside its vectors (atomic), for ``reattach_vectors``."""
+    """Keep the model's catalog row beside its vectors (atomic), for ``store.sync.reattach_vectors``."""
     from nearsort.vectors.index import _atomic_write_text
 
     m = queries.model(cat, id=model_id)
     card = {"format": CARD_FORMAT, "version": 1, "name": m.name, "dim": m.dim, "info": m.info}
     _atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=1, sort_keys=True) + "\n")
-
-
-def reattach_vectors(cat: Catalog) -> dict[str, int]:
-    """Re-create the ``models``, ``embeddings`` and ``labels`` rows of every vector store below
-    THUMBS/.nearsort/vectors from its model.json and rows.bin, for the thumbnails the catalog has
-    (the one holding the row's original; by name only for a row recorded without one): a rebuilt
-    catalog keeps every vector, nothing is embedded again. For a
-    catalog just made from the thumbnails (rebuild, resize's first-run import), inside the
-    caller's transaction; a model the catalog already has is left alone. Returns
-    {model name: thumbnails re-attached}."""
-    from nearsort.vectors.index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
-
-    out: dict[str, int] = {}
-    base = state_dir(cat.root) / VECTORS_DIR
-    dtype = _row_dtype()
-    for folder in sorted(base.iterdir() if base.is_dir() else []):
-        try:
-            card, store = _read_json(folder / CARD_FILE), _read_json(folder / STORE_META)
-            n_vec = (folder / STORE_FILE).stat().st_size // (2 * int(card["dim"]))
-            n = min(n_vec, (folder / ROWS_FILE).stat().st_size // dtype.itemsize)
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # a store made before rows.bin, or damaged: featurize embeds again
-        if (card.get("format") != CARD_FORMAT or not store or store.get("model") != card.get("name")
-                or int(store.get("dim", -1)) != int(card["dim"])):
-            continue
-        name = card["name"]
-        if queries.model(cat, name) is not None:
-            continue
-        model_id = queries.add_model(cat, name, int(card["dim"]), card.get("info") or {})
-        recs = np.memmap(folder / ROWS_FILE, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
-        for start in range(0, n, PAGE):
-            chunk = np.array(recs[start:start + PAGE])
-            hashes = [r.tobytes().hex() if r.any() else "" for r in chunk["original"]]
-            names = [x.decode("ascii", "replace") for x in chunk["name"].tolist()]
-            by_hash = queries.thumbs_by_hash(cat, {h for h in hashes if h})
-            by_name = queries.thumbs_by_name(cat, {nm for h, nm in zip(hashes, names) if not h and nm})
-            last: dict[int, int] = {}  # thumb id -> its latest row in this chunk
-            for j, (h, nm) in enumerate(zip(hashes, names)):
-                tid = by_hash.get(h) if h else by_name.get(nm)
-                if tid is not None:
-                    last[tid] = j
-            queries.add_embeddings(cat, model_id, [(t, start + j) for t, j in last.items()], replace=True)
-            queries.replace_labels(cat, model_id, last, [
-                (t, l, p) for t, j in last.items()
-                for l, p in zip(chunk["label"][j].tolist(), chunk["prob"][j].tolist()) if l >= 0])
-        del recs
-        out[name] = queries.count_embeddings(cat, model_id)
-    return out
 
 
 # ------------------------------------------------------------------ featurize

@@ -26,7 +26,8 @@ from nearsort.errors import Interrupted
 from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
 from nearsort.ingest.scan import ScanProblem, walk_images
-from nearsort.store.sync import import_meta, import_tree, iter_thumb_files, reconcile, thumb_meta, write_thumb_meta
+from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
+                                 write_thumb_meta)
 from nearsort.frames import pixel_print, prints_agree
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.workers import pool_context
@@ -184,8 +185,6 @@ class _Scanner(threading.Thread):
 def _open_or_import(out: Path) -> Catalog:
     """Open the catalog; a THUMBS folder with thumbnails but no catalog is rebuilt from them first
     (with the vectors already on disk, like ``nearsort rebuild``)."""
-    from nearsort.embed.featurize import reattach_vectors
-
     fresh = not catalog_path(out).exists()
     cat = Catalog.open(out, create=True)
     if fresh and next(iter_thumb_files(out), None) is not None:

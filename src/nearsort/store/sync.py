@@ -3,6 +3,7 @@
 * ``thumb_meta(cat, thumb_id)``   the metadata document a thumbnail carries (from the catalog)
 * ``import_meta(cat, relpath, meta)``   the reverse: put one thumbnail's metadata into the catalog
 * ``rebuild(root)``   recreate the catalog from the thumbnails alone
+* ``reattach_vectors(cat)``   the vectors saved on disk, back into a rebuilt catalog
 * ``reconcile(cat)``   find every thumbnail wherever it lives below THUMBS (users move them)
 """
 from __future__ import annotations
@@ -13,10 +14,15 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nearsort.store import queries, thumbmeta
-from nearsort.store.thumbmeta import parse_thumb_filename
-from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, writer_lock
+import numpy as np
+
 from nearsort.frames import same_pixels
+from nearsort.store import queries, thumbmeta
+from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, state_dir, writer_lock
+from nearsort.store.thumbmeta import parse_thumb_filename
+from nearsort.vectors.rows import saved_stores
+
+_PAGE = 4096  # vector rows re-attached per step
 
 
 def _fs(path_blob: bytes) -> str:
@@ -149,6 +155,40 @@ def import_tree(cat: Catalog, run_id: int | None = None,
     return n_files, n_thumbs, problems
 
 
+def reattach_vectors(cat: Catalog) -> dict[str, int]:
+    """Re-create the ``models``, ``embeddings`` and ``labels`` rows of every vector store below
+    THUMBS/.nearsort/vectors from what is saved beside it (``vectors.rows``), for the thumbnails
+    the catalog has (the one holding the row's original; by name only for a row recorded without
+    one): a rebuilt catalog keeps every vector, nothing is embedded again. For a catalog just made
+    from the thumbnails (rebuild, resize's first-run import), inside the caller's transaction; a
+    model the catalog already has is left alone. Returns {model name: thumbnails re-attached}."""
+    out: dict[str, int] = {}
+    for saved in saved_stores(state_dir(cat.root)):
+        card, recs, n = saved.card, saved.records, len(saved.records)
+        name = card["name"]
+        if queries.model(cat, name) is not None:
+            continue
+        model_id = queries.add_model(cat, name, int(card["dim"]), card.get("info") or {})
+        for start in range(0, n, _PAGE):
+            chunk = np.array(recs[start:start + _PAGE])
+            hashes = [r.tobytes().hex() if r.any() else "" for r in chunk["original"]]
+            names = [x.decode("ascii", "replace") for x in chunk["name"].tolist()]
+            by_hash = queries.thumbs_by_hash(cat, {h for h in hashes if h})
+            by_name = queries.thumbs_by_name(cat, {nm for h, nm in zip(hashes, names) if not h and nm})
+            last: dict[int, int] = {}  # thumb id -> its latest row in this chunk
+            for j, (h, nm) in enumerate(zip(hashes, names)):
+                tid = by_hash.get(h) if h else by_name.get(nm)
+                if tid is not None:
+                    last[tid] = j
+            queries.add_embeddings(cat, model_id, [(t, start + j) for t, j in last.items()], replace=True)
+            queries.replace_labels(cat, model_id, last, [
+                (t, l, p) for t, j in last.items()
+                for l, p in zip(chunk["label"][j].tolist(), chunk["prob"][j].tolist()) if l >= 0])
+        del recs, saved
+        out[name] = queries.count_embeddings(cat, model_id)
+    return out
+
+
 def _set_aside(cpath: Path, damaged: bool) -> Path:
     """Move the catalog (with its -wal/-shm) to a new name beside it; return that name."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -166,11 +206,9 @@ def _set_aside(cpath: Path, damaged: bool) -> Path:
 
 def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
     """Recreate the catalog from the thumbnails below ``root``, and re-attach the vectors already
-    on disk (``embed.featurize.reattach_vectors``; ``vectors`` in the summary: {model: thumbnails}).
+    on disk (:func:`reattach_vectors`; ``vectors`` in the summary: {model: thumbnails}).
     The old catalog is kept aside (``catalog.before-rebuild.<time>.sqlite``, or
     ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in."""
-    from nearsort.embed.featurize import reattach_vectors
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
