@@ -13,7 +13,9 @@ from rich.markup import escape
 
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
-from nearsort.textsafe import term
+# a file name, path, tag or message in a rich markup line: textsafe.markup; lines printed with
+# markup=False or plain print() use term() alone
+from nearsort.textsafe import markup as _name, term
 
 app = typer.Typer(
     add_completion=False,
@@ -31,13 +33,6 @@ def fail(msg: str, code: int = 2) -> None:
     safe = "\n".join(term(line) for line in str(msg).split("\n"))
     err.print(f"[bold red]error:[/] {escape(safe)}", highlight=False)
     raise typer.Exit(code)
-
-
-def _name(s) -> str:
-    """A file name, path, tag or message for a rich markup line: textsafe.term, then markup-escaped
-    (a file named "[bold]x" prints as it is named). Lines printed with markup=False or plain
-    print() use term() alone."""
-    return escape(term(s))
 
 
 class _Progress:

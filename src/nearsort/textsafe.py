@@ -2,7 +2,7 @@
 
 File names may hold anything a POSIX name can (escape sequences, bidi overrides, bytes that are not
 UTF-8, ``=HYPERLINK(...)``); every place that writes one goes through here: ``term`` for terminal
-lines (display only, not reversible), ``encode_path`` / ``decode_path`` (reversible UTF-8 text:
+lines (display only, not reversible; ``markup`` for a rich markup line), ``encode_path`` / ``decode_path`` (reversible UTF-8 text:
 ``\\\\`` and ``\\xNN`` escapes), ``csv_cell`` / ``csv_uncell`` (a leading apostrophe against formula
 injection, reversible). Exact rules: docs/design.md, "textsafe".
 """
@@ -31,6 +31,13 @@ def term(s) -> str:
     if isinstance(s, (bytes, os.PathLike)):
         s = os.fsdecode(s)
     return _TERM_UNSAFE.sub(_term_escape, str(s))
+
+
+def markup(s) -> str:
+    """``term(s)`` for a rich markup line: also markup-escaped, so ``[bold]`` in a name is text."""
+    from rich.markup import escape
+
+    return escape(term(s))
 
 
 def encode_path(p) -> str:

@@ -29,7 +29,7 @@ class EmbeddedBatch(NamedTuple):
 
 
 def _default_on_error(index: int, path, exc: BaseException) -> None:
-    print(f"skipped unreadable image {term(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: "
+    print(f"skipped unreadable image {term(path)}: "
           f"{term(f'{type(exc).__name__}: {exc}')}", file=sys.stderr, flush=True)
 
 
