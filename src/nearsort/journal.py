@@ -4,7 +4,9 @@ Every move is journaled before it happens and never overwrites; an op killed at 
 finished by :func:`recover` (roll forward, each row decided from the filesystem); :func:`undo_last`
 reverts one op at a time, as a journaled op itself. The journal knows no kinds: a row's ``kind``
 names a :class:`Kind` that the module owning those files registers on import (refresh: ``thumb``,
-dupes.quarantine: ``original``). How and why: docs/design.md, "refresh".
+dupes.quarantine: ``original``); whoever recovers or undoes imports the modules of the kinds it may
+meet. A kind nobody registered is refused before anything moves; ``recover(kinds=...)`` finishes
+only the ops it can handle. How and why: docs/design.md, "refresh".
 """
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 File names may hold anything a POSIX name can (escape sequences, bidi overrides, bytes that are not
 UTF-8, ``=HYPERLINK(...)``); every place that writes one goes through here: ``term`` for terminal
-lines (display only, not reversible; ``markup`` for a rich markup line), ``encode_path`` / ``decode_path`` (reversible UTF-8 text:
-``\\\\`` and ``\\xNN`` escapes), ``csv_cell`` / ``csv_uncell`` (a leading apostrophe against formula
-injection, reversible). Exact rules: docs/design.md, "textsafe".
+lines (display only, not reversible; ``markup`` for a line printed with rich markup),
+``encode_path`` / ``decode_path`` (reversible UTF-8 text: ``\\\\`` and ``\\xNN`` escapes),
+``csv_cell`` / ``csv_uncell`` (a leading apostrophe against formula injection, reversible).
+Exact rules: docs/design.md, "textsafe".
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 One JSON document in JPEG COM segments (magic ``nearsort-meta/1``, split over as many segments as
 it needs, so any number of source paths fits); every JPEG reader ignores them. Non-UTF-8 paths
 round-trip exactly. The document: docs/design.md, "Thumbnail metadata".
+
 File names: ``[{rank}_]{W}x{H}_{phash}[_{n}].jpg`` (:func:`thumb_name`, :func:`parse_thumb_filename`).
 """
 from __future__ import annotations
