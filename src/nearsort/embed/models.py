@@ -10,6 +10,7 @@ embeddings in the same space. Details: docs/design.md, "Model registry".
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -39,6 +41,7 @@ PREFERRED_CLIP = [
 ]
 ENV_CLIP_WEIGHTS = "NEARSORT_CLIP_WEIGHTS"
 ENV_CLIP_MODEL = "NEARSORT_CLIP_MODEL"  # architecture[/tag] for $NEARSORT_CLIP_WEIGHTS (default ViT-B-32)
+ENV_CACHE_DIR = "NEARSORT_CACHE_DIR"  # per-user cache (ONNX graphs, what ``auto`` found): see cache_dir()
 TOPK = 5
 
 LogFn = Callable[[str], None]
@@ -281,6 +284,29 @@ class ModelRef:
 
 def parse_name(name: str) -> ModelRef:
     """Parse a registry name (not 'auto')."""
+    ref = _parse_prefixed(name)
+    if ref is not None:
+        return ref
+    raw = (name or "").strip()
+    # bare name: timm first, then torchvision
+    import timm
+
+    if timm.is_model(raw):
+        return ModelRef("timm", raw)
+    try:
+        import torchvision.models as tvm
+
+        if raw in tvm.list_models(module=tvm):
+            return ModelRef("tv", raw)
+    except Exception:  # pragma: no cover
+        pass
+    raise ModelUnavailable(
+        f"unknown model name {name!r}; use efficientnet-lite0, clip:ARCH or clip:ARCH/TAG (open_clip), timm:NAME or tv:NAME, or auto"
+    )
+
+
+def _parse_prefixed(name: str) -> ModelRef | None:
+    """The part of :func:`parse_name` that needs no model library: None for a bare timm/tv name."""
     raw = (name or "").strip()
     low = raw.lower()
     base, _, ftag = low.partition("/")
@@ -301,21 +327,37 @@ def parse_name(name: str) -> ModelRef:
         raise ModelUnavailable(
             f"unknown model name {name!r}; use efficientnet-lite0, clip:ARCH or clip:ARCH/TAG, timm:NAME, tv:NAME or auto"
         )
-    # bare name: timm first, then torchvision
-    import timm
+    return None
 
-    if timm.is_model(raw):
-        return ModelRef("timm", raw)
+
+def known_name(name: str = "auto", weights: str | os.PathLike | None = None) -> str | None:
+    """The name :func:`load_model` would give the model, found without importing torch or a model
+    library (featurize uses it to see that there is nothing to do); None when only loading can
+    tell (a bare timm/tv name, a CLIP name without tag, ``auto`` before its first load here)."""
+    name = (name or "auto").strip()
+    if name.lower() == "auto":
+        found = find_local_clip(weights, quick=True)
+        if found is _UNKNOWN:
+            return None
+        if found is None:
+            return DEFAULT_CNN
+        name, weights = found
     try:
-        import torchvision.models as tvm
-
-        if raw in tvm.list_models(module=tvm):
-            return ModelRef("tv", raw)
-    except Exception:  # pragma: no cover
-        pass
-    raise ModelUnavailable(
-        f"unknown model name {name!r}; use efficientnet-lite0, clip:ARCH or clip:ARCH/TAG (open_clip), timm:NAME or tv:NAME, or auto"
-    )
+        ref = _parse_prefixed(name)
+        path = _check_weights(weights)
+    except ModelUnavailable:
+        return None
+    if ref is None:
+        return None
+    if ref.family == "lite0":
+        return f"{DEFAULT_CNN}/{_file_tag(path)}" if path else DEFAULT_CNN
+    if ref.family == "clip":
+        if ref.tag and ref.tag.lower() in ("random", "none"):
+            return f"clip:{ref.arch}/random"
+        if ref.tag:
+            return f"clip:{ref.arch}/{ref.tag}"
+        return f"clip:{ref.arch}/{_file_tag(path)}" if path else None
+    return f"{ref.family}:{ref.arch}/{_file_tag(path)}" if path else ref.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,14 +416,90 @@ def default_clip_tag(arch: str) -> str:
     )
 
 
-def find_local_clip(weights: str | os.PathLike | None = None) -> tuple[str, str | None] | None:
-    """What ``auto`` would use for CLIP: (model name, weights path or None) or None when nothing is local."""
+def cache_dir() -> Path:
+    """nearsort's per-user cache: $NEARSORT_CACHE_DIR, else $XDG_CACHE_HOME/nearsort, else ~/.cache/nearsort."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "nearsort"
+
+
+_UNKNOWN = object()  # find_local_clip(quick=True): only importing open_clip can tell
+_AUTO_MEMO = "auto-model.json"
+
+
+def _weights_caches_signature() -> str:
+    """A digest of what :func:`find_local_clip` looks at, by ``stat`` only: open_clip's registry
+    file and every repository / snapshot folder of the Hugging Face hub cache and ~/.cache/clip
+    (a download or deletion changes a folder's mtime)."""
+    import importlib.util
+
+    parts: list = [os.environ.get(ENV_CLIP_MODEL)]
+    try:
+        import huggingface_hub.constants as hc
+
+        hub = str(hc.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover
+        hub = ""
+    spec = importlib.util.find_spec("open_clip")
+    dirs = [os.path.join(os.path.dirname(spec.origin), "pretrained.py")] if spec and spec.origin else []
+    for top in (hub, os.path.expanduser("~/.cache/clip")):
+        dirs.append(top)
+        try:
+            repos = sorted(e.path for e in os.scandir(top))
+        except OSError:
+            continue
+        for repo in repos:
+            dirs += [repo, os.path.join(repo, "snapshots")]
+            try:
+                dirs += sorted(e.path for e in os.scandir(os.path.join(repo, "snapshots")))
+            except OSError:
+                pass
+    for d in dirs:
+        try:
+            st = os.stat(d)
+            parts.append((d, st.st_mtime_ns, st.st_size))
+        except OSError:
+            parts.append((d, None))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def find_local_clip(weights: str | os.PathLike | None = None, *, quick: bool = False):
+    """What ``auto`` would use for CLIP: (model name, weights path or None) or None when nothing is local.
+
+    The answer of the last full look (which imports open_clip) is kept in :func:`cache_dir` with
+    :func:`_weights_caches_signature`; while that matches it is given without importing anything.
+    ``quick=True``: return ``_UNKNOWN`` instead of importing open_clip."""
     w = weights or os.environ.get(ENV_CLIP_WEIGHTS)
     if w:
         spec = os.environ.get(ENV_CLIP_MODEL) or DEFAULT_CLIP_ARCH
         if not spec.lower().startswith("clip:"):
             spec = "clip:" + spec
         return spec, str(w)
+    memo = cache_dir() / _AUTO_MEMO
+    sig = _weights_caches_signature()
+    try:
+        kept = json.loads(memo.read_text())
+        if kept.get("signature") == sig:
+            return tuple(kept["found"]) if kept.get("found") else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    if quick:
+        return _UNKNOWN
+    found = _find_local_clip()
+    try:
+        import tempfile
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=memo.parent, delete=False, suffix=".tmp") as fh:
+            json.dump({"signature": sig, "found": list(found) if found else None}, fh)
+        os.replace(fh.name, memo)
+    except OSError:
+        pass  # an unwritable cache: the next run looks again
+    return found
+
+
+def _find_local_clip() -> tuple[str, None] | None:
     try:
         import open_clip
     except Exception:  # pragma: no cover
