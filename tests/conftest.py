@@ -63,3 +63,17 @@ def shared_bench() -> Path:
     if not (SHARED / "originals").is_dir():
         pytest.skip("../shared/bench is not present (only in the project's CI workspace)")
     return SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nearsort_cache(tmp_path_factory) -> Path:
+    """nearsort's per-user cache (ONNX graphs, what ``auto`` found) in a folder of this test session,
+    for every test and every CLI subprocess it starts; not the user's ~/.cache."""
+    old = os.environ.get("NEARSORT_CACHE_DIR")
+    path = tmp_path_factory.mktemp("nearsort-cache")
+    os.environ["NEARSORT_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("NEARSORT_CACHE_DIR", None)
+    else:
+        os.environ["NEARSORT_CACHE_DIR"] = old

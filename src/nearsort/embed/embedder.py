@@ -1,9 +1,10 @@
 """Run a :class:`~nearsort.embed.models.Model` over many images, fast and with bounded memory.
 
-Decoding and preprocessing run in threads while the model runs the previous batch; at most
-``batch * (prefetch + 1)`` images are in flight (a stream of 10^7 paths is fine); unreadable files
-are reported (``on_error``) and skipped. ``embed_files`` yields batches with ``indices`` (positions
-in the input), L2-normalised float32 ``vectors`` and ImageNet ``topk`` (CNNs). docs/design.md, "Embedder".
+Decoding and preprocessing run in threads while the model runs the previous batch on its backend
+(``backends.py``: ONNX Runtime on the CPU, else torch); at most ``batch * (prefetch + 1)`` images are
+in flight (a stream of 10^7 paths is fine); unreadable files are reported (``on_error``) and skipped.
+``embed_files`` yields batches with ``indices`` (positions in the input), L2-normalised float32
+``vectors`` and ImageNet ``topk`` (CNNs). docs/design.md, "Embedder".
 """
 from __future__ import annotations
 
@@ -56,13 +57,17 @@ def embed_files(
     on_error: ErrorFn | None = None,
     prefetch: int = 2,
     topk: int = TOPK,
+    backend=None,
 ) -> Iterator[EmbeddedBatch]:
     """Embed image files (paths, or anything ``Model.prepare`` takes) in batches (see the module docstring).
+
+    ``backend``: what runs the model (``backends.select``); default ``Model.forward`` (torch).
 
     ``progress(done, total)`` is called after every batch (``total`` is None for a plain iterator).
     ``on_error(index, path, exc)`` is called for each unreadable file (default: one line on stderr).
     """
     batch = max(1, int(batch))
+    forward = (backend or model).forward
     workers = default_workers(model) if not workers else max(1, int(workers))
     on_error = on_error or _default_on_error
     total = len(paths) if hasattr(paths, "__len__") else None  # type: ignore[arg-type]
@@ -102,7 +107,7 @@ def embed_files(
                     if len(pending) < window - batch:
                         fill()  # keep the workers busy while this batch is collected
                 if arrays:
-                    vecs, top = model.forward(np.stack(arrays), topk=topk)
+                    vecs, top = forward(np.stack(arrays), topk=topk)
                     if progress:
                         progress(done, total)
                     yield EmbeddedBatch(idxs, vecs, top)
@@ -134,16 +139,17 @@ def embed_text(model: Model, texts: Sequence[str]) -> np.ndarray:
     return model.encode_text(texts)
 
 
-def bare_forward_rate(model: Model, batch: int = 32, iters: int = 4, warmup: int = 1) -> float:
+def bare_forward_rate(model: Model, batch: int = 32, iters: int = 4, warmup: int = 1, backend=None) -> float:
     """Images/s of the model alone on random uint8 input (incl. normalisation), for benchmarks."""
     import time
 
+    forward = (backend or model).forward
     s = model.preprocess.size
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(batch, s, s, 3), dtype=np.uint8)
     for _ in range(warmup):
-        model.forward(x)
+        forward(x)
     t = time.perf_counter()
     for _ in range(iters):
-        model.forward(x)
+        forward(x)
     return batch * iters / (time.perf_counter() - t)

@@ -1,0 +1,276 @@
+"""Inference backends: the registry (models.py) defines a model, a backend runs its image tower.
+
+``torch``  the model's own module (BN folded, channels_last): CUDA / MPS, and the fallback.
+``onnx``   ONNX Runtime on the CPU. The image tower is exported once (``torch.onnx.export``,
+           dynamo exporter -- the legacy TorchScript one is deprecated and gave a slower graph)
+           with uint8 NHWC input, normalisation, L2 norm and softmax inside the graph.
+``auto``   onnx when the model runs on the CPU, else torch; onnx falls back to torch with one
+           line when the model cannot be exported or its graph disagrees with torch.
+
+Graphs are cached in ``models.cache_dir()/onnx/<slug>-<key>/`` (``model.onnx`` + its weights
+file + ``check.json``), key = sha256 of the model name, a hash of the weights as exported, the
+preprocessing and GRAPH_VERSION. Per user, not in THUMBS: a graph depends on the model alone, like
+the torch / Hugging Face weight caches it is made from, so every library shares it and THUMBS
+(copied and backed up with the thumbnails) does not grow by 18-350 MB per model.
+
+Check: the first time a graph is used, its vectors for up to CHECK_IMAGES real images (featurize
+passes its first thumbnails) are compared with torch's; every cosine must be >= MIN_COSINE, else the
+graph is recorded as bad (``check.json``) and torch is used. A model the exporter fails on is
+recorded the same way, so neither is tried again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+
+from nearsort.embed.models import TOPK, Model, ModelUnavailable, cache_dir
+
+BACKENDS = ("auto", "torch", "onnx")
+MIN_COSINE = 0.999
+CHECK_IMAGES = 8
+GRAPH_VERSION = 1  # bump when the exported graph's inputs/outputs change
+
+LogFn = Callable[[str], None]
+
+
+class Backend(Protocol):
+    name: str
+    model: Model
+
+    def forward(self, batch: np.ndarray, *, topk: int = TOPK): ...
+
+
+class TorchBackend:
+    """``Model.forward`` itself."""
+
+    name = "torch"
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def forward(self, batch: np.ndarray, *, topk: int = TOPK):
+        return self.model.forward(batch, topk=topk)
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OnnxBackend:
+    """An ONNX Runtime session over the exported graph; same results as ``Model.forward``."""
+
+    name = "onnx"
+
+    def __init__(self, model: Model, graph: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or cpu_threads()
+        so.inter_op_num_threads = 1
+        # no busy-waiting between batches: the decode threads need those cycles
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        self.model = model
+        self.graph = graph
+        self.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        self._labels = len(self.session.get_outputs()) > 1
+
+    def forward(self, batch: np.ndarray, *, topk: int = TOPK):
+        outs = self.session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.uint8)})
+        vecs = np.asarray(outs[0], dtype=np.float32)
+        if not (self._labels and topk):
+            return vecs, None
+        probs = np.asarray(outs[1], dtype=np.float32)
+        ids = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+        return vecs, (ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1))
+
+
+# ------------------------------------------------------------------ export + cache
+
+
+def weights_hash(model: Model) -> str:
+    """sha256 over the names, shapes and bytes of the tensors the image tower is exported from."""
+    import hashlib
+
+    import torch
+
+    net = model.net.visual if model.kind == "clip" else model.net
+    h = hashlib.sha256()
+    for k, t in sorted({**dict(net.named_parameters()), **dict(net.named_buffers())}.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def graph_dir(model: Model, root: Path | None = None) -> Path:
+    import hashlib
+
+    key = json.dumps({"name": model.name, "weights": weights_hash(model), "preprocess": model.preprocess.as_dict(),
+                      "labels": model.has_labels, "graph": GRAPH_VERSION}, sort_keys=True)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.name)[:60]
+    return (root or cache_dir() / "onnx") / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _graph_module(model: Model):
+    import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model.net
+            pre = model.preprocess
+            self.register_buffer("mean", torch.tensor([v * 255.0 for v in pre.mean]).view(1, 3, 1, 1))
+            self.register_buffer("inv_std", torch.tensor([1.0 / (v * 255.0) for v in pre.std]).view(1, 3, 1, 1))
+
+        def forward(self, x):  # uint8 (b, H, W, 3)
+            x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            feats, logits = model._image_fn(self.net, x)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+            if logits is not None and model.has_labels:
+                return feats, logits.float().softmax(-1)
+            return (feats,)
+
+    return Graph().eval()
+
+
+def export(model: Model, out: Path) -> None:
+    """Export the image tower of ``model`` to ``out/model.onnx`` (+ ``model.onnx.data``)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    import torch
+
+    s = model.preprocess.size
+    x = torch.zeros((2, s, s, 3), dtype=torch.uint8)
+    exporter_log = logging.getLogger("torch.onnx")
+    old = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_graph_module(model), (x,), str(out / "model.onnx"), input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=True)
+    finally:
+        exporter_log.setLevel(old)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def check(model: Model, backend: Backend, images: Iterable) -> dict:
+    """Vectors of ``backend`` vs torch's on up to CHECK_IMAGES of ``images`` (paths or PIL images;
+    unreadable ones are skipped): {"ok", "min_cosine", "images"}; ok is None when none was readable."""
+    arrays = []
+    for im in images:
+        try:
+            arrays.append(model.prepare(im))
+        except Exception:  # noqa: BLE001 -- an unreadable file: the next one
+            continue
+        if len(arrays) >= CHECK_IMAGES:
+            break
+    if not arrays:
+        return {"ok": None, "min_cosine": None, "images": 0}
+    x = np.stack(arrays)
+    cos = float(_cosines(backend.forward(x)[0], model.forward(x)[0]).min())
+    return {"ok": cos >= MIN_COSINE, "min_cosine": round(cos, 7), "images": len(arrays)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(fh.name, path)
+
+
+_SESSIONS: dict[tuple, OnnxBackend] = {}
+
+
+def onnx_backend(model: Model, images: Iterable = (), *, root: Path | None = None, log: LogFn | None = None,
+                 threads: int | None = None) -> OnnxBackend:
+    """The checked ONNX backend of ``model`` (exported and checked on ``images`` the first time).
+    Raises ModelUnavailable with the reason when it cannot be used."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if model.device.type != "cpu":
+        raise ModelUnavailable(f"--backend onnx runs on the CPU; {model.name} was loaded on {model.device} "
+                               "(use --device cpu, or --backend torch)")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ModelUnavailable(f"ONNX Runtime is not installed ({e}); pip install onnxruntime onnxscript") from e
+    folder = graph_dir(model, root)
+    key = (str(folder), threads)
+    if key in _SESSIONS and _SESSIONS[key].model is model:
+        return _SESSIONS[key]
+    info_path = folder / "check.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    if info is None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+        log(f"exporting {model.name} to ONNX once (cached in {folder.parent})...")
+        try:
+            export(model, tmp)
+            info = {"model": model.name, "ok": None}
+        except ImportError as e:  # onnx / onnxscript missing: nothing to record
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelUnavailable(f"the ONNX exporter needs {e.name or e} (pip install onnx onnxscript)") from e
+        except Exception as e:  # noqa: BLE001 -- the exporter fails on this model: recorded, not retried
+            for p in tmp.iterdir():
+                p.unlink()
+            info = {"model": model.name, "ok": False, "error": f"export failed: {type(e).__name__}: {str(e)[:300]}"}
+        _write_json(tmp / "check.json", info)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process made it first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            info = json.loads(info_path.read_text())
+    if info.get("ok") is False:
+        raise ModelUnavailable(info.get("error") or f"its ONNX graph disagrees with torch (min cosine "
+                                                     f"{info.get('min_cosine')} < {MIN_COSINE})")
+    be = OnnxBackend(model, folder / "model.onnx", threads)
+    if info.get("ok") is None:
+        res = check(model, be, images)
+        if res["ok"] is None:
+            raise ModelUnavailable("its ONNX graph is not checked yet (no readable image to check it on)")
+        info.update(res)
+        if not res["ok"]:
+            info["error"] = (f"its ONNX graph disagrees with torch on real images (min cosine {res['min_cosine']} "
+                             f"< {MIN_COSINE})")
+        _write_json(info_path, info)
+        if not res["ok"]:
+            raise ModelUnavailable(info["error"])
+        log(f"ONNX graph of {model.name} matches torch on {res['images']} images (min cosine {res['min_cosine']})")
+    _SESSIONS.clear()  # one session kept: the last one used
+    _SESSIONS[key] = be
+    return be
+
+
+def select(model: Model, backend: str = "auto", images: Iterable = (), *, log: LogFn | None = None,
+           root: Path | None = None) -> Backend:
+    """The backend to run ``model`` with (see module doc). ``images``: real images for the first check.
+    ``auto`` falls back to torch with one line on ``log``; ``onnx`` raises ModelUnavailable instead."""
+    backend = (backend or "auto").lower()
+    if backend not in BACKENDS:
+        raise ModelUnavailable(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and model.device.type != "cpu"):
+        return TorchBackend(model)
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        return onnx_backend(model, images, root=root, log=log)
+    except (ModelUnavailable, OSError) as e:
+        if backend == "onnx":
+            if isinstance(e, ModelUnavailable):
+                raise
+            raise ModelUnavailable(f"--backend onnx: cannot write the ONNX cache: {e}") from e
+        log(f"note: {model.name} runs on torch, not ONNX Runtime: {e}")
+        return TorchBackend(model)
