@@ -210,6 +210,9 @@ def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
         out.print(f"last run: {last[0]} ({last[1]})")
 
 # --------------------------------------------------------------------------- featurize / search / similar
+BACKEND_HELP = "auto (ONNX Runtime on the CPU, else torch) | onnx | torch."
+
+
 @app.command()
 def featurize(
     thumbs: Path = typer.Argument(..., help="THUMBS folder."),
@@ -217,6 +220,7 @@ def featurize(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (no download)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
     batch: int = typer.Option(32, "--batch", help="Images per batch."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Embed every thumbnail that has no vector for the model yet (resumable)."""
@@ -230,7 +234,7 @@ def featurize(
     with _Progress("featurize", not as_json) as prog:
         try:
             s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
-                     progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
+                     backend=backend, progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
         except Interrupted as e:
             s, interrupted = e.summary, True
     if as_json:
@@ -238,7 +242,7 @@ def featurize(
     else:
         rw = " [yellow](random weights — speed test only)[/]" if s.get("random_weights") else ""
         out.print(
-            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {_name(s['model'])}{rw} on {_name(s['device'])}: "
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {_name(s['model'])}{rw} on {_name(s['device'] or 'no device (nothing to embed)')}{' via ' + s['backend'] if s.get('backend') else ''}: "
             f"{s['embedded']} thumbnails embedded, {s['already']} already had a vector, {s['errors']} unreadable "
             f"({s['images_per_second']} images/s)."
         )
@@ -430,6 +434,7 @@ def run(
     apply: bool = typer.Option(False, "--apply", help="Really rename (default: show the refresh plan only)."),
     layout: str = typer.Option("week", "--layout", help="Thumbnail folders for new thumbnails: week | hash."),
     per_page: int = typer.Option(500, "--per-page"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ):
     """resize → featurize → analyze → refresh, in one go (refresh is a dry run unless --apply)."""
     from nearsort.order.analyze import analyze as do_analyze
@@ -445,7 +450,7 @@ def run(
             raise typer.Exit(130)
     out.print(f"resize: {s['processed']} processed, {s['unchanged']} unchanged, {s['errors']} errors")
     with _Progress("2/4 featurize", True) as prog:
-        f = _run(featurize, out_dir, model=model, progress=prog)
+        f = _run(featurize, out_dir, model=model, backend=backend, progress=prog)
     out.print(f"featurize: model {_name(f.get('model'))}, {f.get('embedded', 0)} new vectors")
     with _Progress("3/4 analyze", True) as prog:
         a = _run(do_analyze, out_dir, model=f.get("model"), fast=fast, progress=prog)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -164,6 +164,12 @@ def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
 # ------------------------------------------------------------------ featurize
 
 
+def _check_images(cat: Catalog, model_id: int, n: int = 32) -> list[Path]:
+    """The first thumbnails to embed (that exist): real images for the backend's first check."""
+    return [p for p in (cat.thumb_abspath(rel) for _, rel in queries.unembedded_page(cat, model_id, -1, n))
+            if p.is_file()]
+
+
 def featurize(
     root: str | os.PathLike,
     model: str = "auto",
@@ -174,37 +180,56 @@ def featurize(
     *,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
+    backend: str = "auto",
 ) -> dict:
     """Embed every thumbnail of THUMBS=``root`` that has no vector for ``model`` yet (docs/design.md, "embed").
 
+    ``backend``: ``auto`` (ONNX Runtime on the CPU, else torch), ``onnx`` or ``torch`` (backends.py).
+    When the model's name is known without loading it (``models.known_name``) and every thumbnail
+    has a vector for it, nothing is loaded: no torch, no model (``device`` and ``backend`` None).
     Returns a summary dict (``model`` is the resolved name -- ``auto`` says which it picked).
     Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
     """
-    from nearsort.embed.embedder import embed_files
+    from nearsort.embed.backends import BACKENDS
+    from nearsort.embed.models import known_name
     from nearsort.vectors.index import VectorIndex
-    from nearsort.embed.models import load_model
 
+    backend = (backend or "auto").lower()
+    if backend not in BACKENDS:
+        raise CatalogError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend == "onnx" and device == "auto":
+        device = "cpu"  # ONNX Runtime runs on the CPU here
     t0 = time.monotonic()
     root = Path(root)
     cat = Catalog.open(root)  # fails fast (no catalog / locked) before loading a model
     vi = rowlog = None
     try:
-        m = load_model(model, weights=weights, device=device, log=log)
-        model_id = _register_model(cat, m)
-        vi = VectorIndex.open(state_dir(root), m.name, m.dim, valid_rows=queries.valid_rows(cat, model_id))
+        m = None
+        qname = known_name(model, weights)
+        known = queries.model(cat, qname) if qname else None
+        if known is None or queries.count_unembedded(cat, known.id) > 0:
+            from nearsort.embed.models import load_model
+
+            m = load_model(model, weights=weights, device=device, log=log)
+            model_id, name, dim = _register_model(cat, m), m.name, m.dim
+            info = _model_info(m)
+        else:  # nothing to embed: no model is loaded
+            model_id, name, dim, info = known.id, known.name, known.dim, known.info
+        vi = VectorIndex.open(state_dir(root), name, dim, valid_rows=queries.valid_rows(cat, model_id))
         rowlog = _RowLog(vi.folder, len(vi), cat, model_id)
         _save_card(cat, model_id, vi.folder)
         total_thumbs = queries.count_thumbs(cat)
         todo = queries.count_unembedded(cat, model_id)
         summary = {
-            "model": m.name, "requested": model, "kind": m.kind, "dim": m.dim, "device": str(m.device),
-            "random_weights": m.random_weights, "thumbs": total_thumbs, "already": total_thumbs - todo,
+            "model": name, "requested": model, "kind": info.get("kind"), "dim": dim,
+            "device": str(m.device) if m else None, "backend": None,
+            "random_weights": bool(info.get("random_weights")), "thumbs": total_thumbs, "already": total_thumbs - todo,
             "todo": todo, "embedded": 0, "errors": 0, "error_samples": [], "seconds": 0.0,
             "images_per_second": 0.0, "status": "running",
         }
         run_id = queries.start_run(cat, "featurize")
         ids_by_pos: dict[int, int] = {}
-        has_labels = m.has_labels
+        has_labels = m is not None and m.has_labels
         summary.update(relocated=0, missing=0)
         located = False  # sync.reconcile ran (at most once, on the first thumbnail not at its relpath)
 
@@ -249,8 +274,16 @@ def featurize(
         t_run = time.monotonic()
         status = "done"
         try:
-            for b in embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
-                                 on_error=on_error):
+            batches: Iterable = ()
+            if m is not None and todo:
+                from nearsort.embed import backends
+                from nearsort.embed.embedder import embed_files
+
+                runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
+                summary["backend"] = runner.name
+                batches = embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
+                                      on_error=on_error, backend=runner)
+            for b in batches:
                 tids = [ids_by_pos.pop(p) for p in b.indices]
                 rows = vi.append(b.vectors)  # durable before the catalog references it
                 keys = _row_keys(cat, tids)
@@ -277,7 +310,7 @@ def featurize(
         secs = time.monotonic() - t_run
         if status == "done":
             params = vi.save()
-            _update_info(cat, model_id, {**_model_info(m, params)})
+            _update_info(cat, model_id, _model_info(m, params) if m is not None else {"index": params})
             _save_card(cat, model_id, vi.folder)
             summary["index"] = params
         summary["status"] = status
