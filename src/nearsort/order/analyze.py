@@ -3,13 +3,15 @@
 Orderings (``by``): ``similarity`` (default; the chain over one model's embeddings), ``phash``
 (Hamming chain, no model), ``date``, ``size``, ``name``. Ranks go to ``ranks`` under
 ``similarity:<model>`` or the plain ``by`` name, and ``meta.last_ordering`` names the latest, which
-``refresh`` uses by default. Same input -> same order. Details: docs/design.md, "analyze".
+``refresh`` uses by default. Same input -> same order; a similarity order whose input (thumbnails,
+vector rows, ordering code) is unchanged is kept, not recomputed. Details: docs/design.md, "analyze".
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -93,8 +95,16 @@ def analyze(
         all_ids = _thumb_ids(cat)
         if by == "similarity":
             model_id, name, dim = pick_model(cat, model)
-            ids, vecs = load_vectors(cat, model_id, name, dim)
             ordering = f"similarity:{name}"
+            digest = _input_digest(cat, ordering, model_id, fast)
+            kept = _unchanged(cat, ordering, digest)
+            if kept is not None:  # same thumbnails, same vectors, same code: the stored order stands
+                with cat.tx():
+                    queries.set_meta(cat, "last_ordering", ordering)
+                kept.update(unchanged=True, seconds=round(time.monotonic() - t0, 3))
+                queries.finish_run(cat, run_id, "done", json.dumps(kept))
+                return kept
+            ids, vecs = load_vectors(cat, model_id, name, dim)
             summary["model"] = name
             res = orders.similarity_chain(vecs, fast=fast, progress=progress)
             chain_ids = ids[res.order]
@@ -124,10 +134,38 @@ def analyze(
             queries.replace_ranks(cat, ordering, ((int(t), i, None if not np.isfinite(s) else float(s))
                                                   for i, (t, s) in enumerate(zip(chain_ids, steps))))
             queries.set_meta(cat, "last_ordering", ordering)
-        summary.update(ordering=ordering, thumbnails=int(len(chain_ids)),
-                       seconds=round(time.monotonic() - t0, 3))
+            summary.update(ordering=ordering, thumbnails=int(len(chain_ids)),
+                           seconds=round(time.monotonic() - t0, 3))
+            if by == "similarity":
+                queries.set_meta(cat, f"analyzed:{ordering}", json.dumps({"input": digest, "summary": summary}))
         queries.finish_run(cat, run_id, "done", json.dumps(summary))
     return summary
+
+
+def _input_digest(cat: Catalog, ordering: str, model_id: int, fast: bool) -> str:
+    """What a similarity order is a function of, by SQL aggregates (no vector is read): the
+    thumbnails, the committed vector rows (append-only: a row never changes), ``fast`` and the
+    ordering code itself."""
+    import hashlib
+
+    h = hashlib.sha256(repr((ordering, fast, queries.embeddings_digest(cat, model_id))).encode())
+    pkg = Path(__file__).resolve().parents[1]
+    for src in sorted([*(pkg / "order").glob("*.py"), *(pkg / "vectors").glob("*.py")]):
+        h.update(src.read_bytes())
+    return h.hexdigest()
+
+
+def _unchanged(cat: Catalog, ordering: str, digest: str) -> dict | None:
+    """The summary of the stored order when it was made from the same input and is still complete."""
+    try:
+        kept = json.loads(queries.get_meta(cat, f"analyzed:{ordering}") or "null")
+    except ValueError:
+        return None
+    if not kept or kept.get("input") != digest:
+        return None
+    if queries.count_ranks(cat, ordering) != queries.count_thumbs(cat):
+        return None
+    return dict(kept["summary"])
 
 
 def _quality(res) -> dict:

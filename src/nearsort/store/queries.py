@@ -497,6 +497,15 @@ def unembedded_page(db: Db, model_id: int, after: int, limit: int) -> list[tuple
         (after, model_id, limit))]
 
 
+def embeddings_digest(db: Db, model_id: int) -> tuple:
+    """Aggregates of the thumbnails and of the model's (thumb id, vector row) pairs, without reading
+    them into Python: a thumbnail added, removed or embedded again changes them."""
+    c = _c(db)
+    return (tuple(c.execute("SELECT count(*), total(id), max(id) FROM thumbs").fetchone()),
+            tuple(c.execute("SELECT count(*), total(thumb_id), total(row), max(row), total(thumb_id * row) "
+                            "FROM embeddings WHERE model_id=?", (model_id,)).fetchone()))
+
+
 def add_embeddings(db: Db, model_id: int, pairs: Iterable[tuple[int, int]], *, replace: bool = False) -> None:
     """``pairs``: (thumb id, vector row). ``replace``: a thumbnail's earlier row is replaced (rebuild)."""
     verb = "INSERT OR REPLACE" if replace else "INSERT"
@@ -572,6 +581,10 @@ def ranks(db: Db, ordering: str) -> list[tuple[int, int, Optional[float]]]:
     """(thumb id, rank, jump) of an ordering in chain order (rank, then thumb id)."""
     return [tuple(r) for r in _c(db).execute(
         "SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank, thumb_id", (ordering,))]
+
+
+def count_ranks(db: Db, ordering: str) -> int:
+    return _one(db, "SELECT count(*) FROM ranks WHERE ordering=?", (ordering,))
 
 
 def replace_ranks(db: Db, ordering: str, rows: Iterable[tuple[int, int, Optional[float]]]) -> None:
