@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -191,6 +191,7 @@ def featurize(
     Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
     """
     from nearsort.embed.backends import BACKENDS
+    from nearsort.embed.embedder import embed_files
     from nearsort.embed.models import known_name
     from nearsort.vectors.index import VectorIndex
 
@@ -271,19 +272,17 @@ def featurize(
             if progress:
                 progress(d, todo)
 
-        t_run = time.monotonic()
         status = "done"
         try:
-            batches: Iterable = ()
+            runner = None
             if m is not None and todo:
                 from nearsort.embed import backends
-                from nearsort.embed.embedder import embed_files
 
                 runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
                 summary["backend"] = runner.name
-                batches = embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
-                                      on_error=on_error, backend=runner)
-            for b in batches:
+            t_run = time.monotonic()  # images/s: embedding only (not loading, exporting, checking)
+            for b in (embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
+                                  on_error=on_error, backend=runner) if runner is not None else ()):
                 tids = [ids_by_pos.pop(p) for p in b.indices]
                 rows = vi.append(b.vectors)  # durable before the catalog references it
                 keys = _row_keys(cat, tids)
