@@ -228,6 +228,9 @@ def onnx_backend(model: Model, images: Iterable = (), *, root: Path | None = Non
             for p in tmp.iterdir():
                 p.unlink()
             info = {"model": model.name, "ok": False, "error": f"export failed: {type(e).__name__}: {str(e)[:300]}"}
+        except BaseException:  # Ctrl-C: no half-made graph is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _write_json(tmp / "check.json", info)
         try:
             os.replace(tmp, folder)
