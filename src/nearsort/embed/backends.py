@@ -227,7 +227,7 @@ def onnx_backend(model: Model, images: Iterable = (), *, root: Path | None = Non
         except Exception as e:  # noqa: BLE001 -- the exporter fails on this model: recorded, not retried
             for p in tmp.iterdir():
                 p.unlink()
-            info = {"model": model.name, "ok": False, "error": f"export failed: {type(e).__name__}: {str(e)[:300]}"}
+            info = {"model": model.name, "ok": False, "error": f"export failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"}
         except BaseException:  # Ctrl-C: no half-made graph is left behind
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -275,5 +275,5 @@ def select(model: Model, backend: str = "auto", images: Iterable = (), *, log: L
             if isinstance(e, ModelUnavailable):
                 raise
             raise ModelUnavailable(f"--backend onnx: cannot write the ONNX cache: {e}") from e
-        log(f"note: {model.name} runs on torch, not ONNX Runtime: {e}")
+        log(f"note: {model.name} runs on torch, not ONNX Runtime: {' '.join(str(e).split())}")
         return TorchBackend(model)
