@@ -273,6 +273,7 @@ def featurize(
                 progress(d, todo)
 
         status = "done"
+        t_run = time.monotonic()
         try:
             runner = None
             if m is not None and todo:
