@@ -6,7 +6,8 @@
 One run, on the same thumbnails (bench/featurize.py's generated set: --n JPEG thumbnails of
 /work/shared/bench/originals, or synthetic), alternating and keeping the best of --rounds:
 
-    torch bare      images/s   Model.forward (BN folded, channels_last), batch --batch, random uint8
+    torch bare      images/s   Model.forward (BN folded, channels_last), batch --batch, random uint8,
+                               as many images as end to end
     onnx bare       images/s   the ONNX Runtime session over the same model, same input
     featurize e2e   images/s   the real featurize() with the default backend (auto) on a fresh copy
                                of a THUMBS library made by resize (decode + model + store + catalog)
@@ -120,11 +121,14 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--clip", action="store_true", help="also clip:ViT-B-32/random (speed only)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--iters", type=int, default=4, help="batches per bare-forward measurement")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="batches per bare-forward measurement (default: as many images as end to end, "
+                         "so both take as long and see the same machine load)")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     files = make_thumbs(args.cache, args.n)
+    args.iters = args.iters or max(1, len(files) // args.batch)
     import onnxruntime
     import torch
 
