@@ -1,22 +1,8 @@
 """Inference backends: the registry (models.py) defines a model, a backend runs its image tower.
 
-``torch``  the model's own module (BN folded, channels_last): CUDA / MPS, and the fallback.
-``onnx``   ONNX Runtime on the CPU. The image tower is exported once (``torch.onnx.export``,
-           dynamo exporter -- the legacy TorchScript one is deprecated and gave a slower graph)
-           with uint8 NHWC input, normalisation, L2 norm and softmax inside the graph.
-``auto``   onnx when the model runs on the CPU, else torch; onnx falls back to torch with one
-           line when the model cannot be exported or its graph disagrees with torch.
-
-Graphs are cached in ``models.cache_dir()/onnx/<slug>-<key>/`` (``model.onnx`` + its weights
-file + ``check.json``), key = sha256 of the model name, a hash of the weights as exported, the
-preprocessing and GRAPH_VERSION. Per user, not in THUMBS: a graph depends on the model alone, like
-the torch / Hugging Face weight caches it is made from, so every library shares it and THUMBS
-(copied and backed up with the thumbnails) does not grow by 18-350 MB per model.
-
-Check: the first time a graph is used, its vectors for up to CHECK_IMAGES real images (featurize
-passes its first thumbnails) are compared with torch's; every cosine must be >= MIN_COSINE, else the
-graph is recorded as bad (``check.json``) and torch is used. A model the exporter fails on is
-recorded the same way, so neither is tried again.
+``torch`` (``Model.forward``), ``onnx`` (ONNX Runtime on the CPU, the image tower exported once,
+cached per user, checked once against torch on real images: cosine >= MIN_COSINE) and ``auto``
+(onnx on the CPU, else torch; falls back to torch with one line). docs/design.md, "Backends".
 """
 from __future__ import annotations
 
