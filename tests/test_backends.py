@@ -183,11 +183,12 @@ def test_stored_vectors_agree_between_backends(two_libraries):
 
 
 def test_dupes_and_analyze_identical_from_either_backend(two_libraries):
-    from nearsort.dupes.group import dupes
-    from nearsort.order.analyze import analyze, ranked
+    from nearsort.dupes.group import find_duplicates
+    from nearsort.order.analyze import analyze
+    from nearsort.store import queries
 
     def groups(out):
-        res, _ = dupes(out)
+        res = find_duplicates(out)
         return sorted((g["kind"], g["keeper"], sorted((m["path"], m["relation"]) for m in g["members"]))
                       for g in res.groups)
 
@@ -195,7 +196,7 @@ def test_dupes_and_analyze_identical_from_either_backend(two_libraries):
         analyze(out)
         with Catalog.open(out, write=False) as cat:
             names = dict(cat.execute("SELECT id, name FROM thumbs").fetchall())
-            return [names[t] for t, _, _ in ranked(cat)]
+            return [names[t] for t, _, _ in queries.ranks(cat, queries.current_ordering(cat))]
 
     g_torch, g_onnx = groups(two_libraries["torch"]), groups(two_libraries["onnx"])
     assert g_torch == g_onnx and any(k == "near" or k == "perceptual" for k, _, _ in g_torch)
