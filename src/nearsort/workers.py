@@ -125,12 +125,14 @@ class Workers:
     come, in any order. A worker that dies is replaced; the task it was on is tried once more
     (``tries`` times in all: the OOM killer may have picked it for another's sake), the tasks
     queued behind it are handed out again, and a task its worker died on every time comes back
-    with a ``Died`` answer. ``depth`` tasks are queued per worker, so none waits for the parent.
+    with a ``Died`` answer. ``depth`` tasks are queued per worker, so none waits while the parent
+    is busy (a commit) or not scheduled; the end of a run may then wait on up to ``depth - 1``
+    tasks queued behind one worker.
     An exception raised by ``fn`` is raised again by ``results``. Use as a context manager: on
     leaving, idle workers are told to stop, the rest are killed.
     """
 
-    def __init__(self, n: int, fn: Callable, *, depth: int = 2, tries: int = 2):
+    def __init__(self, n: int, fn: Callable, *, depth: int = 4, tries: int = 2):
         self.n, self.fn, self.depth, self.tries = max(1, n), fn, depth, tries
         self.workers: list[_Worker] = []
         self.again: deque[list] = deque()  # tasks to hand out before any new one
