@@ -57,6 +57,9 @@ def test_resize_finishes_when_a_decoder_kills_its_worker(tmp_path, signum, says)
     assert ok == set(good)  # no innocent file was blamed for the crash
     errors = _errors(out)
     assert list(errors) == ["p05-crash.jpg"] and says in errors["p05-crash.jpg"]
+    listed = cli("errors", out)  # what the user reads
+    assert listed.returncode == 0 and [ln.split("\t")[0] for ln in listed.stdout.splitlines()] == [
+        str(src / "p05-crash.jpg")] and says in listed.stdout, listed
     # the next resize tries it again (errors always are): still crashing, still one error, nothing redone
     s = json.loads(cli("resize", src, "--out", out, "-j", "2", "--json", env=env).stdout)
     assert (s["status"], s["unchanged"], s["processed"], s["errors"]) == ("done", 10, 0, 1)
