@@ -187,14 +187,12 @@ def test_a_busy_worker_dies_with_its_killed_parent(tmp_path):
     """A worker in the middle of a long task (a slow NAS read, a huge decode: here a sleep) ends
     when its parent is killed with SIGKILL, instead of running on as an orphan."""
     parent = subprocess.Popen([PY, "-c", (
-        "import multiprocessing as mp, os, sys, time\n"
-        "from nearsort.ingest.resize import _worker_init\n"
-        "from nearsort.workers import pool_context\n"
-        "ctx = pool_context()\n"
-        "pool = ctx.Pool(1, initializer=_worker_init, initargs=(os.getpid(),))\n"
-        "pool.apply_async(time.sleep, (600,))\n"
-        "print('busy', flush=True)\n"
-        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+        "import time\n"
+        "from nearsort.workers import Workers\n"
+        "with Workers(1, time.sleep) as pool:\n"
+        "    pool.submit(600)\n"
+        "    print('busy', flush=True)\n"
+        "    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout.readline().strip() == "busy"
         (worker,) = _children(parent.pid)

@@ -11,11 +11,9 @@ one stopped.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +28,7 @@ from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, rea
                                  write_thumb_meta)
 from nearsort.frames import pixel_print, prints_agree
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
-from nearsort.workers import pool_context
+from nearsort.workers import Died, Workers
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
@@ -63,44 +61,29 @@ def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return p, p[:-1] + b"0"  # '0' is '/' + 1
 
 
-def _worker_init(parent: int | None = None):
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _die_with_parent(parent)
-
-
-def _die_with_parent(parent: int | None) -> None:
-    """Make this worker end when the process that started it dies, even by ``kill -9``: an orphan
-    would go on decoding (or wait on a file forever). Linux: the kernel sends SIGKILL
-    (PR_SET_PDEATHSIG); elsewhere a thread watches for the parent to change. ``parent``: the pid
-    the parent must have (fork), to catch a parent that died before this ran."""
-    import signal
-
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            armed = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            armed = False
-    ppid = os.getppid()
-    if parent is not None and ppid != parent:
-        os._exit(1)
-    if not armed:
-        def watch():
-            while os.getppid() == ppid:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True, name="nearsort-parent-watch").start()
+CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker on files named NAME
 
 
 def _work(args) -> FileResult:
     path, size, quality = args
+    crash = os.environ.get(CRASH_HOOK)
+    if crash:  # stands in for a native decoder crashing (tests/test_trust_crash.py)
+        signum, _, name = crash.partition(":")
+        if os.path.basename(path) == name:
+            os.kill(os.getpid(), int(signum))
     return process_file(path, size, quality)
+
+
+def _lost(path: str, died: Died) -> FileResult:
+    """The error recorded for a file whose decoder process died on it (twice)."""
+    try:
+        st = os.stat(path)
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    except OSError:
+        size = mtime_ns = 0
+    return FileResult(path, size, mtime_ns, error=(
+        f"the decoder {died.describe()} on this file, twice: skipped, the rest of the run is kept; the next "
+        "resize tries it again (convert it with another program to add it sooner)"))
 
 
 class _Scanner(threading.Thread):
@@ -173,13 +156,6 @@ class _Scanner(threading.Thread):
                     break
                 except queue.Full:
                     continue
-
-    def paths(self):
-        while True:
-            p = self.todo.get()
-            if p is None:
-                return
-            yield p
 
 
 def _open_or_import(out: Path) -> Catalog:
@@ -383,30 +359,35 @@ def resize(
         done = 0
         stop = _StopFlag()
         try:
-            # The pool is forked before the scanner thread starts (fork with no other thread
-            # running is safe), so workers start instantly with every module already loaded.
-            ctx = pool_context()
-            parent = os.getpid() if ctx.get_start_method() == "fork" else None
-            with stop, ctx.Pool(workers, initializer=_worker_init, initargs=(parent,)) as pool:
+            # The workers are forked before the scanner thread starts (fork with no other thread
+            # running is safe), so they start instantly with every module already loaded. A worker
+            # killed by a crashing decoder (or the OOM killer) is replaced; its file is retried once,
+            # then recorded as an error.
+            with stop, Workers(workers, _work) as pool:
                 scanner.start()
-                args = ((p, size, quality) for p in scanner.paths())
-                results = pool.imap_unordered(_work, args, chunksize=1)
+                scanning = True
                 while True:
-                    try:
-                        res = results.next(timeout=0.5)
-                    except mp.TimeoutError:  # every worker is on a slow file: commit, and hear Ctrl-C
-                        _drain(scanner, writer)
-                        writer.tick()
-                        if stop.requested:
-                            raise KeyboardInterrupt from None
-                        continue
-                    except StopIteration:
+                    while scanning and pool.room():
+                        try:
+                            p = scanner.todo.get_nowait()
+                        except queue.Empty:
+                            break
+                        if p is None:
+                            scanning = False
+                        else:
+                            pool.submit((p, size, quality))
+                    if not scanning and not pool.busy():
                         break
-                    writer.add(res)
-                    done += 1
+                    # a short wait while workers could take more than the scanner has found yet
+                    answers = pool.results(0.02 if scanning and pool.room() else 0.5)
+                    for (path, _, _), res in answers:
+                        writer.add(_lost(path, res) if isinstance(res, Died) else res)
+                        done += 1
                     _drain(scanner, writer)
-                    if progress:
+                    if answers and progress:
                         progress(done, scanner.found - scanner.n_unchanged if scanner.done else None, {})
+                    if not answers:
+                        writer.tick()  # every worker is on a slow file: commit what is pending
                     if stop.requested:
                         raise KeyboardInterrupt
                 _drain(scanner, writer)
