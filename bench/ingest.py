@@ -90,7 +90,7 @@ def run_resize(src: Path, workers: int) -> tuple[float, dict]:
         dt = time.perf_counter() - t
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return (s["processed"] + s["errors"]) / dt, s
+    return (s.processed + s.errors) / dt, s
 
 
 def run_imagededup(src: Path, workers: int, n: int) -> float | None:
@@ -136,7 +136,7 @@ def acceptance_checks(src: Path, workers: int) -> None:
     rebuild(out)
     export(out, csv_path=str(out / "b.csv"))
     same = (out / "a.csv").read_bytes() == (out / "b.csv").read_bytes()
-    print(f"files {len(gt)}, processed {s['processed']}, errors {s['errors']}, distinct originals {n_orig}, "
+    print(f"files {len(gt)}, processed {s.processed}, errors {s.errors}, distinct originals {n_orig}, "
           f"thumbnails {n_thumbs}")
     print(f"every image has a thumbnail: {every}")
     print(f"exact copies collapsed onto their original's thumbnail: {collapsed}/{len(exact)}")

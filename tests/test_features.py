@@ -131,7 +131,7 @@ def test_interrupted_then_resumed_has_no_duplicates(tmp_path, monkeypatch):
     monkeypatch.setattr(VectorIndex, "append", crashy_append)
     with pytest.raises(F.Interrupted) as ei:
         F.featurize(out, model="efficientnet-lite0", device="cpu", batch=2, **QUIET)
-    s = ei.value.summary
+    s = ei.value.result
     assert s["status"] == "interrupted" and s["embedded"] == 2
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 2

@@ -42,7 +42,7 @@ def test_samples_get_named_sharded_thumbnails_with_metadata(samples_copy, tmp_pa
     out = tmp_path / "thumbs"
     s = resize(samples_copy, out, workers=2)
     n = len(list(SAMPLES.iterdir()))
-    assert s["processed"] == n and s["errors"] == 0
+    assert s.processed == n and s.errors == 0
     thumbs = all_thumbs(out)
     # the re-encoded coffee copy has the same size and perceptual hash: it collapses by name
     assert len(thumbs) == n - 1
@@ -76,15 +76,15 @@ def test_rerun_is_incremental_and_changes_are_picked_up(tmp_path):
     for i in range(5):
         make_photo(lib / f"p{i}.jpg", i)
     out = tmp_path / "thumbs"
-    assert resize(lib, out, workers=1)["processed"] == 5
+    assert resize(lib, out, workers=1).processed == 5
     s = resize(lib, out, workers=1)
-    assert s["processed"] == 0 and s["unchanged"] == 5
+    assert s.processed == 0 and s.unchanged == 5
     make_photo(lib / "p0.jpg", 100)  # content changed
     os.utime(lib / "p0.jpg", ns=(1, 1_000_000_000))
     make_photo(lib / "new.png", 7, fmt="PNG")
     (lib / "p4.jpg").unlink()
     s = resize(lib, out, workers=1)
-    assert s["processed"] == 2 and s["unchanged"] == 3 and s["missing"] == 1
+    assert s.processed == 2 and s.unchanged == 3 and s.missing == 1
     with Catalog.open(out, write=False) as cat:
         st = dict(cat.execute("SELECT status, count(*) FROM sources GROUP BY status").fetchall())
     assert st == {"ok": 5, "missing": 1}
@@ -99,7 +99,7 @@ def test_exact_copies_collapse_and_catalog_keeps_every_path(tmp_path):
     make_photo(lib / "other.jpg", 2)
     out = tmp_path / "thumbs"
     s = resize(lib, out, workers=2)
-    assert s["processed"] == 4 and s["new_thumbnails"] == 2
+    assert s.processed == 4 and s.new_thumbnails == 2
     thumbs = all_thumbs(out)
     assert len(thumbs) == 2
     big = [t for t in thumbs if t.name.startswith("1200x800_")][0]
@@ -176,15 +176,15 @@ def test_bad_inputs_are_recorded_and_never_stop_the_run(tmp_path):
     (lib / "readme.txt").write_text("not an image extension: skipped silently")
     out = tmp_path / "thumbs"
     s = resize(lib, out, workers=2)
-    assert s["processed"] == 5, s  # 3 good + long name + non-UTF-8 name
-    errs = {os.path.basename(e["path"]): e["error"] for e in s["error_samples"]}
+    assert s.processed == 5, s  # 3 good + long name + non-UTF-8 name
+    errs = {os.path.basename(e["path"]): e["error"] for e in s.error_samples}
     assert "empty" in errs["empty.jpg"]
     assert "not an image" in errs["notes.jpg"]
     assert "truncated" in errs["truncated.jpg"] or "corrupt" in errs["truncated.jpg"]
     assert "bomb" in errs["bomb.png"]
     assert "broken symbolic link" in errs["broken-link.jpg"]
-    assert s["errors"] == 5
-    assert s["skipped_other_files"] == 1
+    assert s.errors == 5
+    assert s.skipped_other_files == 1
     # the loop was not followed: each good file appears once
     with Catalog.open(out, write=False) as cat:
         paths = [bytes(r[0]) for r in cat.execute("SELECT path FROM sources")]
@@ -210,7 +210,7 @@ def test_unreadable_file_is_reported(tmp_path):
         s = resize(lib, tmp_path / "thumbs", workers=1)
     finally:
         p.chmod(0o644)
-    assert s["errors"] == 1 and "permission" in s["error_samples"][0]["error"]
+    assert s.errors == 1 and "permission" in s.error_samples[0]["error"]
 
 
 def test_vanished_file_is_reported(tmp_path):
@@ -261,14 +261,14 @@ def test_formats_png_webp_tiff_bmp_gif_heic(tmp_path):
     except Exception:
         pass
     s = resize(lib, tmp_path / "thumbs", workers=2)
-    assert s["errors"] == 0, s["error_samples"]
-    assert s["processed"] == expected
+    assert s.errors == 0, s.error_samples
+    assert s.processed == expected
 
 
 def test_special_files_from_shared_bench(shared_bench, tmp_path):
     """Real CR2 RAW, truncated HEICs, AVIF, EXIF-only JPEG stubs."""
     s = resize(shared_bench / "special", tmp_path / "thumbs", workers=2)
-    errs = {os.path.basename(e["path"]): e["error"] for e in s["error_samples"]}
+    errs = {os.path.basename(e["path"]): e["error"] for e in s.error_samples}
     assert "golang-go4-dev__park.heic" in errs and "golang-go4-dev__rotate.heic" in errs
     assert not any(k.endswith(".CR2") for k in errs), errs
     assert not any(k.endswith(".avif") for k in errs), errs
@@ -291,7 +291,7 @@ def test_user_moved_and_deleted_thumbnails_are_found_or_remade(tmp_path):
     t0.rename(moved)
     t1.unlink()
     s = resize(lib, out, workers=1)
-    assert s["new_thumbnails"] == 0
+    assert s.new_thumbnails == 0
     assert moved.exists() and not t0.exists()
     assert t1.exists(), "a deleted thumbnail is made again"
     with Catalog.open(out, write=False) as cat:
@@ -368,7 +368,7 @@ def test_ctrl_c_keeps_work_and_next_run_continues(tmp_path):
         for (rel,) in cat.execute("SELECT relpath FROM thumbs"):
             assert (out / rel).exists()
     s2 = resize(lib, out, workers=2)
-    assert s2["unchanged"] == s["processed"] and s2["processed"] == n - s["processed"]
+    assert s2.unchanged == s["processed"] and s2.processed == n - s["processed"]
     assert len(all_thumbs(out)) == 1
     with Catalog.open(out, write=False) as cat:
         assert queries.counts(cat)["sources_ok"] == n
@@ -402,8 +402,8 @@ def test_truncated_heic_is_reported_not_fatal(tmp_path):
     (lib / "cut.heic").write_bytes(full[: len(full) // 2])
     make_photo(lib / "ok.jpg", 2)
     s = resize(lib, tmp_path / "thumbs", workers=1)
-    assert s["processed"] == 1 and s["errors"] == 1
-    assert s["error_samples"][0]["path"].endswith("cut.heic")
+    assert s.processed == 1 and s.errors == 1
+    assert s.error_samples[0]["path"].endswith("cut.heic")
 
 
 def test_catalog_schema_version_and_refusal_of_newer(tmp_path):

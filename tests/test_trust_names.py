@@ -76,7 +76,7 @@ def test_uniform_frames_of_one_size_never_share_a_thumbnail(tmp_path):
     Image.open(paths["grey90"]).save(lib / "grey90.jpg", quality=90)  # same picture, other bytes
     out = tmp_path / "thumbs"
     s = resize(lib, out, workers=1)
-    assert s["new_thumbnails"] == 4 and s["processed"] == 6
+    assert s.new_thumbnails == 4 and s.processed == 6
     names = sorted(t.stem for t in all_thumbs(out))
     assert names == [UNIFORM, UNIFORM + "_2", UNIFORM + "_3", UNIFORM + "_4"]
     by_src = thumbs_by_source(out)
@@ -92,7 +92,7 @@ def test_uniform_frames_of_one_size_never_share_a_thumbnail(tmp_path):
     uniform(lib / "later" / "grey200.png", 200)
     Image.open(paths["grey160"]).save(lib / "later" / "grey160.webp", lossless=True)
     s2 = resize(lib, out, workers=1)
-    assert s2["new_thumbnails"] == 1 and s2["unchanged"] == 6
+    assert s2.new_thumbnails == 1 and s2.unchanged == 6
     by_src2 = thumbs_by_source(out)
     assert by_src2[str(lib / "later" / "grey200.png")][0] == UNIFORM + "_5"
     assert by_src2[str(lib / "later" / "grey160.webp")] == by_src2[str(paths["grey160"])]
@@ -103,7 +103,7 @@ def test_uniform_frames_of_one_size_never_share_a_thumbnail(tmp_path):
     rebuild(out)
     export(out, json_path=str(tmp_path / "b.json"))
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    assert resize(lib, out, workers=1)["new_thumbnails"] == 0
+    assert resize(lib, out, workers=1).new_thumbnails == 0
 
 
 def test_suffixed_names_work_in_analyze_refresh_and_hash_layout(tmp_path):
@@ -295,7 +295,7 @@ def _library_with_error(tmp_path: Path) -> tuple[Path, Path]:
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "thumbs"
     s = resize(src, out, workers=1)
-    assert s["errors"] == 1 and s["new_thumbnails"] == 6
+    assert s.errors == 1 and s.new_thumbnails == 6
     return src, out
 
 
@@ -320,8 +320,8 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
     assert again["embedded"] == 0 and again["already"] == 6
     # the error record is not in any thumbnail: the next resize finds it again
     r = resize(src, out, workers=1)
-    assert r["errors"] == 1 and r["new_thumbnails"] == 0 and r["unchanged"] == 6
-    assert r["error_samples"][0]["path"] == str(src / "broken.jpg")
+    assert r.errors == 1 and r.new_thumbnails == 0 and r.unchanged == 6
+    assert r.error_samples[0]["path"] == str(src / "broken.jpg")
     # resize on a THUMBS without a catalog imports the thumbnails, and their vectors too
     _drop_catalog(out)
     resize(src, out, workers=1)

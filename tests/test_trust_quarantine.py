@@ -21,7 +21,7 @@ from nearsort.dupes import quarantine as DQ
 from nearsort import rebuild
 from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog
-from nearsort.ingest.resize import Interrupted, resize
+from nearsort import Interrupted, resize
 
 CFG = D.DupesConfig(use_embeddings=False)
 T0 = 1_500_000_000
@@ -318,7 +318,7 @@ def test_deleted_source_is_marked_missing_never_keeper_and_ok_when_back(tmp_path
     assert _statuses(thumbs)[str(keeper)] == "ok"
 
     s = resize(src, thumbs, workers=1)
-    assert s["missing"] == 1 and _statuses(thumbs)[str(keeper)] == "missing"
+    assert s.missing == 1 and _statuses(thumbs)[str(keeper)] == "missing"
     with Catalog.open(thumbs, write=False) as cat:
         assert queries.counts(cat)["missing"] == 1
         rel = cat.execute("SELECT t.relpath FROM sources s JOIN originals o ON o.id=s.original_id "
@@ -336,7 +336,7 @@ def test_deleted_source_is_marked_missing_never_keeper_and_ok_when_back(tmp_path
     assert _statuses(thumbs)[str(keeper)] == "missing"
     shutil.move(saved, keeper)
     s = resize(src, thumbs, workers=1)
-    assert s["missing"] == 0 and _statuses(thumbs)[str(keeper)] == "ok"
+    assert s.missing == 0 and _statuses(thumbs)[str(keeper)] == "ok"
     assert D.find_duplicates(thumbs, CFG).groups[0]["keeper"] == str(keeper)
 
 
@@ -347,7 +347,7 @@ def test_files_in_a_folder_the_scan_could_not_list_are_not_marked_missing(tmp_pa
     locked.chmod(0)
     try:
         s = resize(src, thumbs, workers=1)
-        assert s["missing"] == 0 and _statuses(thumbs)[str(P[0][1])] == "ok"
+        assert s.missing == 0 and _statuses(thumbs)[str(P[0][1])] == "ok"
     finally:
         locked.chmod(0o755)
 

@@ -15,6 +15,7 @@ from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
 # a file name, path, tag or message in a rich markup line: textsafe.markup; lines printed with
 # markup=False or plain print() use term() alone
+from nearsort.stage import ticker
 from nearsort.textsafe import markup as _name, term
 
 app = typer.Typer(
@@ -36,13 +37,14 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 class _Progress:
-    """A rich progress bar on a terminal; silent otherwise (logs, CI, --json)."""
+    """A rich progress bar per stage on a terminal; silent otherwise (logs, CI, --json).
 
-    def __init__(self, label: str, enabled: bool):
+    Called as every stage's ``progress(stage, done, total)``: a new stage name starts a new bar."""
+
+    def __init__(self, enabled: bool = True):
         self.enabled = enabled and err.is_terminal
-        self.label = label
         self.bar = None
-        self.task = None
+        self.tasks: dict[str, int] = {}
 
     def __enter__(self):
         if self.enabled:
@@ -55,15 +57,17 @@ class _Progress:
                 console=err, transient=False,
             )
             self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=None, rate="")
         return self
 
-    def __call__(self, done: int, total: int | None = None, info: dict | None = None) -> None:
+    def __call__(self, stage: str, done: int, total: int | None = None) -> None:
         if self.bar is None:
             return
-        t = self.bar.tasks[0]
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(escape(term(stage)), total=None, rate="")
+        task = self.tasks[stage]
+        t = next(x for x in self.bar.tasks if x.id == task)
         rate = f"{done / t.elapsed:.1f}/s" if t.elapsed else ""
-        self.bar.update(self.task, completed=done, total=total, rate=rate)
+        self.bar.update(task, completed=done, total=total, rate=rate)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -113,31 +117,27 @@ def resize(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Make a thumbnail of every new or changed photo under SRC, named {W}x{H}_{phash}."""
-    from nearsort.ingest.resize import Interrupted, resize as do_resize
+    from nearsort import Interrupted, resize as do_resize
 
-    if layout not in ("week", "hash"):
-        fail("--layout must be 'week' or 'hash'")
-    if not 16 <= size <= 4096:
-        fail("--size must be between 16 and 4096")
     interrupted = False
-    with _Progress("resize", not as_json) as prog:
+    with _Progress(not as_json) as prog:
         try:
             s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, progress=prog)
         except Interrupted as e:
-            s, interrupted = e.summary, True
+            s, interrupted = e.result, True
     if as_json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps(s.to_dict(), indent=2))
     else:
         out.print(
-            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: {s['scanned']} photos found, "
-            f"{s['processed']} processed, {s['unchanged']} unchanged, {s['new_thumbnails']} new thumbnails, "
-            f"{s['merged']} collapsed into existing ones, {s['errors']} errors "
-            f"({s['images_per_second']} images/s)."
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: {s.scanned} photos found, "
+            f"{s.processed} processed, {s.unchanged} unchanged, {s.new_thumbnails} new thumbnails, "
+            f"{s.merged} collapsed into existing ones, {s.errors} errors "
+            f"({s.images_per_second} images/s)."
         )
-        if s["missing"]:
-            out.print(f"{s['missing']} previously seen files are gone from SRC (kept in the catalog as 'missing').")
-        if s["errors"]:
-            for e in s["error_samples"][:5]:
+        if s.missing:
+            out.print(f"{s.missing} previously seen files are gone from SRC (kept in the catalog as 'missing').")
+        if s.errors:
+            for e in s.error_samples[:5]:
                 out.print(f"  [red]✗[/] {_name(e['path'])}: {_name(e['error'])}", highlight=False)
             out.print(f"See all with: nearsort errors {_name(out_dir)}", highlight=False)
         if interrupted:
@@ -231,12 +231,13 @@ def featurize(
     if batch < 1:
         fail("--batch must be >= 1")
     interrupted = False
-    with _Progress("featurize", not as_json) as prog:
+    with _Progress(not as_json) as bar:
+        prog = ticker(bar, "featurize")
         try:
             s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
                      backend=backend, progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
         except Interrupted as e:
-            s, interrupted = e.summary, True
+            s, interrupted = e.result, True
     if as_json:
         print(json.dumps(s, indent=2))
     else:
@@ -415,7 +416,8 @@ def analyze(
 
     if by not in BY:
         fail(f"--by must be one of: {', '.join(BY)}")
-    with _Progress("analyze", not as_json) as prog:
+    with _Progress(not as_json) as bar:
+        prog = ticker(bar, "analyze")
         s = _run(do_analyze, thumbs, by=by, model=model, fast=fast, progress=prog)
     if as_json:
         print(json.dumps(s, indent=2, default=str))
@@ -442,17 +444,19 @@ def run(
     from nearsort.ingest.resize import Interrupted, resize as do_resize
     from nearsort.refresh import refresh as do_refresh
 
-    with _Progress("1/4 resize", True) as prog:
+    with _Progress(True) as bar:
         try:
-            s = _run(do_resize, src, out_dir, layout=layout, progress=prog)
+            s = _run(do_resize, src, out_dir, layout=layout, progress=bar)
         except Interrupted as e:
-            out.print(f"[yellow]Interrupted[/] after {e.summary['processed']} photos; run again to continue.")
+            out.print(f"[yellow]Interrupted[/] after {e.result.processed} photos; run again to continue.")
             raise typer.Exit(130)
-    out.print(f"resize: {s['processed']} processed, {s['unchanged']} unchanged, {s['errors']} errors")
-    with _Progress("2/4 featurize", True) as prog:
+    out.print(f"resize: {s.processed} processed, {s.unchanged} unchanged, {s.errors} errors")
+    with _Progress(True) as bar:
+        prog = ticker(bar, "2/4 featurize")
         f = _run(featurize, out_dir, model=model, backend=backend, progress=prog)
     out.print(f"featurize: model {_name(f.get('model'))}, {f.get('embedded', 0)} new vectors")
-    with _Progress("3/4 analyze", True) as prog:
+    with _Progress(True) as bar:
+        prog = ticker(bar, "3/4 analyze")
         a = _run(do_analyze, out_dir, model=f.get("model"), fast=fast, progress=prog)
     _print_analyze(a)
     r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
@@ -485,7 +489,8 @@ def refresh(
 
     if per_page < 1:
         fail("--per-page must be at least 1")
-    with _Progress("refresh", not as_json and not dry_run) as prog:
+    with _Progress(not as_json and not dry_run) as bar:
+        prog = ticker(bar, "refresh")
         s = _run(do_refresh, thumbs, dry_run=dry_run, reset=reset, layout=layout, per_page=per_page,
                  ordering=by, progress=prog)
     if as_json:
@@ -528,7 +533,8 @@ def undo(
     """Revert the last refresh (or reset / quarantine) exactly; run it again to revert the one before."""
     from nearsort.refresh import undo as do_undo
 
-    with _Progress("undo", not as_json) as prog:
+    with _Progress(not as_json) as bar:
+        prog = ticker(bar, "undo")
         s = _run(do_undo, thumbs, progress=prog)
     if as_json:
         print(json.dumps(s, indent=2, default=str))

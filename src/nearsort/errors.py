@@ -4,7 +4,7 @@
 one clear line (the CLI prints their message, never a traceback); the modules that raise them
 re-export them (``nearsort.store.catalog.CatalogLocked``, ``nearsort.refresh.RefreshError`` ...).
 ``Interrupted`` (Ctrl-C during a long stage) is a ``KeyboardInterrupt``, so code that does not
-know it still stops; it carries the summary of what was committed.
+know it still stops; it carries the result of what was committed.
 """
 from __future__ import annotations
 
@@ -60,9 +60,15 @@ class ModelUnavailable(CatalogError):
     """A model cannot be loaded (unknown name, weights missing / offline)."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a stage (resize, featurize); carries the summary of what was committed."""
+class BadArgument(CatalogError, ValueError):
+    """An argument out of range; the message names the option. Raised before anything is opened
+    or written (a ValueError too, for callers of the Python API)."""
 
-    def __init__(self, summary: dict):
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a stage (resize, featurize, run), raised once everything finished is
+    committed; ``result`` is the stage's result dataclass so far (``status`` 'interrupted')."""
+
+    def __init__(self, result):
         super().__init__("interrupted")
-        self.summary = summary
+        self.result = result

@@ -16,18 +16,18 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from nearsort.errors import Interrupted
+from nearsort.errors import BadArgument, Interrupted
 from nearsort.store import queries, thumbmeta
-from nearsort.store.catalog import Catalog, CatalogError, DiskFull, catalog_path, check_thumbs_folder, is_disk_full
+from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, catalog_path, check_thumbs_folder, is_disk_full
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
 from nearsort.frames import pixel_print, prints_agree
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
+from nearsort.stage import Progress, Result
 from nearsort.workers import Died, Workers
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
@@ -36,7 +36,9 @@ PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB
 
 
 @dataclass
-class ResizeSummary:
+class ResizeResult(Result):
+    """What ``resize`` did (``status``: done | interrupted)."""
+
     src: str
     out: str
     scanned: int = 0
@@ -51,9 +53,6 @@ class ResizeSummary:
     images_per_second: float = 0.0
     error_samples: list = field(default_factory=list)
     status: str = "done"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
@@ -173,7 +172,7 @@ def _open_or_import(out: Path) -> Catalog:
 class _Writer:
     """Applies worker results to THUMBS and the catalog (this process only)."""
 
-    def __init__(self, cat: Catalog, layout: str, run_id: int, summary: ResizeSummary):
+    def __init__(self, cat: Catalog, layout: str, run_id: int, summary: ResizeResult):
         self.cat, self.layout, self.run_id, self.s = cat, layout, run_id, summary
         self.dirty: set[int] = set()
         self.pending: dict[int, tuple[bytes, int]] = {}  # thumb id -> (jpeg, mtime_ns) to write
@@ -324,31 +323,39 @@ class _Writer:
 
 def resize(
     src: str | os.PathLike,
-    out: str | os.PathLike,
+    thumbs: Thumbs,
     *,
     size: int = 256,
     layout: str = "week",
     workers: int | None = None,
     quality: int = 85,
-    progress: Callable[[int, int | None, dict], None] | None = None,
-) -> dict:
-    """Make thumbnails for every new or changed photo under ``src`` in ``out``; return a summary dict.
+    progress: Progress | None = None,
+) -> ResizeResult:
+    """Make a thumbnail in THUMBS (a path, created if needed, or an open Catalog) of every new or
+    changed photo under ``src``; return a :class:`ResizeResult`.
 
-    ``progress(done, total_or_None, summary)`` is called as results arrive (total is known once
-    the scan has finished). Raises ``Interrupted`` (a KeyboardInterrupt) on Ctrl-C after committing
-    everything finished so far.
+    ``progress("resize", done, total)`` is called as results arrive (``total`` is None until the
+    scan has finished). Raises :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on
+    Ctrl-C after committing everything finished so far.
     """
+    if layout not in ("week", "hash"):
+        raise BadArgument("--layout must be 'week' or 'hash'")
+    if not 16 <= size <= 4096:
+        raise BadArgument("--size must be between 16 and 4096")
+    given = thumbs if isinstance(thumbs, Catalog) else None
+    if given is not None and not given.writable:
+        raise CatalogError(f"resize writes to the catalog of {given.root}: open it with Catalog.open(THUMBS)")
     src_abs = os.path.abspath(os.fspath(src))
-    out = Path(out).absolute()
+    out = (given.root if given is not None else Path(thumbs)).absolute()
     if not os.path.exists(src_abs):
         raise FileNotFoundError(f"source folder {src_abs} does not exist (is the NAS mounted?)")
     check_thumbs_folder(out)
     _check_apart(src_abs, out)
     out.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers or os.cpu_count() or 1)
-    summary = ResizeSummary(src=src_abs, out=str(out))
+    summary = ResizeResult(src=src_abs, out=str(out))
     t0 = time.monotonic()
-    cat = _open_or_import(out)
+    cat = given if given is not None else _open_or_import(out)
     try:
         rec = reconcile(cat)
         force = set(rec["missing"])  # sources whose thumbnail file was deleted get it back
@@ -385,7 +392,7 @@ def resize(
                         done += 1
                     _drain(scanner, writer)
                     if answers and progress:
-                        progress(done, scanner.found - scanner.n_unchanged if scanner.done else None, {})
+                        progress("resize", done, scanner.found - scanner.n_unchanged if scanner.done else None)
                     if not answers:
                         writer.tick()  # every worker is on a slow file: commit what is pending
                     if stop.requested:
@@ -416,12 +423,13 @@ def resize(
         summary.status = status
         summary.seconds = round(time.monotonic() - t0, 3)
         summary.images_per_second = round(summary.processed / summary.seconds, 2) if summary.seconds else 0.0
-        queries.finish_run(cat, run_id, status, json.dumps(summary.as_dict()))
+        queries.finish_run(cat, run_id, status, json.dumps(summary.to_dict()))
     finally:
-        cat.close()
+        if given is None:
+            cat.close()
     if status == "interrupted":
-        raise Interrupted(summary.as_dict())
-    return summary.as_dict()
+        raise Interrupted(summary)
+    return summary
 
 
 def _mark_missing(cat: Catalog, src_abs: str, run_id: int, unlisted: list[str]) -> int:

@@ -16,7 +16,7 @@ import struct
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 
 from nearsort.errors import CatalogDamaged, CatalogError, CatalogLocked, DiskFull  # noqa: F401  (DiskFull re-exported)
 
@@ -459,10 +459,11 @@ class Catalog:
 
     last_root: Path | None = None  # THUMBS of the latest open(), to name it in error messages
 
-    def __init__(self, root: Path, conn: sqlite3.Connection, lock: _Lock | None):
+    def __init__(self, root: Path, conn: sqlite3.Connection, lock: _Lock | None, writable: bool = True):
         self.root = Path(root)
         self.conn = conn
         self._lock = lock
+        self.writable = writable  # opened to write (holds the writer lock, or the caller's)
 
     # -- opening
     @classmethod
@@ -514,7 +515,7 @@ class Catalog:
             if own:
                 own.release()
             raise
-        return cls(root, conn, own)
+        return cls(root, conn, own, writable=write or create)
 
     def close(self) -> None:
         try:
@@ -559,3 +560,21 @@ class Catalog:
 
     def thumb_abspath(self, relpath: str) -> Path:
         return self.root / relpath
+
+
+Thumbs = Union[Catalog, str, os.PathLike]  # a stage's THUMBS argument: the folder, or an open Catalog
+
+
+@contextmanager
+def open_catalog(thumbs: Thumbs, *, write: bool) -> Iterator[Catalog]:
+    """The catalog of ``thumbs``: a Catalog is used as it is and left open; a THUMBS path is opened
+    here (``write``: with the writer lock) and closed. A stage that writes refuses a Catalog
+    opened with ``write=False`` (it does not hold the lock)."""
+    if isinstance(thumbs, Catalog):
+        if write and not thumbs.writable:
+            raise CatalogError(f"this stage writes to the catalog of {thumbs.root}: open it with "
+                               "Catalog.open(THUMBS) (write=True, the default), or pass the THUMBS path")
+        yield thumbs
+        return
+    with Catalog.open(thumbs, write=write) as cat:
+        yield cat
