@@ -132,7 +132,7 @@ def test_rebuild_from_thumbnails_reproduces_the_export(samples_copy, tmp_path):
     for side in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
         (out / ".nearsort" / side).unlink(missing_ok=True)
     s = rebuild(out)
-    assert s["imported"] == len(all_thumbs(out))
+    assert s.imported == len(all_thumbs(out))
     export(out, csv_path=str(tmp_path / "b.csv"), json_path=str(tmp_path / "b.json"))
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
@@ -146,8 +146,8 @@ def test_rebuild_keeps_old_catalog_aside(tmp_path):
     out = tmp_path / "thumbs"
     resize(lib, out, workers=1)
     s = rebuild(out)
-    assert s["previous_catalog"] and Path(s["previous_catalog"]).exists()
-    assert s["sources"] == 1
+    assert s.previous_catalog and Path(s.previous_catalog).exists()
+    assert s.sources == 1
 
 
 def _png_header_only(path: Path, w: int, h: int) -> None:

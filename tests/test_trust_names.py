@@ -172,9 +172,9 @@ def test_rebuild_refuses_a_different_picture_carrying_a_taken_name(tmp_path):
     shutil.copy2(tb, out_a / "merged in" / tb.name)  # a thumbnail from another THUMBS, same name
     shutil.copy2(ta, out_a / "merged in" / ("000001_" + ta.name))  # a copy of our own: fine
     s = rebuild(out_a)
-    assert s["imported"] == 2
-    assert [p[0] for p in s["problems"]] == [f"merged in/{tb.name}"]
-    assert "different picture" in s["problems"][0][1]
+    assert s.imported == 2
+    assert [p[0] for p in s.problems] == [f"merged in/{tb.name}"]
+    assert "different picture" in s.problems[0][1]
     by_src = thumbs_by_source(out_a)  # (from files: both are there)
     with Catalog.open(out_a, write=False) as cat:
         paths = [bytes(p).decode() for (p,) in cat.execute("SELECT path FROM sources")]
@@ -310,7 +310,7 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
         info = cat.execute("SELECT info FROM models").fetchone()[0]
     _drop_catalog(out)
     s = rebuild(out)
-    assert s["vectors"] == {LITE0: 6} and s["imported"] == 6
+    assert s.vectors == {LITE0: 6} and s.imported == 6
     assert _queries(out) == before
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM labels").fetchone()[0] == n_labels
@@ -351,7 +351,7 @@ def test_vector_row_records_follow_the_committed_rows(tmp_path):
     assert rows_bin.read_bytes() == good, "filled in from the catalog: the same records"
     before = _queries(out)
     _drop_catalog(out)
-    assert rebuild(out)["vectors"] == {LITE0: 6}
+    assert rebuild(out).vectors == {LITE0: 6}
     assert _queries(out) == before
 
 
@@ -382,7 +382,7 @@ def test_reattached_vector_follows_the_picture_not_a_reused_name(tmp_path):
     resize(lib, out, workers=1)  # the second picture is alone now: it is named UNIFORM
     assert [t.stem for t in all_thumbs(out)] == [UNIFORM]
     _drop_catalog(out)
-    assert rebuild(out)["vectors"] == {LITE0: 1}
+    assert rebuild(out).vectors == {LITE0: 1}
     with Catalog.open(out, write=False) as cat:
         (row,) = cat.execute("SELECT row FROM embeddings").fetchone()
     assert row == row_of[second] != row_of[first]

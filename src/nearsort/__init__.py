@@ -10,8 +10,8 @@ from nearsort.store.catalog import Catalog
 from nearsort.export import export
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.stage import Progress, Result
-from nearsort.store.sync import rebuild
+from nearsort.store.sync import RebuildResult, rebuild
 
 __version__ = "0.1.0"
 __all__ = ["BadArgument", "Catalog", "CatalogError", "CatalogLocked", "Interrupted", "NearsortError", "Progress",
-           "ResizeResult", "Result", "export", "rebuild", "resize"]
+           "RebuildResult", "ResizeResult", "Result", "export", "rebuild", "resize"]

@@ -152,18 +152,19 @@ def resize(
 @app.command()
 def rebuild(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     """Recreate the catalog from the metadata carried by the thumbnails themselves."""
-    from nearsort.store.sync import rebuild as do_rebuild
+    from nearsort import rebuild as do_rebuild
 
-    s = _run(do_rebuild, thumbs)
-    out.print(f"Rebuilt the catalog from {s['imported']} thumbnails: {s['sources']} source files, "
-              f"{s['originals']} distinct originals.")
-    if s["previous_catalog"]:
-        out.print(f"The previous catalog was kept as {_name(s['previous_catalog'])}", highlight=False)
-    for model, n in s.get("vectors", {}).items():
+    with _Progress() as bar:
+        s = _run(do_rebuild, thumbs, progress=bar)
+    out.print(f"Rebuilt the catalog from {s.imported} thumbnails: {s.sources} source files, "
+              f"{s.originals} distinct originals.")
+    if s.previous_catalog:
+        out.print(f"The previous catalog was kept as {_name(s.previous_catalog)}", highlight=False)
+    for model, n in s.vectors.items():
         out.print(f"Kept the vectors of {n} thumbnails for model {_name(model)} (featurize does not redo them).",
                   highlight=False)
     out.print("Files that could not be made into thumbnails are listed again by the next `nearsort resize`.")
-    for rel, why in s["problems"][:10]:
+    for rel, why in s.problems[:10]:
         out.print(f"  [yellow]![/] {_name(rel)}: {_name(why)}", highlight=False)
 
 

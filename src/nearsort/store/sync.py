@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from nearsort.frames import same_pixels
 from nearsort.store import queries, thumbmeta
-from nearsort.store.catalog import STATE_DIR, Catalog, catalog_path, damage, state_dir, writer_lock
+from nearsort.stage import Progress, Result
+from nearsort.store.catalog import STATE_DIR, Catalog, CatalogError, catalog_path, damage, state_dir, writer_lock
 from nearsort.store.thumbmeta import parse_thumb_filename
 from nearsort.vectors.rows import saved_stores
 
@@ -204,16 +206,38 @@ def _set_aside(cpath: Path, damaged: bool) -> Path:
     return kept
 
 
-def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = None) -> dict:
-    """Recreate the catalog from the thumbnails below ``root``, and re-attach the vectors already
-    on disk (:func:`reattach_vectors`; ``vectors`` in the summary: {model: thumbnails}).
+@dataclass
+class RebuildResult(Result):
+    """What ``rebuild`` imported (and the catalog's counts after it)."""
+
+    thumbnail_files: int = 0
+    imported: int = 0
+    problems: list = field(default_factory=list)  # [(relpath, why)] thumbnails not imported
+    previous_catalog: str | None = None           # where the old catalog was set aside
+    vectors: dict = field(default_factory=dict)   # {model: thumbnails whose vectors were re-attached}
+    sources: int = 0
+    sources_ok: int = 0
+    errors: int = 0
+    missing: int = 0
+    originals: int = 0
+    thumbs: int = 0
+
+
+def rebuild(thumbs: str | os.PathLike, progress: Progress | None = None) -> RebuildResult:
+    """Recreate the catalog from the thumbnails below THUMBS, and re-attach the vectors already
+    on disk (:func:`reattach_vectors`; ``vectors`` in the result: {model: thumbnails}).
     The old catalog is kept aside (``catalog.before-rebuild.<time>.sqlite``, or
-    ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in."""
-    root = Path(root)
+    ``catalog.sqlite.damaged-<time>`` if it was damaged); it works whatever state the old file is in.
+    Takes the THUMBS path only (an open Catalog is the file being replaced).
+    ``progress("rebuild", imported, None)`` is called per thumbnail."""
+    if isinstance(thumbs, Catalog):
+        raise CatalogError(f"rebuild replaces the catalog of {thumbs.root}: close it and pass the THUMBS path")
+    root = Path(thumbs)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     cpath = catalog_path(root)
     kept = None
+    tick = (lambda n: progress("rebuild", n, None)) if progress else None
     # hold the lock throughout, so the file is never pulled from under a running process
     with writer_lock(root) as lock:
         if cpath.exists():
@@ -221,15 +245,14 @@ def rebuild(root: str | os.PathLike, progress: Callable[[int], None] | None = No
         with Catalog.open(root, create=True, lock=lock) as cat:
             run_id = queries.start_run(cat, "rebuild")
             with cat.tx():
-                n_files, n_thumbs, problems = import_tree(cat, run_id, progress)
+                n_files, n_thumbs, problems = import_tree(cat, run_id, tick)
                 vectors = reattach_vectors(cat)
-            counts = queries.counts(cat)
             # error records are not in any thumbnail: the next resize retries those files and
             # records them again (a source that is not 'ok' is never skipped)
-            summary = {"thumbnail_files": n_files, "imported": n_thumbs, "problems": problems,
-                       "previous_catalog": str(kept) if kept else None, "vectors": vectors, **counts}
-            queries.finish_run(cat, run_id, "done", json.dumps(summary))
-    return summary
+            res = RebuildResult(thumbnail_files=n_files, imported=n_thumbs, problems=problems,
+                                previous_catalog=str(kept) if kept else None, vectors=vectors, **queries.counts(cat))
+            queries.finish_run(cat, run_id, "done", json.dumps(res.to_dict()))
+    return res
 
 
 def reconcile(cat: Catalog) -> dict:
