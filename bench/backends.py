@@ -101,10 +101,10 @@ def bench(name: str, files: list[Path], src: Path, pristine: Path, work: Path, a
         shutil.rmtree(lib, ignore_errors=True)
         shutil.copytree(pristine, lib)
         s = featurize(lib, model=name, device="cpu", batch=args.batch, log=lambda m: None)
-        assert s["embedded"] == len(files) and s["backend"] == "onnx", s
-        best["e2e"] = max(best["e2e"], s["images_per_second"])
+        assert s.embedded == len(files) and s.backend == "onnx", s
+        best["e2e"] = max(best["e2e"], s.images_per_second)
         print(f"  round {r + 1}: torch bare {best['torch']:6.1f}  onnx bare {best['onnx']:6.1f}  "
-              f"featurize e2e {s['images_per_second']:6.1f} images/s (best so far)")
+              f"featurize e2e {s.images_per_second:6.1f} images/s (best so far)")
     print(f"== {model.name}: best of {args.rounds}, batch {args.batch}, {backends.cpu_threads()} CPU threads")
     print(f"  torch bare forward   {best['torch']:7.1f} images/s")
     print(f"  onnx bare forward    {best['onnx']:7.1f} images/s")

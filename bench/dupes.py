@@ -141,7 +141,7 @@ def prepare(bench: Path, thumbs: Path, workers: int | None = None) -> dict:
     t1 = time.monotonic()
     fs = featurize(thumbs, model=MODEL, device="auto", log=lambda m: None)
     t2 = time.monotonic()
-    return {"resize_s": t1 - t0, "featurize_s": t2 - t1, "processed": rs.processed, "embedded": fs["embedded"]}
+    return {"resize_s": t1 - t0, "featurize_s": t2 - t1, "processed": rs.processed, "embedded": fs.embedded}
 
 
 def run(thumbs: Path, **kw) -> dict:

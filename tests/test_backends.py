@@ -160,7 +160,7 @@ def two_libraries(tmp_path_factory):
         out = base / backend
         resize(SAMPLES, out, workers=1)
         s = featurize(out, model="efficientnet-lite0", device="cpu", backend=backend, log=lambda m: None)
-        assert s["backend"] == backend and s["errors"] == 0 and s["embedded"] == s["thumbs"] > 20
+        assert s.backend == backend and s.errors == 0 and s.embedded == s.thumbs > 20
         libs[backend] = out
     return libs
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
+from nearsort import Interrupted
 from nearsort.embed import featurize as F
 from nearsort.store.catalog import Catalog, state_dir
 from nearsort.vectors.index import VectorIndex
@@ -48,11 +49,11 @@ def lib(tmp_path_factory):
 def test_featurize_lite0_then_nothing_new(lib):
     src, out = lib
     prog = []
-    s = F.featurize(out, model="efficientnet-lite0", device="cpu", batch=4, progress=lambda d, t: prog.append((d, t)), **QUIET)
-    assert s["model"] == "efficientnet-lite0" and s["status"] == "done"
-    assert s["embedded"] == s["thumbs"] == 6 and s["errors"] == 0
-    assert prog[-1] == (6, 6)
-    assert s["index"]["ntotal"] == 6 if "ntotal" in s["index"] else True
+    s = F.featurize(out, model="efficientnet-lite0", device="cpu", batch=4, progress=lambda *a: prog.append(a), **QUIET)
+    assert s.model == "efficientnet-lite0" and s.status == "done"
+    assert s.embedded == s.thumbs == 6 and s.errors == 0
+    assert prog[-1] == ("featurize", 6, 6)
+    assert s.index["ntotal"] == 6 if "ntotal" in s.index else True
     n = _check_consistent(out, "efficientnet-lite0")
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM labels").fetchone()[0] == 5 * n
@@ -61,7 +62,7 @@ def test_featurize_lite0_then_nothing_new(lib):
         run = cat.execute("SELECT status FROM runs WHERE command='featurize' ORDER BY id DESC").fetchone()
         assert run[0] == "done"
     again = F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
-    assert again["embedded"] == 0 and again["already"] == 6
+    assert again.embedded == 0 and again.already == 6
     _check_consistent(out, "efficientnet-lite0")
 
 
@@ -129,16 +130,16 @@ def test_interrupted_then_resumed_has_no_duplicates(tmp_path, monkeypatch):
         return rows
 
     monkeypatch.setattr(VectorIndex, "append", crashy_append)
-    with pytest.raises(F.Interrupted) as ei:
+    with pytest.raises(Interrupted) as ei:
         F.featurize(out, model="efficientnet-lite0", device="cpu", batch=2, **QUIET)
     s = ei.value.result
-    assert s["status"] == "interrupted" and s["embedded"] == 2
+    assert s.status == "interrupted" and s.embedded == 2
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 2
         assert cat.execute("SELECT status FROM runs WHERE command='featurize'").fetchone()[0] == "interrupted"
     monkeypatch.setattr(VectorIndex, "append", real_append)
     s2 = F.featurize(out, model="efficientnet-lite0", device="cpu", batch=2, **QUIET)
-    assert s2["embedded"] == 5 and s2["already"] == 2
+    assert s2.embedded == 5 and s2.already == 2
     assert _check_consistent(out, "efficientnet-lite0") == 7
     assert len(F.similar(out, "#1", k=10)["results"]) == 6
 
@@ -150,17 +151,17 @@ def test_unreadable_thumbnail_is_reported_and_retried(tmp_path):
     good = (out / rel).read_bytes()
     (out / rel).write_bytes(b"garbage")
     s = F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
-    assert s["embedded"] == 2 and s["errors"] == 1 and rel in s["error_samples"][0]["path"]
+    assert s.embedded == 2 and s.errors == 1 and rel in s.error_samples[0]["path"]
     (out / rel).write_bytes(good)
     s2 = F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
-    assert s2["embedded"] == 1 and s2["errors"] == 0
+    assert s2.embedded == 1 and s2.errors == 0
     _check_consistent(out, "efficientnet-lite0")
 
 
 def test_clip_random_weights_end_to_end(lib):
     src, out = lib
     s = F.featurize(out, model="clip:ViT-S-32/random", device="cpu", batch=4, **QUIET)
-    assert s["model"] == "clip:ViT-S-32/random" and s["random_weights"] and s["embedded"] == 6
+    assert s.model == "clip:ViT-S-32/random" and s.random_weights and s.embedded == 6
     _check_consistent(out, "clip:ViT-S-32/random")
     assert any(p.is_dir() for p in (state_dir(out) / "vectors").iterdir())
     r = F.search_text(out, "a photo of a cat", k=4, model="clip:ViT-S-32/random", device="cpu")
@@ -197,7 +198,7 @@ def test_real_photos_label_search(tmp_path, shared_bench):
     out = tmp_path / "thumbs"
     resize(src, out, workers=1)
     s = F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
-    assert s["embedded"] == len(names)
+    assert s.embedded == len(names)
     for q, want in [("espresso", "coffee2"), ("cat", "__cat"), ("dog", "dog"), ("guitar", "guitar2"),
                     ("coffee", "coffee2"), ("bird", "hummingbird")]:
         r = F.search_text(out, q, k=3)

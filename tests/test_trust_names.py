@@ -303,7 +303,7 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
     from nearsort.embed import featurize as F
 
     src, out = _library_with_error(tmp_path)
-    assert F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET)["embedded"] == 6
+    assert F.featurize(out, model=LITE0, device="cpu", batch=4, **QUIET).embedded == 6
     before = _queries(out)
     with Catalog.open(out, write=False) as cat:
         n_labels = cat.execute("SELECT count(*) FROM labels").fetchone()[0]
@@ -317,7 +317,7 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
         assert json.loads(cat.execute("SELECT info FROM models").fetchone()[0]) == json.loads(info)
         assert cat.execute("SELECT count(*) FROM sources WHERE status='error'").fetchone()[0] == 0
     again = F.featurize(out, model=LITE0, device="cpu", **QUIET)
-    assert again["embedded"] == 0 and again["already"] == 6
+    assert again.embedded == 0 and again.already == 6
     # the error record is not in any thumbnail: the next resize finds it again
     r = resize(src, out, workers=1)
     assert r.errors == 1 and r.new_thumbnails == 0 and r.unchanged == 6
@@ -326,7 +326,7 @@ def test_rebuild_reattaches_vectors_and_labels_and_resize_refinds_errors(tmp_pat
     _drop_catalog(out)
     resize(src, out, workers=1)
     assert _queries(out) == before
-    assert F.featurize(out, model=LITE0, device="cpu", **QUIET)["embedded"] == 0
+    assert F.featurize(out, model=LITE0, device="cpu", **QUIET).embedded == 0
 
 
 def test_vector_row_records_follow_the_committed_rows(tmp_path):
@@ -347,7 +347,7 @@ def test_vector_row_records_follow_the_committed_rows(tmp_path):
     assert rows_bin.stat().st_size == size
     good = rows_bin.read_bytes()
     rows_bin.unlink()  # a vector store made before rows.bin existed
-    assert F.featurize(out, model=LITE0, device="cpu", **QUIET)["embedded"] == 0
+    assert F.featurize(out, model=LITE0, device="cpu", **QUIET).embedded == 0
     assert rows_bin.read_bytes() == good, "filled in from the catalog: the same records"
     before = _queries(out)
     _drop_catalog(out)

@@ -195,8 +195,8 @@ def test_featurize_finds_thumbnails_moved_into_user_folders(tmp_path):
     os.rename(out / rel_moved, out / moved_to)
     (out / rel_gone).unlink()
     s = F.featurize(out, model="efficientnet-lite0", device="cpu", log=lambda m: None)
-    assert s["errors"] == 0 and s["error_samples"] == []
-    assert s["embedded"] == 3 and s["relocated"] == 1 and s["missing"] == 1
+    assert s.errors == 0 and s.error_samples == []
+    assert s.embedded == 3 and s.relocated == 1 and s.missing == 1
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT relpath FROM thumbs WHERE id=?", (t_moved,)).fetchone()[0] == moved_to
         assert cat.execute("SELECT count(*) FROM embeddings WHERE thumb_id=?", (t_moved,)).fetchone()[0] == 1
@@ -207,4 +207,4 @@ def test_featurize_finds_thumbnails_moved_into_user_folders(tmp_path):
     # the deleted one is remade by resize and embedded next time
     resize(src, out, workers=1)
     s = F.featurize(out, model="efficientnet-lite0", device="cpu", log=lambda m: None)
-    assert s["embedded"] == 1 and s["missing"] == 0 and s["errors"] == 0
+    assert s.embedded == 1 and s.missing == 0 and s.errors == 0

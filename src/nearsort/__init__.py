@@ -7,11 +7,12 @@ Public API (usable without the CLI)::
 """
 from nearsort.errors import BadArgument, CatalogError, CatalogLocked, Interrupted, NearsortError
 from nearsort.store.catalog import Catalog
+from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.export import export
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.stage import Progress, Result
 from nearsort.store.sync import RebuildResult, rebuild
 
 __version__ = "0.1.0"
-__all__ = ["BadArgument", "Catalog", "CatalogError", "CatalogLocked", "Interrupted", "NearsortError", "Progress",
-           "RebuildResult", "ResizeResult", "Result", "export", "rebuild", "resize"]
+__all__ = ["BadArgument", "Catalog", "CatalogError", "CatalogLocked", "FeaturizeResult", "Interrupted", "NearsortError",
+           "Progress", "RebuildResult", "ResizeResult", "Result", "export", "featurize", "rebuild", "resize"]

@@ -225,35 +225,30 @@ def featurize(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Embed every thumbnail that has no vector for the model yet (resumable)."""
-    from nearsort.embed.featurize import Interrupted, featurize as do_featurize
+    from nearsort import Interrupted, featurize as do_featurize
 
-    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        fail("--device must be auto, cpu, cuda or mps")
-    if batch < 1:
-        fail("--batch must be >= 1")
     interrupted = False
-    with _Progress(not as_json) as bar:
-        prog = ticker(bar, "featurize")
+    with _Progress(not as_json) as prog:
         try:
             s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
                      backend=backend, progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
         except Interrupted as e:
             s, interrupted = e.result, True
     if as_json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps(s.to_dict(), indent=2))
     else:
-        rw = " [yellow](random weights — speed test only)[/]" if s.get("random_weights") else ""
+        rw = " [yellow](random weights — speed test only)[/]" if s.random_weights else ""
         out.print(
-            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {_name(s['model'])}{rw} on {_name(s['device'] or 'no device (nothing to embed)')}{' via ' + s['backend'] if s.get('backend') else ''}: "
-            f"{s['embedded']} thumbnails embedded, {s['already']} already had a vector, {s['errors']} unreadable "
-            f"({s['images_per_second']} images/s)."
+            f"{'[yellow]Interrupted[/]' if interrupted else '[green]Done[/]'}: model {_name(s.model)}{rw} on {_name(s.device or 'no device (nothing to embed)')}{' via ' + s.backend if s.backend else ''}: "
+            f"{s.embedded} thumbnails embedded, {s.already} already had a vector, {s.errors} unreadable "
+            f"({s.images_per_second} images/s)."
         )
-        for e in s["error_samples"][:5]:
+        for e in s.error_samples[:5]:
             out.print(f"  [red]✗[/] {_name(e['path'])}: {_name(e['error'])}", highlight=False)
-        if s.get("relocated"):
-            out.print(f"{s['relocated']} thumbnails were found in the folders they were moved to (catalog updated).")
-        if s.get("missing"):
-            out.print(f"{s['missing']} thumbnails have no file below THUMBS (deleted?): "
+        if s.relocated:
+            out.print(f"{s.relocated} thumbnails were found in the folders they were moved to (catalog updated).")
+        if s.missing:
+            out.print(f"{s.missing} thumbnails have no file below THUMBS (deleted?): "
                       "`nearsort resize SRC --out THUMBS` remakes them.")
         if interrupted:
             out.print("Everything finished so far is saved; run the same command again to continue.")
@@ -453,12 +448,11 @@ def run(
             raise typer.Exit(130)
     out.print(f"resize: {s.processed} processed, {s.unchanged} unchanged, {s.errors} errors")
     with _Progress(True) as bar:
-        prog = ticker(bar, "2/4 featurize")
-        f = _run(featurize, out_dir, model=model, backend=backend, progress=prog)
-    out.print(f"featurize: model {_name(f.get('model'))}, {f.get('embedded', 0)} new vectors")
+        f = _run(featurize, out_dir, model=model, backend=backend, progress=bar)
+    out.print(f"featurize: model {_name(f.model)}, {f.embedded} new vectors")
     with _Progress(True) as bar:
         prog = ticker(bar, "3/4 analyze")
-        a = _run(do_analyze, out_dir, model=f.get("model"), fast=fast, progress=prog)
+        a = _run(do_analyze, out_dir, model=f.model, fast=fast, progress=prog)
     _print_analyze(a)
     r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
     if apply:

@@ -11,20 +11,45 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from nearsort.errors import Interrupted
+from nearsort.errors import BadArgument, Interrupted
+from nearsort.stage import Progress, Result
 from nearsort.store import queries, sync
-from nearsort.store.catalog import Catalog, CatalogError, DiskFull, is_disk_full, state_dir
+from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, is_disk_full, open_catalog, state_dir
 from nearsort.vectors.rows import CARD_FILE, CARD_FORMAT, NAME_BYTES, ROWS_FILE, row_dtype
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
 
-ProgressFn = Callable[..., None]  # progress(done, total)
+
+@dataclass
+class FeaturizeResult(Result):
+    """What ``featurize`` did (``status``: done | interrupted | failed)."""
+
+    model: str                 # the resolved model name (``auto`` says which it picked)
+    requested: str
+    kind: str | None
+    dim: int
+    device: str | None         # None: nothing to embed, no model was loaded
+    random_weights: bool
+    thumbs: int                # thumbnails in the catalog
+    already: int               # ... that had a vector for the model
+    todo: int
+    backend: str | None = None  # onnx | torch (None: no model was loaded)
+    embedded: int = 0
+    errors: int = 0            # unreadable thumbnails
+    error_samples: list = field(default_factory=list)
+    relocated: int = 0         # thumbnails found in the folders they were moved to
+    missing: int = 0           # thumbnails with no file below THUMBS
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    status: str = "running"
+    index: dict | None = None  # the FAISS index parameters (when done)
 
 
 # ------------------------------------------------------------------ models table
@@ -171,38 +196,51 @@ def _check_images(cat: Catalog, model_id: int, n: int = 32) -> list[Path]:
 
 
 def featurize(
-    root: str | os.PathLike,
+    thumbs: Thumbs,
     model: str = "auto",
     weights: str | os.PathLike | None = None,
     device: str = "auto",
     batch: int = 32,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     *,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
     backend: str = "auto",
-) -> dict:
-    """Embed every thumbnail of THUMBS=``root`` that has no vector for ``model`` yet (docs/design.md, "embed").
+) -> FeaturizeResult:
+    """Embed every thumbnail of THUMBS (a path or an open Catalog) that has no vector for
+    ``model`` yet (docs/design.md, "embed"). ``progress("featurize", done, todo)``; ``log(line)``
+    hears what model loading says.
 
     ``backend``: ``auto`` (ONNX Runtime on the CPU, else torch), ``onnx`` or ``torch`` (backends.py).
     When the model's name is known without loading it (``models.known_name``) and every thumbnail
     has a vector for it, nothing is loaded: no torch, no model (``device`` and ``backend`` None).
-    Returns a summary dict (``model`` is the resolved name -- ``auto`` says which it picked).
-    Raises :class:`Interrupted` on Ctrl-C, after keeping everything committed so far.
+    Returns a :class:`FeaturizeResult` (``model`` is the resolved name -- ``auto`` says which it
+    picked). Raises :class:`~nearsort.errors.Interrupted` on Ctrl-C, after keeping everything
+    committed so far.
     """
     from nearsort.embed.backends import BACKENDS
+
+    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise BadArgument("--device must be auto, cpu, cuda or mps")
+    if batch < 1:
+        raise BadArgument("--batch must be >= 1")
+    backend = (backend or "auto").lower()
+    if backend not in BACKENDS:
+        raise BadArgument(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend == "onnx" and device == "auto":
+        device = "cpu"  # ONNX Runtime runs on the CPU here
+    t0 = time.monotonic()
+    with open_catalog(thumbs, write=True) as cat:  # fails fast (no catalog / locked) before loading a model
+        return _featurize(cat, t0, model, weights, device, batch, progress, workers, log, backend)
+
+
+def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress, workers, log,
+               backend) -> FeaturizeResult:
     from nearsort.embed.embedder import embed_files
     from nearsort.embed.models import known_name
     from nearsort.vectors.index import VectorIndex
 
-    backend = (backend or "auto").lower()
-    if backend not in BACKENDS:
-        raise CatalogError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
-    if backend == "onnx" and device == "auto":
-        device = "cpu"  # ONNX Runtime runs on the CPU here
-    t0 = time.monotonic()
-    root = Path(root)
-    cat = Catalog.open(root)  # fails fast (no catalog / locked) before loading a model
+    root = cat.root
     vi = rowlog = None
     try:
         m = None
@@ -221,17 +259,13 @@ def featurize(
         _save_card(cat, model_id, vi.folder)
         total_thumbs = queries.count_thumbs(cat)
         todo = queries.count_unembedded(cat, model_id)
-        summary = {
-            "model": name, "requested": model, "kind": info.get("kind"), "dim": dim,
-            "device": str(m.device) if m else None, "backend": None,
-            "random_weights": bool(info.get("random_weights")), "thumbs": total_thumbs, "already": total_thumbs - todo,
-            "todo": todo, "embedded": 0, "errors": 0, "error_samples": [], "seconds": 0.0,
-            "images_per_second": 0.0, "status": "running",
-        }
+        summary = FeaturizeResult(
+            model=name, requested=model, kind=info.get("kind"), dim=dim, device=str(m.device) if m else None,
+            random_weights=bool(info.get("random_weights")), thumbs=total_thumbs, already=total_thumbs - todo,
+            todo=todo)
         run_id = queries.start_run(cat, "featurize")
         ids_by_pos: dict[int, int] = {}
         has_labels = m is not None and m.has_labels
-        summary.update(relocated=0, missing=0)
         located = False  # sync.reconcile ran (at most once, on the first thumbnail not at its relpath)
 
         def todo_paths():
@@ -248,9 +282,9 @@ def featurize(
                             # the user moved thumbnails into their own folders: find every one where
                             # it is now (relpaths updated), then re-read this page
                             located = True
-                            summary["relocated"] = sync.reconcile(cat)["moved"]
+                            summary.relocated = sync.reconcile(cat)["moved"]
                             break
-                        summary["missing"] += 1  # deleted: `nearsort resize` remakes it
+                        summary.missing += 1  # deleted: `nearsort resize` remakes it
                         last = tid
                         continue
                     last = tid
@@ -260,9 +294,9 @@ def featurize(
 
         def on_error(pos, path, exc):
             ids_by_pos.pop(pos, None)
-            summary["errors"] += 1
-            if len(summary["error_samples"]) < ERROR_SAMPLES:
-                summary["error_samples"].append({"path": os.fsdecode(path), "error": f"{type(exc).__name__}: {exc}"})
+            summary.errors += 1
+            if len(summary.error_samples) < ERROR_SAMPLES:
+                summary.error_samples.append({"path": os.fsdecode(path), "error": f"{type(exc).__name__}: {exc}"})
 
         done = 0
 
@@ -270,7 +304,7 @@ def featurize(
             nonlocal done
             done = d
             if progress:
-                progress(d, todo)
+                progress("featurize", d, todo)
 
         status = "done"
         t_run = time.monotonic()
@@ -280,7 +314,7 @@ def featurize(
                 from nearsort.embed import backends
 
                 runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
-                summary["backend"] = runner.name
+                summary.backend = runner.name
             t_run = time.monotonic()  # images/s: embedding only (not loading, exporting, checking)
             for b in (embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
                                   on_error=on_error, backend=runner) if runner is not None else ()):
@@ -294,17 +328,17 @@ def featurize(
                         ids, probs = b.topk
                         queries.replace_labels(cat, model_id, tids, [
                             (t, l, p) for t, li, pi in zip(tids, ids, probs) for l, p in zip(li, pi)])
-                summary["embedded"] += len(tids)
+                summary.embedded += len(tids)
         except KeyboardInterrupt:
             status = "interrupted"
         except BaseException as e:
-            summary["status"] = "failed"
+            summary.status = "failed"
             try:
-                queries.finish_run(cat, run_id, "failed", json.dumps(summary))
+                queries.finish_run(cat, run_id, "failed", json.dumps(summary.to_dict()))
             except sqlite3.Error:
                 pass  # a full disk or a damaged catalog: the first error is the one to report
             if is_disk_full(e, root):
-                raise DiskFull(e, state_dir(root), kept=f"the {summary['embedded']} thumbnails embedded before it "
+                raise DiskFull(e, state_dir(root), kept=f"the {summary.embedded} thumbnails embedded before it "
                                                        "were kept") from e
             raise
         secs = time.monotonic() - t_run
@@ -312,17 +346,16 @@ def featurize(
             params = vi.save()
             _update_info(cat, model_id, _model_info(m, params) if m is not None else {"index": params})
             _save_card(cat, model_id, vi.folder)
-            summary["index"] = params
-        summary["status"] = status
-        summary["seconds"] = round(time.monotonic() - t0, 3)
-        summary["images_per_second"] = round(summary["embedded"] / secs, 2) if secs > 0 else 0.0
-        queries.finish_run(cat, run_id, status, json.dumps(summary))
+            summary.index = params
+        summary.status = status
+        summary.seconds = round(time.monotonic() - t0, 3)
+        summary.images_per_second = round(summary.embedded / secs, 2) if secs > 0 else 0.0
+        queries.finish_run(cat, run_id, status, json.dumps(summary.to_dict()))
     finally:
         if rowlog is not None:
             rowlog.close()
         if vi is not None:
             vi.close()
-        cat.close()
     if status == "interrupted":
         raise Interrupted(summary)
     return summary
