@@ -53,7 +53,7 @@ def main() -> None:
     with Catalog.open(thumbs, write=False) as cat:
         thumb_of = {os.fsdecode(bytes(p)): tid for p, tid in cat.execute(
             "SELECT s.path, o.thumb_id FROM sources s JOIN originals o ON o.id=s.original_id")}
-        rank = dict(cat.execute("SELECT thumb_id, rank FROM ranks WHERE ordering=?", (s["ordering"],)).fetchall())
+        rank = dict(cat.execute("SELECT thumb_id, rank FROM ranks WHERE ordering=?", (s.ordering,)).fetchall())
     groups: dict[str, set[int]] = defaultdict(set)
     for r in gt:
         tid = thumb_of.get(str(src / r["file"]))
@@ -69,11 +69,11 @@ def main() -> None:
             print("not adjacent:", g, rk)
     share = sum(adjacent) / len(adjacent)
     print(f"bench {src} ({len(gt)} files), THUMBS {thumbs}")
-    print(f"ordering {s['ordering']}  fast={a.fast}  analyze {s['seconds']} s  "
+    print(f"ordering {s.ordering}  fast={a.fast}  analyze {s.seconds} s  "
           f"(resize {t_resize:.1f} s, featurize {t_feat:.1f} s; cached steps are ~0)")
-    if s.get("chain_length") is not None:
-        print(f"chain length {s['chain_length']:.3f}  MST bound {s['mst_weight']}  ratio {s['mst_ratio']}  "
-              f"long jumps {s['long_jumps']}")
+    if s.chain_length is not None:
+        print(f"chain length {s.chain_length:.3f}  MST bound {s.mst_weight}  ratio {s.mst_ratio}  "
+              f"long jumps {s.long_jumps}")
     print(f"groups with variants whose thumbnails occupy consecutive ranks: {sum(adjacent)}/{len(adjacent)} "
           f"= {share:.3f}   (goal >= 0.95)")
 

@@ -119,7 +119,7 @@ def test_suffixed_names_work_in_analyze_refresh_and_hash_layout(tmp_path):
     rels = sorted(t.relative_to(out).as_posix() for t in all_thumbs(out))
     assert [r for r in rels if UNIFORM in r] == [f"80/00/{UNIFORM}{x}.jpg" for x in ("", "_2", "_3")]
     a = analyze(out, by="phash")
-    assert a["by"] == "phash"
+    assert a.by == "phash"
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM ranks").fetchone()[0] == 4
     r = refresh(out)

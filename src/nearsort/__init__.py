@@ -6,6 +6,7 @@ Public API (usable without the CLI)::
     resize("/mnt/nas/photos", "~/thumbs")
 """
 from nearsort.errors import BadArgument, CatalogError, CatalogLocked, Interrupted, NearsortError
+from nearsort.order.analyze import AnalyzeResult, analyze
 from nearsort.store.catalog import Catalog
 from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.export import export
@@ -14,5 +15,6 @@ from nearsort.stage import Progress, Result
 from nearsort.store.sync import RebuildResult, rebuild
 
 __version__ = "0.1.0"
-__all__ = ["BadArgument", "Catalog", "CatalogError", "CatalogLocked", "FeaturizeResult", "Interrupted", "NearsortError",
-           "Progress", "RebuildResult", "ResizeResult", "Result", "export", "featurize", "rebuild", "resize"]
+__all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "FeaturizeResult", "Interrupted",
+           "NearsortError", "Progress", "RebuildResult", "ResizeResult", "Result", "analyze", "export", "featurize",
+           "rebuild", "resize"]

@@ -388,15 +388,15 @@ def report(
 
 
 # --------------------------------------------------------------------------- analyze / run
-def _print_analyze(s: dict) -> None:
-    out.print(f"[green]Ordered[/] {s['thumbnails']} thumbnails by {_name(s['ordering'])} in {s['seconds']} s.")
-    if s.get("chain_length") is not None:
-        ratio = f" (ratio {s['mst_ratio']:.3f}; 1.0 is the best any chain can do)" if s.get("mst_ratio") else ""
-        out.print(f"  chain length {s['chain_length']:.3f}, minimum-spanning-tree bound "
-                  f"{s['mst_weight'] if s['mst_weight'] is not None else 'n/a'}{ratio}; "
-                  f"{s['long_jumps']} long jumps")
-    if s.get("without_vector"):
-        out.print(f"  {s['without_vector']} thumbnails have no vector yet (placed at the end): run featurize")
+def _print_analyze(s) -> None:
+    out.print(f"[green]Ordered[/] {s.thumbnails} thumbnails by {_name(s.ordering)} in {s.seconds} s.")
+    if s.chain_length is not None:
+        ratio = f" (ratio {s.mst_ratio:.3f}; 1.0 is the best any chain can do)" if s.mst_ratio else ""
+        out.print(f"  chain length {s.chain_length:.3f}, minimum-spanning-tree bound "
+                  f"{s.mst_weight if s.mst_weight is not None else 'n/a'}{ratio}; "
+                  f"{s.long_jumps} long jumps")
+    if s.without_vector:
+        out.print(f"  {s.without_vector} thumbnails have no vector yet (placed at the end): run featurize")
 
 
 @app.command()
@@ -408,15 +408,12 @@ def analyze(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Order all thumbnails into one chain (nearest neighbour first) and store the ranks."""
-    from nearsort.order.analyze import BY, analyze as do_analyze
+    from nearsort import analyze as do_analyze
 
-    if by not in BY:
-        fail(f"--by must be one of: {', '.join(BY)}")
-    with _Progress(not as_json) as bar:
-        prog = ticker(bar, "analyze")
+    with _Progress(not as_json) as prog:
         s = _run(do_analyze, thumbs, by=by, model=model, fast=fast, progress=prog)
     if as_json:
-        print(json.dumps(s, indent=2, default=str))
+        print(json.dumps(s.to_dict(), indent=2))
     else:
         _print_analyze(s)
         out.print(f"Apply it with: nearsort refresh {_name(thumbs)} --dry-run   (then without --dry-run)")
@@ -451,8 +448,7 @@ def run(
         f = _run(featurize, out_dir, model=model, backend=backend, progress=bar)
     out.print(f"featurize: model {_name(f.model)}, {f.embedded} new vectors")
     with _Progress(True) as bar:
-        prog = ticker(bar, "3/4 analyze")
-        a = _run(do_analyze, out_dir, model=f.model, fast=fast, progress=prog)
+        a = _run(do_analyze, out_dir, model=f.model, fast=fast, progress=bar)
     _print_analyze(a)
     r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
     if apply:

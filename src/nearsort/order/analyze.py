@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from nearsort.order import chain as orders
+from nearsort.stage import Progress, Result, ticker
+from nearsort.errors import BadArgument
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog, CatalogError
+from nearsort.store.catalog import Catalog, CatalogError, Thumbs, open_catalog
 from nearsort.ingest.thumbs import name_phash
 
 BY = ("similarity", "date", "size", "phash", "name")
@@ -77,21 +79,41 @@ def _phashes(cat: Catalog, ids: np.ndarray) -> np.ndarray:
     return np.array([int(name_phash(names[int(t)]), 16) for t in ids], dtype=np.uint64)
 
 
+@dataclass
+class AnalyzeResult(Result):
+    """The ordering ``analyze`` stored, and the chain's quality (similarity and phash orderings)."""
+
+    by: str
+    fast: bool
+    ordering: str = ""                 # the name the ranks are stored under (``similarity:<model>``, ``date`` ...)
+    thumbnails: int = 0
+    seconds: float = 0.0
+    model: str | None = None           # by similarity: the embeddings used
+    without_vector: int | None = None  # by similarity: thumbnails with no vector (placed at the end)
+    chain_length: float | None = None  # sum of the steps (similarity, phash)
+    mst_weight: float | None = None    # minimum-spanning-tree weight: a lower bound on any chain
+    mst_ratio: float | None = None     # chain_length / mst_weight
+    long_jumps: int | None = None
+    stats: dict | None = None
+    unchanged: bool = False            # the stored order was kept: its input had not changed
+
+
 def analyze(
-    root: str | os.PathLike,
+    thumbs: Thumbs,
     *,
     by: str = "similarity",
     model: str | None = None,
     fast: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Order the thumbnails of THUMBS ``root``; store ranks; return a summary with chain quality."""
+    progress: Progress | None = None,
+) -> AnalyzeResult:
+    """Order the thumbnails of THUMBS (a path or an open Catalog); store the ranks; return the
+    :class:`AnalyzeResult` with the chain's quality. ``progress("analyze", done, total)``."""
     if by not in BY:
-        raise ValueError(f"--by must be one of {', '.join(BY)}")
+        raise BadArgument(f"--by must be one of: {', '.join(BY)}")
     t0 = time.monotonic()
-    with Catalog.open(root) as cat:
+    with open_catalog(thumbs, write=True) as cat:
         run_id = queries.start_run(cat, f"analyze --by {by}")
-        summary: dict = {"by": by, "fast": fast}
+        summary = AnalyzeResult(by=by, fast=fast)
         all_ids = _thumb_ids(cat)
         if by == "similarity":
             model_id, name, dim = pick_model(cat, model)
@@ -101,25 +123,25 @@ def analyze(
             if kept is not None:  # same thumbnails, same vectors, same code: the stored order stands
                 with cat.tx():
                     queries.set_meta(cat, "last_ordering", ordering)
-                kept.update(unchanged=True, seconds=round(time.monotonic() - t0, 3))
-                queries.finish_run(cat, run_id, "done", json.dumps(kept))
+                kept.unchanged, kept.seconds = True, round(time.monotonic() - t0, 3)
+                queries.finish_run(cat, run_id, "done", json.dumps(kept.to_dict()))
                 return kept
             ids, vecs = load_vectors(cat, model_id, name, dim)
-            summary["model"] = name
-            res = orders.similarity_chain(vecs, fast=fast, progress=progress)
+            summary.model = name
+            res = orders.similarity_chain(vecs, fast=fast, progress=ticker(progress, "analyze"))
             chain_ids = ids[res.order]
             steps = res.steps
             missing = np.setdiff1d(all_ids, ids)
-            summary["without_vector"] = int(len(missing))
+            summary.without_vector = int(len(missing))
             if len(missing):  # keep them, at the end, so no thumbnail loses its place
                 chain_ids = np.concatenate([chain_ids, missing])
                 steps = np.concatenate([steps, np.full(len(missing), np.nan, np.float32)])
-            summary.update(_quality(res))
+            _quality(summary, res)
         elif by == "phash":
             ordering = "phash"
             res = orders.hamming_chain(_phashes(cat, all_ids))
             chain_ids, steps = all_ids[res.order], res.steps
-            summary.update(_quality(res))
+            _quality(summary, res)
         else:
             ordering = by
             if by == "date":
@@ -134,11 +156,13 @@ def analyze(
             queries.replace_ranks(cat, ordering, ((int(t), i, None if not np.isfinite(s) else float(s))
                                                   for i, (t, s) in enumerate(zip(chain_ids, steps))))
             queries.set_meta(cat, "last_ordering", ordering)
-            summary.update(ordering=ordering, thumbnails=int(len(chain_ids)),
-                           seconds=round(time.monotonic() - t0, 3))
+            summary.ordering = ordering
+            summary.thumbnails = int(len(chain_ids))
+            summary.seconds = round(time.monotonic() - t0, 3)
             if by == "similarity":
-                queries.set_meta(cat, f"analyzed:{ordering}", json.dumps({"input": digest, "summary": summary}))
-        queries.finish_run(cat, run_id, "done", json.dumps(summary))
+                queries.set_meta(cat, f"analyzed:{ordering}",
+                                 json.dumps({"input": digest, "summary": summary.to_dict()}))
+        queries.finish_run(cat, run_id, "done", json.dumps(summary.to_dict()))
     return summary
 
 
@@ -155,8 +179,8 @@ def _input_digest(cat: Catalog, ordering: str, model_id: int, fast: bool) -> str
     return h.hexdigest()
 
 
-def _unchanged(cat: Catalog, ordering: str, digest: str) -> dict | None:
-    """The summary of the stored order when it was made from the same input and is still complete."""
+def _unchanged(cat: Catalog, ordering: str, digest: str) -> AnalyzeResult | None:
+    """The result of the stored order when it was made from the same input and is still complete."""
     try:
         kept = json.loads(queries.get_meta(cat, f"analyzed:{ordering}") or "null")
     except ValueError:
@@ -165,14 +189,13 @@ def _unchanged(cat: Catalog, ordering: str, digest: str) -> dict | None:
         return None
     if queries.count_ranks(cat, ordering) != queries.count_thumbs(cat):
         return None
-    return dict(kept["summary"])
+    known = {f.name for f in fields(AnalyzeResult)}
+    return AnalyzeResult(**{k: v for k, v in kept["summary"].items() if k in known})
 
 
-def _quality(res) -> dict:
-    return {
-        "chain_length": round(float(res.length), 4),
-        "mst_weight": None if res.mst_weight is None else round(float(res.mst_weight), 4),
-        "mst_ratio": None if res.mst_ratio is None else round(float(res.mst_ratio), 4),
-        "long_jumps": int(res.long_jumps),
-        "stats": {k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))},
-    }
+def _quality(summary: AnalyzeResult, res) -> None:
+    summary.chain_length = round(float(res.length), 4)
+    summary.mst_weight = None if res.mst_weight is None else round(float(res.mst_weight), 4)
+    summary.mst_ratio = None if res.mst_ratio is None else round(float(res.mst_ratio), 4)
+    summary.long_jumps = int(res.long_jumps)
+    summary.stats = {k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))}
