@@ -268,7 +268,7 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     assert _group_of(D.find_duplicates(thumbs, cfg), p["original"]) is None
 
     r = rename.undo(thumbs)
-    assert r["undone"] == summary["op_id"] and r["moved"] == 4
+    assert r.undone == summary["op_id"] and r.moved == 4
     after = {k: sha(v) for k, v in p.items() if v.exists()}
     assert after == before
     assert set(_statuses(thumbs).values()) <= {"ok", "error"}
@@ -282,7 +282,7 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     import subprocess
 
     r = subprocess.run([sys.executable, "-c", "import sys; from nearsort import refresh as rename; "
-                        "print(rename.undo(sys.argv[1])['moved'])", str(thumbs)],
+                        "print(rename.undo(sys.argv[1]).moved)", str(thumbs)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split()[-1] == "4", r.stderr
     assert {k: sha(v) for k, v in p.items() if v.exists()} == before

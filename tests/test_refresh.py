@@ -266,15 +266,15 @@ def test_a_journal_kind_nobody_registered_is_refused_before_anything_moves(tmp_p
 def test_refuses_without_ranks(lib):
     before = _files(lib)
     with pytest.raises(rename.RefreshError, match="nearsort analyze"):
-        rename.refresh(lib)
+        rename.refresh_names(lib)
     assert _files(lib) == before
 
 
 def test_flat_prefix_and_sort_order(lib):
     _write_ranks(lib)
     folders = {n: r.rsplit("/", 1)[0] for n, r, _ in _thumbs(lib).values()}
-    s = rename.refresh(lib, layout="flat")
-    assert s["moved"] == 30 and s["ordering"] == "similarity:test" and not s["skipped"]
+    s = rename.refresh_names(lib, layout="flat")
+    assert s.moved == 30 and s.ordering == "similarity:test" and not s.skipped
     _check_consistent(lib)
     assert _sorted_names(lib) == _chain_names(lib)  # plain name sort == chain order
     for name, rel, rank in _thumbs(lib).values():
@@ -282,30 +282,30 @@ def test_flat_prefix_and_sort_order(lib):
         assert re.match(r"^\d{2}_", rel.rsplit("/", 1)[-1])  # 30 thumbnails -> 2 digits
         assert 1 <= rank <= 30
     # nothing to do the second time: no op recorded
-    again = rename.refresh(lib, layout="flat")
-    assert again["moved"] == 0 and again["op_id"] is None
+    again = rename.refresh_names(lib, layout="flat")
+    assert again.moved == 0 and again.op_id is None
 
 
 def test_rerefresh_replaces_prefix_and_picks_latest_ordering(lib):
     _write_ranks(lib, "similarity:a", seed=1)
-    rename.refresh(lib, layout="flat")
+    rename.refresh_names(lib, layout="flat")
     _write_ranks(lib, "similarity:b", seed=2)  # written last -> the default
-    s = rename.refresh(lib, layout="flat")
-    assert s["ordering"] == "similarity:b"
+    s = rename.refresh_names(lib, layout="flat")
+    assert s.ordering == "similarity:b"
     _check_consistent(lib)
     assert _sorted_names(lib) == _chain_names(lib, "similarity:b")
-    s = rename.refresh(lib, layout="flat", ordering="a")  # explicit (short or full name)
-    assert s["ordering"] == "similarity:a"
+    s = rename.refresh_names(lib, layout="flat", ordering="a")  # explicit (short or full name)
+    assert s.ordering == "similarity:a"
     _check_consistent(lib)
     assert _sorted_names(lib) == _chain_names(lib, "similarity:a")
     with pytest.raises(rename.RefreshError, match="available"):
-        rename.refresh(lib, ordering="nope")
+        rename.refresh_names(lib, ordering="nope")
     _write_ranks(lib, "date", seed=3)  # not a similarity ordering: not the default ...
-    assert rename.refresh(lib, layout="flat")["ordering"] == "similarity:b"
+    assert rename.refresh_names(lib, layout="flat").ordering == "similarity:b"
     with Catalog.open(lib) as cat:  # ... unless analyze says it is the latest
         with cat.tx():
             queries.set_meta(cat, "last_ordering", "date")
-    assert rename.refresh(lib, layout="flat")["ordering"] == "date"
+    assert rename.refresh_names(lib, layout="flat").ordering == "date"
     _check_consistent(lib)
     assert _sorted_names(lib) == _chain_names(lib, "date")
 
@@ -318,26 +318,26 @@ def test_report_shows_the_chain_refresh_applies(lib, tmp_path):
     _write_ranks(lib, "similarity:zz", seed=1)
     _write_ranks(lib, "similarity:aa", seed=2)  # written last, first by name
     _write_ranks(lib, "date", seed=3)           # not a similarity ordering: never the default
-    s = rename.refresh(lib, layout="flat")
-    assert s["ordering"] == "similarity:aa"
+    s = rename.refresh_names(lib, layout="flat")
+    assert s.ordering == "similarity:aa"
     assert _sorted_names(lib) == _chain_names(lib, "similarity:aa")
     assert R.report(lib, tmp_path / "r1.html")["ordering"] == "similarity:aa"
     _write_ranks(lib, "similarity:zz", seed=4)  # analyzed again: now the newest
-    assert rename.refresh(lib, layout="flat")["ordering"] == "similarity:zz"
+    assert rename.refresh_names(lib, layout="flat").ordering == "similarity:zz"
     assert R.report(lib, tmp_path / "r2.html")["ordering"] == "similarity:zz"
     assert R.report(lib, tmp_path / "r3.html", ordering="aa")["ordering"] == "similarity:aa"
 
 
 def test_pages_layout_respects_per_page_and_cuts_at_jumps(lib):
     _write_ranks(lib, big_jump_at=(6,))
-    s = rename.refresh(lib, per_page=7)
+    s = rename.refresh_names(lib, per_page=7)
     _check_consistent(lib)
     pages: dict[str, list[int]] = {}
     for _, rel, rank in _thumbs(lib).values():
         folder, base = rel.split("/")
         assert re.match(r"^p\d{4}$", folder)
         pages.setdefault(folder, []).append(rank)
-    assert len(pages) == s["pages"] >= 5
+    assert len(pages) == s.pages >= 5
     assert sorted(pages) == [f"p{i:04d}" for i in range(1, len(pages) + 1)]
     ranks_in_order = []
     for folder in sorted(pages):
@@ -354,16 +354,16 @@ def test_reset_restores_plain_names_and_week_layout(lib):
     before = _files(lib)
     assert all(WEEK_DIR.match(r.rsplit("/", 1)[0]) for r in before)
     _write_ranks(lib)
-    rename.refresh(lib, per_page=8)
-    s = rename.refresh(lib, reset=True)
-    assert s["kind"] == "reset"
+    rename.refresh_names(lib, per_page=8)
+    s = rename.refresh_names(lib, reset=True)
+    assert s.kind == "reset"
     _check_consistent(lib)
     assert set(_files(lib)) == set(before)
     assert all(r is None for _, _, r in _thumbs(lib).values())
     assert not any(d.startswith("p0") for d in _dirs(lib))
     # reset + flat: strip prefixes in place
-    rename.refresh(lib, layout="flat")
-    rename.refresh(lib, reset=True, layout="flat")
+    rename.refresh_names(lib, layout="flat")
+    rename.refresh_names(lib, reset=True, layout="flat")
     assert set(_files(lib)) == set(before)
 
 
@@ -373,13 +373,13 @@ def test_dry_run_changes_nothing(lib):
     first = sorted(_files(lib))[0]
     os.rename(lib / first, lib / "cats" / first.rsplit("/", 1)[-1])
     files, dirs, rows = _files(lib), _dirs(lib), _catalog_rows(lib)
-    s = rename.refresh(lib, dry_run=True, per_page=10)
-    assert s["dry_run"] and s["op_id"] is None and s["tags_added"] == 1
-    assert len(s["plan"]) == 30
-    assert all(new.startswith("p000") and old != new for old, new in s["plan"])
+    s = rename.refresh_names(lib, dry_run=True, per_page=10)
+    assert s.dry_run and s.op_id is None and s.tags_added == 1
+    assert len(s.plan) == 30
+    assert all(new.startswith("p000") and old != new for old, new in s.plan)
     assert _files(lib) == files and _dirs(lib) == dirs and _catalog_rows(lib) == rows
-    s = rename.refresh(lib, dry_run=True, reset=True)
-    assert [old for old, _ in s["plan"]] == ["cats/" + first.rsplit("/", 1)[-1]]
+    s = rename.refresh_names(lib, dry_run=True, reset=True)
+    assert [old for old, _ in s.plan] == ["cats/" + first.rsplit("/", 1)[-1]]
     assert _files(lib) == files and _catalog_rows(lib) == rows
 
 
@@ -391,10 +391,10 @@ def test_user_folders_become_tags_before_moving(lib):
         (lib / folder).mkdir(parents=True, exist_ok=True)
         for r in items:
             os.rename(lib / r, lib / folder / r.rsplit("/", 1)[-1])
-    s = rename.refresh(lib, per_page=10)
-    assert s["tags_added"] == 3 + 2 * 2 + 1
+    s = rename.refresh_names(lib, per_page=10)
+    assert s.tags_added == 3 + 2 * 2 + 1
     _check_consistent(lib)
-    assert rename.list_tags(lib) == {"2019 rome": 2, "cats": 3, "trips": 3}
+    assert rename.list_tags(lib).tags == {"2019 rome": 2, "cats": 3, "trips": 3}
     th = {n: (rel, tid) for tid, (n, rel, _) in _thumbs(lib).items()}
     for r in placed["cats"]:
         name = parse_thumb_filename(r.rsplit("/", 1)[-1])[0]
@@ -403,14 +403,14 @@ def test_user_folders_become_tags_before_moving(lib):
         assert thumbmeta.read(lib / rel)["tags"] == ["cats"]  # ... carrying its tag
     assert (lib / "cats").is_dir() and not any((lib / "cats").iterdir())  # a user's folder stays
     # tags are kept forever: after reset and another refresh
-    rename.refresh(lib, reset=True)
-    rename.refresh(lib, layout="flat")
-    assert rename.list_tags(lib) == {"2019 rome": 2, "cats": 3, "trips": 3}
+    rename.refresh_names(lib, reset=True)
+    rename.refresh_names(lib, layout="flat")
+    assert rename.list_tags(lib).tags == {"2019 rome": 2, "cats": 3, "trips": 3}
     # a folder made later shows up in `tags` without a refresh
     some = sorted(_files(lib))[-1]
     (lib / "dogs").mkdir()
     os.rename(lib / some, lib / "dogs" / some.rsplit("/", 1)[-1])
-    assert rename.list_tags(lib)["dogs"] == 1
+    assert rename.list_tags(lib).tags["dogs"] == 1
 
 
 def test_undo_restores_exact_previous_tree(lib):
@@ -420,17 +420,17 @@ def test_undo_restores_exact_previous_tree(lib):
         os.rename(lib / r, lib / "cats" / r.rsplit("/", 1)[-1])
     rename.list_tags(lib)  # tags (and their embedded metadata) settle before the snapshot
     files0, dirs0, th0 = _files(lib), _dirs(lib), _thumbs(lib)
-    rename.refresh(lib, per_page=9)
+    rename.refresh_names(lib, per_page=9)
     files1, th1 = _files(lib), _thumbs(lib)
     _write_ranks(lib, seed=5)
-    rename.refresh(lib, layout="flat")
+    rename.refresh_names(lib, layout="flat")
     assert _files(lib).keys() != files1.keys()
     u = rename.undo(lib)
-    assert u["undone_kind"] == "refresh" and u["moved"] == 30 and not u["left"]
+    assert u.undone_kind == "refresh" and u.moved == 30 and not u.left
     assert _files(lib) == files1 and _thumbs(lib) == th1
     u = rename.undo(lib)
     assert _files(lib) == files0 and _dirs(lib) == dirs0 and _thumbs(lib) == th0
-    assert rename.undo(lib)["undone"] is None  # nothing left: undo is not redo
+    assert rename.undo(lib).undone is None  # nothing left: undo is not redo
     with Catalog.open(lib) as cat:
         kinds = [tuple(r) for r in cat.execute("SELECT kind, state FROM ops ORDER BY id")]
     assert kinds == [("refresh", "undone"), ("refresh", "undone"), ("undo", "done"), ("undo", "done")]
@@ -439,12 +439,12 @@ def test_undo_restores_exact_previous_tree(lib):
 def test_undo_leaves_files_the_user_moved_since(lib):
     _write_ranks(lib)
     files0 = _files(lib)
-    rename.refresh(lib, per_page=10)
+    rename.refresh_names(lib, per_page=10)
     moved = sorted(_files(lib))[0]
     (lib / "keep").mkdir()
     os.rename(lib / moved, lib / "keep" / moved.split("/")[-1])
     u = rename.undo(lib)
-    assert u["left"] == [moved] and u["moved"] == 29
+    assert u.left == [moved] and u.moved == 29
     _check_consistent(lib)
     assert len(_files(lib)) == len(files0)
 
@@ -462,10 +462,10 @@ def test_recovery_from_lost_marks_and_half_moves(lib):
         os.link(lib / m.src, dst)
         if i != 11:  # the last one: killed between link and unlink
             os.unlink(lib / m.src)
-    s = rename.refresh(lib, per_page=10)
-    assert s["recovered"][0]["op_id"] == op
-    assert s["recovered"][0]["already"] == 12 and s["recovered"][0]["moved"] == 18
-    assert s["moved"] == 0
+    s = rename.refresh_names(lib, per_page=10)
+    assert s.recovered[0]["op_id"] == op
+    assert s.recovered[0]["already"] == 12 and s.recovered[0]["moved"] == 18
+    assert s.moved == 0
     _check_consistent(lib)
     assert _sorted_names(lib, full_path=True) == _chain_names(lib)
 
@@ -493,7 +493,7 @@ KILL_SCRIPT = textwrap.dedent("""
     j.move_file = move
     if mode == "random":
         open(marker, "w").close()
-    fn = r.undo if len(sys.argv) > 5 else r.refresh
+    fn = r.undo if len(sys.argv) > 5 else r.refresh_names
     fn(root) if fn is r.undo else fn(root, per_page=40)
 """)
 
@@ -540,7 +540,7 @@ def test_sigkill_mid_refresh_then_recover(big_lib, tmp_path, mode, stop_at, then
         assert _files(root) != files0  # really killed half-way
         assert any(r.startswith("p0") for r in _files(root))
     if then == "refresh":
-        rename.refresh(root, per_page=40)
+        rename.refresh_names(root, per_page=40)
         _check_consistent(root)
         assert _sorted_names(root, full_path=True) == _chain_names(root)
         assert all(len(r.split("/")) == 2 for _, r, _ in _thumbs(root).values())
@@ -552,11 +552,11 @@ def test_sigkill_mid_refresh_then_recover(big_lib, tmp_path, mode, stop_at, then
     assert _files(root) == files0 and _dirs(root) == dirs0 and _thumbs(root) == th0
     # either the killed undo was already journaled: this call finished it (roll forward) and
     # reverted nothing more; or it was killed while still finishing the refresh: this call undid it
-    assert u["undone_kind"] == "refresh"
+    assert u.undone_kind == "refresh"
     if then == "refresh":
-        assert u["finished_interrupted"] and u["recovered"][-1]["kind"] == "undo"
+        assert u.finished_interrupted and u.recovered[-1]["kind"] == "undo"
     else:
-        assert not u["finished_interrupted"] and u["recovered"][-1]["kind"] == "refresh"
+        assert not u.finished_interrupted and u.recovered[-1]["kind"] == "refresh"
     with Catalog.open(root) as cat:
         states = [tuple(r) for r in cat.execute("SELECT kind, state FROM ops ORDER BY id")]
     assert states == [("refresh", "undone"), ("undo", "done")]
@@ -575,8 +575,8 @@ def test_move_error_stops_cleanly_and_is_resumable(lib, monkeypatch):
 
     monkeypatch.setattr(journal, "move_file", failing)
     with pytest.raises(rename.RefreshError, match="Nothing was lost"):
-        rename.refresh(lib, per_page=10)
+        rename.refresh_names(lib, per_page=10)
     monkeypatch.setattr(journal, "move_file", real)
     u = rename.undo(lib)  # finishes the interrupted refresh, then reverts it
-    assert u["recovered"][0]["moved"] == 21 and u["undone_kind"] == "refresh"
+    assert u.recovered[0]["moved"] == 21 and u.undone_kind == "refresh"
     assert _files(lib) == files0

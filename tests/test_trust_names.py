@@ -108,7 +108,7 @@ def test_uniform_frames_of_one_size_never_share_a_thumbnail(tmp_path):
 
 def test_suffixed_names_work_in_analyze_refresh_and_hash_layout(tmp_path):
     from nearsort.order.analyze import analyze
-    from nearsort.refresh import refresh
+    from nearsort import refresh_names as refresh
 
     lib = tmp_path / "lib"
     for v in (20, 120, 220):
@@ -123,7 +123,7 @@ def test_suffixed_names_work_in_analyze_refresh_and_hash_layout(tmp_path):
     with Catalog.open(out, write=False) as cat:
         assert cat.execute("SELECT count(*) FROM ranks").fetchone()[0] == 4
     r = refresh(out)
-    assert r["moved"] == 4
+    assert r.moved == 4
     after = all_thumbs(out)
     assert sorted(parse_thumb_filename(t.name)[0] for t in after) == sorted(Path(x).stem for x in rels)
     assert all(parse_thumb_filename(t.name)[1] is not None for t in after)

@@ -11,10 +11,11 @@ from nearsort.store.catalog import Catalog
 from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.export import export
 from nearsort.ingest.resize import ResizeResult, resize
+from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, refresh_names, undo
 from nearsort.stage import Progress, Result
 from nearsort.store.sync import RebuildResult, rebuild
 
 __version__ = "0.1.0"
 __all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "FeaturizeResult", "Interrupted",
-           "NearsortError", "Progress", "RebuildResult", "ResizeResult", "Result", "analyze", "export", "featurize",
-           "rebuild", "resize"]
+           "NearsortError", "Progress", "RebuildResult", "RefreshResult", "ResizeResult", "Result", "TagsResult",
+           "UndoResult", "analyze", "export", "featurize", "list_tags", "rebuild", "refresh_names", "resize", "undo"]

@@ -15,7 +15,6 @@ from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
 # a file name, path, tag or message in a rich markup line: textsafe.markup; lines printed with
 # markup=False or plain print() use term() alone
-from nearsort.stage import ticker
 from nearsort.textsafe import markup as _name, term
 
 app = typer.Typer(
@@ -435,7 +434,7 @@ def run(
     from nearsort.order.analyze import analyze as do_analyze
     from nearsort.embed.featurize import featurize
     from nearsort.ingest.resize import Interrupted, resize as do_resize
-    from nearsort.refresh import refresh as do_refresh
+    from nearsort import refresh_names as do_refresh
 
     with _Progress(True) as bar:
         try:
@@ -452,12 +451,12 @@ def run(
     _print_analyze(a)
     r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
     if apply:
-        out.print(f"refresh: {r['moved']} thumbnails renamed into {r.get('pages') or 0} page folders. "
+        out.print(f"refresh: {r.moved} thumbnails renamed into {r.pages or 0} page folders. "
                   f"Undo with: nearsort undo {_name(out_dir)}")
         out.print(f"[bold]Look in {_name(out_dir)}[/] -- open the p0001/ folder in your file browser, "
                   "sorted by name: similar photos sit side by side.")
     else:
-        out.print(f"refresh (dry run): {len(r['plan'])} thumbnails would be renamed; nothing changed. "
+        out.print(f"refresh (dry run): {len(r.plan)} thumbnails would be renamed; nothing changed. "
                   f"Re-run with --apply, or: nearsort refresh {_name(out_dir)}")
 
 
@@ -476,43 +475,40 @@ def refresh(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Rename thumbnails {rank}_{name}.jpg in chain order, so any file browser shows look-alikes side by side."""
-    from nearsort.refresh import refresh as do_refresh
+    from nearsort import refresh_names
 
-    if per_page < 1:
-        fail("--per-page must be at least 1")
-    with _Progress(not as_json and not dry_run) as bar:
-        prog = ticker(bar, "refresh")
-        s = _run(do_refresh, thumbs, dry_run=dry_run, reset=reset, layout=layout, per_page=per_page,
+    with _Progress(not as_json and not dry_run) as prog:
+        s = _run(refresh_names, thumbs, dry_run=dry_run, reset=reset, layout=layout, per_page=per_page,
                  ordering=by, progress=prog)
     if as_json:
-        print(json.dumps(s, indent=2, default=str))
+        print(json.dumps(s.to_dict(), indent=2, default=str))
         return
     if dry_run:
-        for old, new in s["plan"]:
+        for old, new in s.plan:
             print(f"{term(old)} → {term(new)}")
-        if s["pending_ops"]:
-            err.print(f"an interrupted operation ({s['pending_ops']}) will be finished first")
-        err.print(f"dry run: {len(s['plan'])} of {s['thumbnails']} thumbnails would move"
-                  + (f" ({_name(s['ordering'])})" if s.get("ordering") else "") + "; nothing was changed.")
+        if s.pending_ops:
+            err.print(f"an interrupted operation ({s.pending_ops}) will be finished first")
+        err.print(f"dry run: {len(s.plan)} of {s.thumbnails} thumbnails would move"
+                  + (f" ({_name(s.ordering)})" if s.ordering else "") + "; nothing was changed.")
         return
-    for r in s["recovered"]:
+    for r in s.recovered:
         out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
-    what = "reset to plain names" if reset else f"renamed in {_name(s['ordering'])} order"
-    if s["op_id"] is None:
-        out.print(f"[green]Already done[/]: all {s['thumbnails']} thumbnails are {what}.")
+    what = "reset to plain names" if reset else f"renamed in {_name(s.ordering)} order"
+    if s.op_id is None:
+        out.print(f"[green]Already done[/]: all {s.thumbnails} thumbnails are {what}.")
     else:
-        pages = f" into {s['pages']} page folders" if s.get("pages") and s["layout"] == "pages" else ""
-        out.print(f"[green]Done[/]: {s['moved']} of {s['thumbnails']} thumbnails {what}{pages}.")
-    if s["tags_added"]:
-        out.print(f"{s['tags_added']} folder tags recorded (list them: nearsort tags {_name(thumbs)}).")
-    if s.get("unranked"):
-        out.print(f"{s['unranked']} thumbnails are newer than the last analyze: placed at the end "
+        pages = f" into {s.pages} page folders" if s.pages and s.layout == "pages" else ""
+        out.print(f"[green]Done[/]: {s.moved} of {s.thumbnails} thumbnails {what}{pages}.")
+    if s.tags_added:
+        out.print(f"{s.tags_added} folder tags recorded (list them: nearsort tags {_name(thumbs)}).")
+    if s.unranked:
+        out.print(f"{s.unranked} thumbnails are newer than the last analyze: placed at the end "
                   "(run `nearsort analyze` to place them).")
-    if s["missing"]:
-        out.print(f"{s['missing']} catalog thumbnails have no file (deleted?); `nearsort resize` remakes them.")
-    for x in s["skipped"][:10]:
+    if s.missing:
+        out.print(f"{s.missing} catalog thumbnails have no file (deleted?); `nearsort resize` remakes them.")
+    for x in s.skipped[:10]:
         out.print(f"  [yellow]![/] {_name(x['src'])}: {_name(x['why'])}", highlight=False)
-    if s["op_id"] is not None:
+    if s.op_id is not None:
         out.print(f"Undo with: nearsort undo {_name(thumbs)}")
 
 
@@ -522,28 +518,27 @@ def undo(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Revert the last refresh (or reset / quarantine) exactly; run it again to revert the one before."""
-    from nearsort.refresh import undo as do_undo
+    from nearsort import undo as do_undo
 
-    with _Progress(not as_json) as bar:
-        prog = ticker(bar, "undo")
+    with _Progress(not as_json) as prog:
         s = _run(do_undo, thumbs, progress=prog)
     if as_json:
-        print(json.dumps(s, indent=2, default=str))
+        print(json.dumps(s.to_dict(), indent=2, default=str))
         return
-    for r in s["recovered"]:
-        if not (s.get("finished_interrupted") and r["op_id"] == s["op_id"]):
+    for r in s.recovered:
+        if not (s.finished_interrupted and r["op_id"] == s.op_id):
             out.print(f"Finished the interrupted {r['kind']} #{r['op_id']} first.")
-    if s["undone"] is None:
+    if s.undone is None:
         out.print("Nothing to undo.")
         return
-    if s.get("finished_interrupted"):  # a killed undo, retried: finished, nothing more reverted
-        out.print(f"[green]Finished the interrupted undo[/]: {s['undone_kind']} #{s['undone']} is undone "
-                  f"({s['moved']} files moved back); run undo again to revert the operation before it.")
+    if s.finished_interrupted:  # a killed undo, retried: finished, nothing more reverted
+        out.print(f"[green]Finished the interrupted undo[/]: {s.undone_kind} #{s.undone} is undone "
+                  f"({s.moved} files moved back); run undo again to revert the operation before it.")
     else:
-        out.print(f"[green]Undone[/]: {s['undone_kind']} #{s['undone']} ({s['moved']} files moved back).")
-    if s["left"]:
-        out.print(f"{len(s['left'])} files were moved or deleted since then and were left where they are.")
-    for x in s["skipped"][:10]:
+        out.print(f"[green]Undone[/]: {s.undone_kind} #{s.undone} ({s.moved} files moved back).")
+    if s.left:
+        out.print(f"{len(s.left)} files were moved or deleted since then and were left where they are.")
+    for x in s.skipped[:10]:
         out.print(f"  [yellow]![/] {_name(x['src'])}: {_name(x['why'])}", highlight=False)
 
 
@@ -553,9 +548,9 @@ def tags(
     as_json: bool = typer.Option(False, "--json", help="Print {tag: count} as JSON."),
 ):
     """Tags taken from your own folder names (move thumbnails into THUMBS/cats/ -> tag 'cats')."""
-    from nearsort.refresh import list_tags
+    from nearsort import list_tags
 
-    t = _run(list_tags, thumbs)
+    t = _run(list_tags, thumbs).tags
     if as_json:
         print(json.dumps(t, indent=2, ensure_ascii=True))
         return

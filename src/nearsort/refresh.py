@@ -14,16 +14,18 @@ import posixpath
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 # undo reverts (and refresh finishes) quarantines too: importing dupes.quarantine registers their journal kind
 from nearsort.dupes import quarantine as _quarantine  # noqa: F401
-from nearsort.errors import CatalogLocked, RefreshError
+from nearsort.errors import BadArgument, CatalogLocked, RefreshError
+from nearsort.stage import Progress as StageProgress
+from nearsort.stage import Result, ticker
 from nearsort.ingest.thumbs import THUMB_EXT, layout_folder, name_phash, parse_thumb_filename
-from nearsort.journal import Progress, apply_op, journal_moves, recover, register_kind, undo_last
+from nearsort.journal import apply_op, journal_moves, recover, register_kind, undo_last
 from nearsort.store import queries, sync
-from nearsort.store.catalog import Catalog
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog
 
 DEFAULT_PER_PAGE = 500
 
@@ -319,77 +321,131 @@ def harvest_tags(cat: Catalog, locations: dict[int, str], write: bool = True) ->
 
 
 # ===================================================================== public entry points
-def refresh(root, dry_run: bool = False, reset: bool = False, layout: Optional[str] = None,
-            per_page: int = DEFAULT_PER_PAGE, ordering: Optional[str] = None,
-            progress: Progress = None) -> dict:
-    """Rename/move the thumbnails below ``root`` into chain order (see docs/design.md, "refresh").
+@dataclass
+class RefreshResult(Result):
+    """What ``refresh_names`` did (or, with ``dry_run``, would do: ``plan``)."""
 
-    Returns a summary dict: op_id (None when nothing moved or dry run), kind, layout, ordering,
-    thumbnails, moved, unchanged, pages, unranked, missing (catalog thumbnails with no file),
-    unknown (thumbnail-named files the catalog lacks, left alone), tags_added, skipped,
-    recovered; with ``dry_run`` also ``plan`` = [(old, new), ...] and nothing is written.
+    dry_run: bool
+    kind: str                           # refresh | reset
+    layout: str = ""                    # pages | flat | week | hash
+    ordering: Optional[str] = None      # the ordering applied (None for a reset)
+    thumbnails: int = 0
+    moved: int = 0
+    unchanged: int = 0
+    pages: Optional[int] = None         # page folders (layout pages)
+    per_page: Optional[int] = None
+    cutter: Optional[str] = None        # how the pages were cut
+    unranked: Optional[int] = None      # thumbnails newer than the ordering, placed at the end
+    missing: int = 0                    # catalog thumbnails with no file
+    unknown: int = 0                    # thumbnail-named files the catalog lacks (left alone)
+    tags_added: int = 0
+    skipped: list = field(default_factory=list)
+    op_id: Optional[int] = None         # the journaled op (None: nothing moved, or dry run)
+    recovered: list = field(default_factory=list)    # interrupted ops finished first
+    pending_ops: list = field(default_factory=list)  # dry run: interrupted ops that would be finished
+    plan: list = field(default_factory=list)         # dry run: [(old, new)]
+
+
+def refresh_names(thumbs: Thumbs, dry_run: bool = False, reset: bool = False, layout: Optional[str] = None,
+                  per_page: int = DEFAULT_PER_PAGE, ordering: Optional[str] = None,
+                  progress: Optional[StageProgress] = None) -> RefreshResult:
+    """``nearsort refresh``: rename/move the thumbnails of THUMBS (a path or an open Catalog) into
+    chain order (see docs/design.md, "refresh"); ``progress("refresh", done, total)``.
+
+    Returns a :class:`RefreshResult`; with ``dry_run`` its ``plan`` = [(old, new), ...] and
+    nothing is written.
     """
+    if per_page < 1:
+        raise BadArgument("--per-page must be at least 1")
     layout = _norm_layout(layout, reset)
-    with Catalog.open(root) as cat:
+    with open_catalog(thumbs, write=True) as cat:
         if not reset:
             pick_ordering(cat, ordering)  # refuse before touching anything
-        summary: dict = {"dry_run": dry_run, "kind": "reset" if reset else "refresh"}
+        summary = RefreshResult(dry_run=dry_run, kind="reset" if reset else "refresh")
         if dry_run:
-            pending = [o.id for o in queries.active_ops(cat)]
-            summary["pending_ops"] = pending  # would be finished first
+            summary.pending_ops = [o.id for o in queries.active_ops(cat)]  # would be finished first
             locs, missing, unknown = _locate(cat)
-            summary["tags_added"] = harvest_tags(cat, locs, write=False)["added"]
+            summary.tags_added = harvest_tags(cat, locs, write=False)["added"]
         else:
-            summary["recovered"] = recover(cat)["recovered"]
-            run_id = queries.start_run(cat, summary["kind"])
+            summary.recovered = recover(cat)["recovered"]
+            run_id = queries.start_run(cat, summary.kind)
             rec = sync.reconcile(cat)
             missing, unknown = rec["missing"], rec["unknown"]
             miss = set(missing)
             locs = {tid: rel for tid, rel in queries.thumb_relpaths(cat).items() if tid not in miss}
-            summary["tags_added"] = harvest_tags(cat, locs)["added"]
+            summary.tags_added = harvest_tags(cat, locs)["added"]
         moves, info = _plan(cat, locs, ordering=ordering, layout=layout, per_page=per_page, reset=reset)
         changing = [m for m in moves if m.src != m.dst]
-        summary.update(info)
-        summary.update(thumbnails=len(moves), moved=len(changing), unchanged=len(moves) - len(changing),
-                       missing=len(missing), unknown=len(unknown), skipped=[], op_id=None,
-                       per_page=per_page if layout == "pages" else None)
+        for k, v in info.items():
+            setattr(summary, k, v)
+        summary.thumbnails, summary.moved, summary.unchanged = len(moves), len(changing), len(moves) - len(changing)
+        summary.missing, summary.unknown = len(missing), len(unknown)
+        summary.per_page = per_page if layout == "pages" else None
         if dry_run:
-            summary["plan"] = [(m.src, m.dst) for m in changing]
+            summary.plan = [(m.src, m.dst) for m in changing]
             return summary
-        params = {k: summary.get(k) for k in ("layout", "ordering", "per_page")}
-        op_id = journal_moves(cat, summary["kind"], (("thumb", m.thumb_id, m.src, m.dst) for m in changing),
+        params = {"layout": summary.layout, "ordering": summary.ordering, "per_page": summary.per_page}
+        op_id = journal_moves(cat, summary.kind, (("thumb", m.thumb_id, m.src, m.dst) for m in changing),
                               params)
         with cat.tx():  # unchanged thumbnails: their rank is their (unchanged) prefix
             queries.set_thumb_ranks(cat, [(m.rank, m.thumb_id) for m in moves if m.src == m.dst])
             queries.set_meta(cat, "refresh.last", json.dumps(params, sort_keys=True))
         if op_id is not None:
-            res = apply_op(cat, op_id, progress)
-            summary["op_id"] = op_id
-            summary["moved"] = res["moved"]
-            summary["skipped"] = res["skipped"]
-        queries.finish_run(cat, run_id, "done", json.dumps({k: v for k, v in summary.items() if k != "plan"},
-                                                           default=str))
+            res = apply_op(cat, op_id, ticker(progress, "refresh"))
+            summary.op_id = op_id
+            summary.moved = res["moved"]
+            summary.skipped = res["skipped"]
+        queries.finish_run(cat, run_id, "done",
+                           json.dumps({k: v for k, v in summary.to_dict().items() if k != "plan"}, default=str))
         return summary
 
 
-def undo(root, progress: Progress = None) -> dict:
-    """Revert the last refresh/reset (or other journaled op) below ``root``; see :func:`undo_last`."""
-    with Catalog.open(root) as cat:
-        return undo_last(cat, progress)
+@dataclass
+class UndoResult(Result):
+    """What ``undo`` reverted (``undone`` None: nothing to undo)."""
+
+    undone: Optional[int] = None        # the op reverted
+    undone_kind: Optional[str] = None   # refresh | reset | quarantine ...
+    op_id: Optional[int] = None         # the undo op
+    moved: int = 0                      # files moved back
+    left: list = field(default_factory=list)     # files moved or deleted since, left where they are
+    skipped: list = field(default_factory=list)
+    finished_interrupted: bool = False  # a killed undo was finished (nothing more reverted)
+    message: str = ""
+    recovered: list = field(default_factory=list)
 
 
-def list_tags(root, harvest: bool = True) -> dict[str, int]:
-    """{tag: number of thumbnails}, sorted by tag. First harvests folder tags (reconciling where
-    thumbnails are) unless another nearsort process holds the catalog, then just reads."""
+def undo(thumbs: Thumbs, progress: Optional[StageProgress] = None) -> UndoResult:
+    """Revert the last refresh/reset (or other journaled op) of THUMBS (a path or an open Catalog);
+    see :func:`undo_last`. ``progress("undo", done, total)``."""
+    with open_catalog(thumbs, write=True) as cat:
+        return UndoResult(**undo_last(cat, ticker(progress, "undo")))
+
+
+@dataclass
+class TagsResult(Result):
+    """``{tag: number of thumbnails}``, sorted by tag."""
+
+    tags: dict = field(default_factory=dict)
+
+
+def list_tags(thumbs: Thumbs, harvest: bool = True) -> TagsResult:
+    """The tags of THUMBS (a path or an open Catalog). First harvests folder tags (reconciling
+    where thumbnails are) unless the catalog is read-only here (another nearsort process holds
+    it, or the Catalog given was opened with ``write=False``), then just reads."""
+    if isinstance(thumbs, Catalog):
+        return _tags(thumbs, harvest and thumbs.writable)
     try:
-        cat = Catalog.open(root)
+        cat = Catalog.open(thumbs)
     except CatalogLocked:
-        cat, harvest = Catalog.open(root, write=False), False
-    try:
-        if harvest:
-            rec = sync.reconcile(cat)
-            miss = set(rec["missing"])
-            harvest_tags(cat, {t: r for t, r in queries.thumb_relpaths(cat).items() if t not in miss})
-        return queries.tag_counts(cat)
-    finally:
-        cat.close()
+        cat, harvest = Catalog.open(thumbs, write=False), False
+    with cat:
+        return _tags(cat, harvest)
+
+
+def _tags(cat: Catalog, harvest: bool) -> TagsResult:
+    if harvest:
+        rec = sync.reconcile(cat)
+        miss = set(rec["missing"])
+        harvest_tags(cat, {t: r for t, r in queries.thumb_relpaths(cat).items() if t not in miss})
+    return TagsResult(queries.tag_counts(cat))
