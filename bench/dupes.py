@@ -146,7 +146,7 @@ def prepare(bench: Path, thumbs: Path, workers: int | None = None) -> dict:
 
 def run(thumbs: Path, **kw) -> dict:
     cfg = DupesConfig(model=MODEL, **kw)
-    return find_duplicates(thumbs, cfg).as_dict()
+    return find_duplicates(thumbs, cfg).to_dict()
 
 
 def sweep(thumbs: Path, bench: Path, truth: dict) -> None:
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         try:
             t = prepare(bench, tmp / "thumbs", a.workers)
             t0 = time.monotonic()
-            res = find_duplicates(tmp / "thumbs", DupesConfig(model=MODEL)).as_dict()
+            res = find_duplicates(tmp / "thumbs", DupesConfig(model=MODEL)).to_dict()
             t["dupes_s"] = time.monotonic() - t0
             total = t["resize_s"] + t["featurize_s"] + t["dupes_s"]
             print(f"pipeline on {n_files} files ({os.cpu_count()} cores): resize {t['resize_s']:.1f} s, "

@@ -245,13 +245,15 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     q = base / "quarantine"
     before = {k: sha(v) for k, v in p.items() if v.exists()}
     cfg = D.DupesConfig(use_embeddings=False)
-    res, plan = DQ.dupes(thumbs, cfg, move_to=q, dry_run=True)
+    res = DQ.quarantine(thumbs, q, config=cfg, dry_run=True)
+    plan = res.quarantine
     movers = {str(p[k]) for k in ("exact", "resized", "reencoded", "evil_copy")}
-    assert {mv["src"] for mv in plan["moves"]} == movers
+    assert {mv["src"] for mv in plan.moves} == movers
     assert not q.exists() and all(Path(m).exists() for m in movers)  # dry run: nothing moved
 
-    res, summary = DQ.dupes(thumbs, cfg, move_to=q)
-    assert summary["moved"] == 4 and summary["op_id"]
+    res = DQ.quarantine(thumbs, q, config=cfg)
+    summary = res.quarantine
+    assert summary.moved == 4 and summary.op_id
     for k in ("exact", "resized", "reencoded", "evil_copy"):
         dst = q / str(p[k]).lstrip(os.sep)           # mirrors the absolute path
         assert not p[k].exists() and dst.exists() and sha(dst) == before[k]
@@ -268,7 +270,7 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     assert _group_of(D.find_duplicates(thumbs, cfg), p["original"]) is None
 
     r = rename.undo(thumbs)
-    assert r.undone == summary["op_id"] and r.moved == 4
+    assert r.undone == summary.op_id and r.moved == 4
     after = {k: sha(v) for k, v in p.items() if v.exists()}
     assert after == before
     assert set(_statuses(thumbs).values()) <= {"ok", "error"}
@@ -277,8 +279,9 @@ def test_quarantine_moves_then_undo_restores(small_lib):
     assert g is not None and len(g["members"]) == 4
 
     # again, undone by a process that only knows rename.py (like `nearsort undo`)
-    res, summary = DQ.dupes(thumbs, cfg, move_to=q)
-    assert summary["moved"] == 4
+    res = DQ.quarantine(thumbs, q, config=cfg)
+    summary = res.quarantine
+    assert summary.moved == 4
     import subprocess
 
     r = subprocess.run([sys.executable, "-c", "import sys; from nearsort import refresh as rename; "
@@ -298,7 +301,7 @@ def test_quarantine_refuses_read_only_sources(small_lib):
     folder.chmod(0o555)
     try:
         with pytest.raises(D.DupesError, match="read-only") as ei:
-            DQ.dupes(thumbs, D.DupesConfig(use_embeddings=False), move_to=base / "q")
+            DQ.quarantine(thumbs, base / "q", config=D.DupesConfig(use_embeddings=False))
         assert str(folder) in str(ei.value)
         assert not (base / "q").exists()
         assert all(v.exists() for k, v in p.items() if k in ("exact", "resized", "reencoded", "evil_copy"))
@@ -311,18 +314,19 @@ def test_quarantine_refuses_inside_library_and_skips_changed_files(small_lib):
     base, p, thumbs = small_lib
     cfg = D.DupesConfig(use_embeddings=False)
     with pytest.raises(D.DupesError, match="inside"):
-        DQ.dupes(thumbs, cfg, move_to=base / "src" / "dupes")
+        DQ.quarantine(thumbs, base / "src" / "dupes", config=cfg)
     with pytest.raises(D.DupesError, match="inside"):
-        DQ.dupes(thumbs, cfg, move_to=thumbs / "q")
+        DQ.quarantine(thumbs, thumbs / "q", config=cfg)
     with open(p["resized"], "ab") as fh:   # changed after the last resize
         fh.write(b"\0")
-    res, plan = DQ.dupes(thumbs, cfg, move_to=base / "q", dry_run=True)
-    assert str(p["resized"]) in {s["path"] for s in plan["skipped"]}
-    assert str(p["resized"]) not in {mv["src"] for mv in plan["moves"]}
+    res = DQ.quarantine(thumbs, base / "q", config=cfg, dry_run=True)
+    plan = res.quarantine
+    assert str(p["resized"]) in {s["path"] for s in plan.skipped}
+    assert str(p["resized"]) not in {mv["src"] for mv in plan.moves}
 
 
 def test_cli_dupes_json_if_wired(tmp_path):
-    """Runs once the lead has added the command to cli.py."""
+    """`nearsort dupes --json` prints the groups."""
     import subprocess
 
     from nearsort import cli
@@ -337,4 +341,4 @@ def test_cli_dupes_json_if_wired(tmp_path):
                           "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert _group_of(D.DupesResult(data["groups"]), p["original"]) is not None
+    assert _group_of(D.DupesResult(groups=data["groups"]), p["original"]) is not None

@@ -99,26 +99,29 @@ def test_deleted_keeper_refuses_its_group_with_one_cli_line(tmp_path):
     assert all(not p.exists() and _in_q(q, p).exists() for p in P[1][1:])  # the other group moved
     assert "Moved 3 files" in r.stdout
     # the summary says so per group, too
-    res, s = DQ.dupes(thumbs, CFG, move_to=q, dry_run=True)
-    assert [(g["group"], g["keeper"]) for g in s["refused_groups"]] == [(_group_id(res, P[0][1]), str(P[0][0]))]
-    assert "missing" in s["refused_groups"][0]["why"] and s["moves"] == []
+    res = DQ.quarantine(thumbs, q, config=CFG, dry_run=True)
+    s = res.quarantine
+    assert [(g["group"], g["keeper"]) for g in s.refused_groups] == [(_group_id(res, P[0][1]), str(P[0][0]))]
+    assert "missing" in s.refused_groups[0]["why"] and s.moves == []
 
 
 def test_every_copy_gone_but_one_nothing_moves(tmp_path):
     src, thumbs, P = _lib(tmp_path, groups=1, copies=1)
     P[0][0].unlink()                               # the keeper gone: only the copy is left
-    res, s = DQ.dupes(thumbs, CFG, move_to=tmp_path / "q")
-    assert s["moved"] == 0 and len(s["refused_groups"]) == 1 and P[0][1].exists()
+    res = DQ.quarantine(thumbs, tmp_path / "q", config=CFG)
+    s = res.quarantine
+    assert s.moved == 0 and len(s.refused_groups) == 1 and P[0][1].exists()
 
 
 def test_keeper_with_changed_content_but_same_size_and_mtime_is_refused(tmp_path):
     src, thumbs, P = _lib(tmp_path)
     _edit_keeping_stat(P[0][0])
     before = tree_snapshot(src)
-    res, s = DQ.dupes(thumbs, CFG, move_to=tmp_path / "q")
-    assert [g["keeper"] for g in s["refused_groups"]] == [str(P[0][0])]
-    assert "changed" in s["refused_groups"][0]["why"]
-    assert {mv["src"] for mv in s["moves"]} == {str(p) for p in P[1][1:]}
+    res = DQ.quarantine(thumbs, tmp_path / "q", config=CFG)
+    s = res.quarantine
+    assert [g["keeper"] for g in s.refused_groups] == [str(P[0][0])]
+    assert "changed" in s.refused_groups[0]["why"]
+    assert {mv["src"] for mv in s.moves} == {str(p) for p in P[1][1:]}
     now = tree_snapshot(src)
     for p in P[0]:
         k = str(p.relative_to(src))
@@ -130,10 +133,11 @@ def test_member_with_changed_content_is_not_moved(tmp_path):
     changed = P[0][2]
     _edit_keeping_stat(changed)
     q = tmp_path / "q"
-    res, s = DQ.dupes(thumbs, CFG, move_to=q)
-    assert s["moved"] == 2 and not s["refused_groups"]
+    res = DQ.quarantine(thumbs, q, config=CFG)
+    s = res.quarantine
+    assert s.moved == 2 and not s.refused_groups
     assert changed.exists() and not _in_q(q, changed).exists()
-    assert [x["path"] for x in s["skipped"]] == [str(changed)] and "changed" in s["skipped"][0]["why"]
+    assert [x["path"] for x in s.skipped] == [str(changed)] and "changed" in s.skipped[0]["why"]
     for p in (P[0][1], P[0][3]):
         assert _in_q(q, p).read_bytes() == P[0][0].read_bytes()
     assert _statuses(thumbs)[str(changed)] == "ok"
@@ -153,10 +157,10 @@ def test_quarantine_through_a_symlink_into_src_is_refused_with_one_line(tmp_path
     assert tree_snapshot(src) == before
     # the direct path and a symlink to THUMBS are refused the same way
     with pytest.raises(D.DupesError, match="inside"):
-        DQ.dupes(thumbs, CFG, move_to=src / "copies0" / "q")
+        DQ.quarantine(thumbs, src / "copies0" / "q", config=CFG)
     (tmp_path / "th-link").symlink_to(thumbs, target_is_directory=True)
     with pytest.raises(D.DupesError, match="symbolic link"):
-        DQ.dupes(thumbs, CFG, move_to=tmp_path / "th-link" / "q")
+        DQ.quarantine(thumbs, tmp_path / "th-link" / "q", config=CFG)
 
 
 def test_edited_metadata_cannot_make_quarantine_move_files_outside_the_library(tmp_path):
@@ -182,13 +186,14 @@ def test_edited_metadata_cannot_make_quarantine_move_files_outside_the_library(t
     q = tmp_path / "q"
     # a rebuilt catalog does not know the library: nothing can be checked, nothing moves
     with pytest.raises(D.DupesError, match="does not record which folders"):
-        DQ.dupes(thumbs, CFG, move_to=q)
+        DQ.quarantine(thumbs, q, config=CFG)
     resize(src, thumbs, workers=1)                 # now it knows: src is the library
     with Catalog.open(thumbs, write=False) as cat:
         assert queries.source_roots(cat) == [str(src)]
-    res, s = DQ.dupes(thumbs, CFG, move_to=q)
-    assert {mv["src"] for mv in s["moves"]} == {str(p) for p in P[0][1:]}
-    why = {x["path"]: x["why"] for x in s["skipped"]}
+    res = DQ.quarantine(thumbs, q, config=CFG)
+    s = res.quarantine
+    assert {mv["src"] for mv in s.moves} == {str(p) for p in P[0][1:]}
+    why = {x["path"]: x["why"] for x in s.skipped}
     assert "outside the library" in why[str(twin)] and "outside the library" in why[str(other)]
     assert twin.exists() and other.exists() and not _in_q(q, other).exists() and not _in_q(q, twin).exists()
 
@@ -201,10 +206,11 @@ def test_a_symlinked_file_leading_out_of_the_library_is_not_moved(tmp_path):
     link.symlink_to(outside)
     resize(src, thumbs, workers=1)
     q = tmp_path / "q"
-    res, s = DQ.dupes(thumbs, CFG, move_to=q)
-    why = {x["path"]: x["why"] for x in s["skipped"]}
+    res = DQ.quarantine(thumbs, q, config=CFG)
+    s = res.quarantine
+    why = {x["path"]: x["why"] for x in s.skipped}
     assert "symbolic links are resolved" in why[str(link)] and str(outside) in why[str(link)]
-    assert link.is_symlink() and outside.exists() and [mv["src"] for mv in s["moves"]] == [str(P[0][1])]
+    assert link.is_symlink() and outside.exists() and [mv["src"] for mv in s.moves] == [str(P[0][1])]
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -281,10 +287,10 @@ def test_sigkill_mid_quarantine_rerun_finishes_it_and_one_undo_restores_all(tmp_
 def test_killed_undo_retried_reverts_exactly_one_operation(tmp_path):
     src, thumbs, P = _lib(tmp_path, groups=1, copies=4)
     q = tmp_path / "q"
-    assert DQ.dupes(thumbs, CFG, move_to=q)[1]["moved"] == 4          # quarantine #1
+    assert DQ.quarantine(thumbs, q, config=CFG).quarantine.moved == 4          # quarantine #1
     B = _group(src, 9, 4)
     resize(src, thumbs, workers=1)
-    assert DQ.dupes(thumbs, CFG, move_to=q)[1]["moved"] == 4          # quarantine #2
+    assert DQ.quarantine(thumbs, q, config=CFG).quarantine.moved == 4          # quarantine #2
     b_bytes = B[0].read_bytes()
 
     _killed(tmp_path, 3, "undo", thumbs)           # undo of #2, killed at its 3rd move
@@ -363,15 +369,15 @@ def test_keeper_gone_after_planning_stops_its_copies_even_when_a_killed_quaranti
     res = D.find_duplicates(thumbs, CFG)
     with Catalog.open(thumbs) as cat:
         monkeypatch.setattr(journal, "apply_op", lambda cat, op_id, **kw: {"moved": 0, "skipped": []})
-        DQ.quarantine(thumbs, res, q, cat=cat)  # journaled, nothing moved: as if killed at once
+        DQ.quarantine(cat, q, res)  # journaled, nothing moved: as if killed at once
     monkeypatch.undo()
     keeper_gone = paths[0][0]
     keeper_gone.unlink()
     with Catalog.open(thumbs) as cat:
         fin = DQ.finish_interrupted(cat)
-    assert fin and fin["finished_interrupted"]
+    assert fin and fin.finished_interrupted
     for p in paths[0][1:]:
         assert p.exists() and not _in_q(q, p).exists(), "a copy moved although its keeper is gone"
-    assert any("keeper" in s["why"] for s in fin["skipped"])
+    assert any("keeper" in s["why"] for s in fin.skipped)
     for p in paths[1][1:]:  # the other group's keeper is still there: its copies moved
         assert not p.exists() and _in_q(q, p).exists()

@@ -8,6 +8,8 @@ Public API (usable without the CLI)::
 from nearsort.errors import BadArgument, CatalogError, CatalogLocked, Interrupted, NearsortError
 from nearsort.order.analyze import AnalyzeResult, analyze
 from nearsort.store.catalog import Catalog
+from nearsort.dupes.group import DupesConfig, DupesResult, QuarantineResult, find_duplicates
+from nearsort.dupes.quarantine import quarantine
 from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.export import export
 from nearsort.ingest.resize import ResizeResult, resize
@@ -16,6 +18,7 @@ from nearsort.stage import Progress, Result
 from nearsort.store.sync import RebuildResult, rebuild
 
 __version__ = "0.1.0"
-__all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "FeaturizeResult", "Interrupted",
-           "NearsortError", "Progress", "RebuildResult", "RefreshResult", "ResizeResult", "Result", "TagsResult",
-           "UndoResult", "analyze", "export", "featurize", "list_tags", "rebuild", "refresh_names", "resize", "undo"]
+__all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "DupesConfig", "DupesResult",
+           "FeaturizeResult", "Interrupted", "NearsortError", "Progress", "QuarantineResult", "RebuildResult",
+           "RefreshResult", "ResizeResult", "Result", "TagsResult", "UndoResult", "analyze", "export", "featurize",
+           "find_duplicates", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "undo"]

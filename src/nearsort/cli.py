@@ -327,22 +327,27 @@ def dupes(
     as_json: bool = typer.Option(False, "--json", help="Print groups, keepers and mirror images as JSON."),
 ):
     """Find duplicate photos (exact, perceptual, near); pick a keeper in each group; optionally quarantine the rest."""
-    from nearsort.dupes.group import DupesConfig, format_text, write_json
-    from nearsort.dupes.quarantine import dupes as do_dupes, format_quarantine
+    from nearsort import DupesConfig, find_duplicates, quarantine
+    from nearsort.dupes.group import format_text, write_json
+    from nearsort.dupes.quarantine import format_quarantine
 
     if dry_run and move_to is None:
         fail("--dry-run goes with --move-to")
     cfg = DupesConfig(threshold=threshold, phash_distance=phash_distance, crop_distance=crop_distance,
                       model=model, keep=keep)
-    res, q = _run(do_dupes, thumbs, cfg, move_to=move_to, dry_run=dry_run,
-                  progress=None if as_json else (lambda m: err.print(term(m), markup=False, highlight=False)))
+    log = None if as_json else (lambda m: err.print(term(m), markup=False, highlight=False))
+    with _Progress(not as_json) as prog:
+        if move_to is None:
+            res = _run(find_duplicates, thumbs, cfg, progress=prog, log=log)
+        else:
+            res = _run(quarantine, thumbs, move_to, config=cfg, dry_run=dry_run, progress=prog, log=log)
     if as_json:
-        write_json(res, sys.stdout, q)
+        write_json(res, sys.stdout)
         return
     out.print(format_text(res, limit=limit or None), markup=False, highlight=False, soft_wrap=True)
-    if q is not None:
+    if res.quarantine is not None:
         out.print("")
-        for line in format_quarantine(q, thumbs):
+        for line in format_quarantine(res.quarantine, thumbs):
             out.print(line, markup=False, highlight=False)
 
 

@@ -22,8 +22,9 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from nearsort.errors import CatalogError, DupesError
+from nearsort.stage import Progress, Result
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog, state_dir
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog, state_dir
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
@@ -531,22 +532,44 @@ class _Edge:
 
 
 @dataclass
-class DupesResult:
-    groups: list = field(default_factory=list)
-    similar: list = field(default_factory=list)
+class QuarantineResult(Result):
+    """What a quarantine moved (or, with ``dry_run``, would move), and what it refused."""
+
+    dest: Optional[str] = None
+    dry_run: bool = False
+    op_id: Optional[int] = None          # the journaled op (``nearsort undo`` reverts it)
+    moved: int = 0
+    bytes: int = 0
+    moves: list = field(default_factory=list)           # [{"group", "source_id", "src", "dst", ...}]
+    skipped: list = field(default_factory=list)         # [{"path", "why"}]
+    refused_groups: list = field(default_factory=list)  # [{"group", "keeper", "why", "files"}]
+    read_only: list = field(default_factory=list)
+    dest_inside: Optional[str] = None
+    dest_problem: Optional[str] = None
+    real_dest: Optional[str] = None
+    library: list = field(default_factory=list)         # the source roots files must lie in
+    finished_interrupted: bool = False  # a killed quarantine was finished instead of planning one
+    moved_now: Optional[int] = None     # ... of its moves, those done now
+    pending_quarantine: Optional[int] = None  # dry run: a killed quarantine that would be finished
+
+
+@dataclass
+class DupesResult(Result):
+    """Duplicate groups (each with its keeper), similar pairs, and a quarantine when one ran."""
+
     summary: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"summary": self.summary, "settings": self.settings, "notes": self.notes,
-                "groups": self.groups, "similar": self.similar}
+    groups: list = field(default_factory=list)
+    similar: list = field(default_factory=list)
+    quarantine: Optional[QuarantineResult] = None
 
 
 class _Finder:
-    def __init__(self, cat: Catalog, cfg: DupesConfig, progress=None):
+    def __init__(self, cat: Catalog, cfg: DupesConfig, log=None, progress: Optional[Progress] = None):
         self.cat, self.cfg = cat, cfg
-        self.progress = progress or (lambda msg: None)
+        self.log = log or (lambda msg: None)
+        self.tick = (lambda phase: progress("dupes", phase, 3)) if progress else (lambda phase: None)
         self.members, self.names, self.rels = load_members(cat)
         self.by_thumb: dict[int, list[Member]] = {}
         for m in self.members:
@@ -611,7 +634,8 @@ class _Finder:
             self.pixels.prefetch([(e.a, e.b, None) for e in perceptual], cfg.workers)
         close = {(e.a, e.b) for e in perceptual}  # decided here: not near candidates again
         perceptual = [e for e in perceptual if self._confirmed(e)]
-        self.progress(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
+        self.tick(1)
+        self.log(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
                       f"({time.monotonic() - t0:.1f} s)")
         near: list[_Edge] = []
         mirrors: list[_Edge] = []
@@ -657,9 +681,10 @@ class _Finder:
                     else:
                         self.stats["rejected"] += 1
                 self.stats["near_edges"] = len(near)
-                self.progress(f"near: {len(a)} candidates with cosine >= {cfg.threshold}, {len(near)} confirmed, "
+                self.log(f"near: {len(a)} candidates with cosine >= {cfg.threshold}, {len(near)} confirmed, "
                               f"{len(mirrors)} mirror images ({time.monotonic() - t0:.1f} s)")
         self._mirror_edges = mirrors
+        self.tick(2)
         return perceptual, near
 
     def _is_mirror(self, crop: int, mirror: int) -> bool:
@@ -779,9 +804,10 @@ class _Finder:
             "signatures_computed": self.sigs.computed,
         }
         self.sigs.save()
+        self.tick(3)
         settings = asdict(cfg)
         settings["model"] = self.model_name
-        return DupesResult(out_groups, similar, summary, settings, self.notes)
+        return DupesResult(summary=summary, settings=settings, notes=self.notes, groups=out_groups, similar=similar)
 
     def _member_dict(self, m: Member, keeper: Member, is_keeper: bool) -> dict:
         if is_keeper:
@@ -865,15 +891,15 @@ class _Finder:
         return out
 
 
-def find_duplicates(root_or_cat, config: Optional[DupesConfig] = None,
-                    progress: Optional[Callable[[str], None]] = None) -> DupesResult:
-    """Group the ok sources of a catalog into duplicate groups (see docs/design.md, "dupes")."""
+def find_duplicates(thumbs: Thumbs, config: Optional[DupesConfig] = None, *,
+                    progress: Optional[Progress] = None, log: Optional[Callable[[str], None]] = None) -> DupesResult:
+    """Group the ok sources of THUMBS (a path or an open Catalog) into duplicate groups, each with
+    its keeper (see docs/design.md, "dupes"); read-only. ``progress("dupes", phase, 3)``;
+    ``log(line)`` hears what each phase found."""
     cfg = config or DupesConfig()
     cfg.check()
-    if isinstance(root_or_cat, Catalog):
-        return _Finder(root_or_cat, cfg, progress).run()
-    with Catalog.open(root_or_cat, write=False) as cat:
-        return _Finder(cat, cfg, progress).run()
+    with open_catalog(thumbs, write=False) as cat:
+        return _Finder(cat, cfg, log, progress).run()
 
 
 # ----------------------------------------------------------------------------- text output
@@ -913,9 +939,6 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
     return "\n".join(lines)
 
 
-def write_json(res: DupesResult, fh, quarantine_summary: Optional[dict] = None) -> None:
-    d = res.as_dict()
-    if quarantine_summary is not None:
-        d["quarantine"] = quarantine_summary
-    json.dump(d, fh, indent=1, ensure_ascii=True, default=str)
+def write_json(res: DupesResult, fh) -> None:
+    json.dump(res.to_dict(), fh, indent=1, ensure_ascii=True, default=str)
     fh.write("\n")

@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from nearsort import journal
-from nearsort.dupes.group import DupesConfig, DupesError, DupesResult, find_duplicates, heal_statuses, human_bytes
+from nearsort.dupes.group import (DupesConfig, DupesError, DupesResult, QuarantineResult, find_duplicates,
+                                  heal_statuses, human_bytes)
+from nearsort.stage import Progress
 from nearsort.store import queries, sync
-from nearsort.store.catalog import Catalog
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog
 from nearsort.textsafe import term
 
 # ----------------------------------------------------------------------------- journal kind 'original'
@@ -259,9 +262,9 @@ def _is_within(p, parent) -> bool:
         return False
 
 
-def finish_interrupted(cat: Catalog) -> Optional[dict]:
+def finish_interrupted(cat: Catalog) -> Optional[QuarantineResult]:
     """Finish (roll forward) what a killed process left half-done. When that was a quarantine,
-    return its summary (``finished_interrupted``: True, ``moved``: all the files it moved, before
+    return its result (``finished_interrupted``: True, ``moved``: all the files it moved, before
     and after the kill) -- a re-run of ``dupes --move-to`` finishes it instead of planning a new
     one, so one ``undo`` still restores every file. Else None."""
     done = [r for r in journal.recover(cat, kinds=("original",))["recovered"] if r["kind"] == "quarantine"]
@@ -269,115 +272,101 @@ def finish_interrupted(cat: Catalog) -> Optional[dict]:
         return None
     r = done[-1]
     params = queries.op(cat, r["op_id"]).params
-    return {"dest": params.get("dest"), "moves": [], "skipped": r["skipped"], "refused_groups": [],
-            "read_only": [], "dest_inside": None, "dest_problem": None, "bytes": params.get("bytes") or 0,
-            "dry_run": False, "op_id": r["op_id"], "moved": journal.moves_done(cat, r["op_id"]),
-            "moved_now": r["moved"], "finished_interrupted": True}
+    return QuarantineResult(dest=params.get("dest"), skipped=r["skipped"], bytes=params.get("bytes") or 0,
+                            op_id=r["op_id"], moved=journal.moves_done(cat, r["op_id"]), moved_now=r["moved"],
+                            finished_interrupted=True)
 
 
-def quarantine(root, res: DupesResult, dest, dry_run: bool = False, cat: Optional[Catalog] = None) -> dict:
-    """Move every non-keeper of ``res`` into ``dest`` (mirroring absolute paths), journaled.
+def quarantine(thumbs: Thumbs, dest, found: Optional[DupesResult] = None, *, config: Optional[DupesConfig] = None,
+               dry_run: bool = False, progress: Optional[Progress] = None,
+               log: Optional[Callable[[str], None]] = None) -> DupesResult:
+    """``nearsort dupes --move-to``: move every non-keeper of the duplicate groups of THUMBS (a path
+    or an open Catalog) into ``dest`` (mirroring absolute paths), journaled: ``nearsort undo`` puts
+    them back. Returns the groups with ``quarantine`` set (a :class:`QuarantineResult`: what moved,
+    or with ``dry_run`` what would).
 
-    Returns the plan plus {"op_id", "moved", "skipped", "refused_groups"}. Raises DupesError
-    (nothing moved) when a source folder or the destination is read-only, the destination is
-    inside the library (symbolic links resolved), or the catalog does not know the library.
-    A quarantine a killed process left half-done is finished instead (see
-    :func:`finish_interrupted`); a dry run then only says it would be.
+    ``found``: groups :func:`find_duplicates` found on this catalog; None: they are found here
+    (with ``config``, ``progress``, ``log``). A quarantine a killed process left half-done is
+    finished first, and then nothing new is planned in this call (``finished_interrupted``; the
+    groups are found on the finished state); a dry run only says it would be.
+    Raises DupesError (nothing moved) when a source folder or the destination is read-only, the
+    destination is inside the library (symbolic links resolved), or the catalog does not know
+    the library.
     """
-    own = cat is None
-    if own:
-        cat = Catalog.open(root, write=not dry_run)
-    try:
-        if dry_run:
-            pend = (queries.active_ops(cat, "quarantine") or [None])[-1]
-            if pend:
-                params = pend.params
-                return {"dest": params.get("dest"), "moves": [], "skipped": [], "refused_groups": [],
-                        "read_only": [], "dest_inside": None, "dest_problem": None,
-                        "bytes": params.get("bytes") or 0, "dry_run": True, "op_id": None, "moved": 0,
-                        "pending_quarantine": pend.id}
-        else:
-            fin = finish_interrupted(cat)
-            if fin:
-                return fin
-            heal_statuses(cat)
-        plan = plan_quarantine(cat, res, dest)
-        if not plan["library"]:
-            raise DupesError(
-                f"refusing to quarantine: the catalog of {cat.root} does not record which folders are the "
-                "photo library (a rebuilt catalog does not), so no file can be checked to lie inside it; run "
-                f"`nearsort resize SRC --out {cat.root}` once, then this command again (nothing was moved)")
-        if plan["read_only"]:
-            lines = "\n".join(f"  {term(f)}: {why}" for f, why in plan["read_only"][:10])
-            more = f"\n  ... and {len(plan['read_only']) - 10} more" if len(plan["read_only"]) > 10 else ""
-            raise DupesError(
-                f"refusing to quarantine: {len(plan['read_only'])} source folder(s) are read-only, so their "
-                f"duplicates cannot be moved (nothing was moved):\n{lines}{more}\n"
-                "Make them writable first, or delete duplicates yourself using `nearsort dupes --json`.")
-        if plan["dest_inside"]:
-            linked = os.path.normcase(plan["real_dest"]) != os.path.normcase(plan["dest"])
-            how = f"through a symbolic link it leads to {plan['real_dest']}, inside" if linked else "it is inside"
-            raise DupesError(f"refusing to quarantine into {plan['dest']}: {how} the photo library or THUMBS "
-                             f"({plan['dest_inside']}), where the next resize would pick the files up again; "
-                             "choose a folder outside it (nothing was moved)")
-        if plan["dest_problem"]:
-            raise DupesError(f"cannot quarantine into {plan['dest']}: {plan['dest_problem']}")
-        plan.update(dry_run=dry_run, op_id=None, moved=0)
-        if dry_run or not plan["moves"]:
-            return plan
-        d = Path(plan["dest"])
-        d.mkdir(parents=True, exist_ok=True)
-        marker = d / MARKER
-        if not marker.exists():
-            marker.write_text(_MARKER_TEXT.format(thumbs=cat.root))
-        op_id = journal.journal_moves(
-            cat, "quarantine", (("original", mv["source_id"], mv["src"], mv["dst"]) for mv in plan["moves"]),
-            {"dest": plan["dest"], "groups": len({mv["group"] for mv in plan["moves"]}), "bytes": plan["bytes"],
-             "guards": {str(mv["source_id"]): mv["guard"] for mv in plan["moves"]}})
-        r = journal.apply_op(cat, op_id)
-        plan.update(op_id=op_id, moved=r["moved"])
-        plan["skipped"] += r["skipped"]
-        return plan
-    finally:
-        if own:
-            cat.close()
-
-
-def dupes(root, config: Optional[DupesConfig] = None, move_to=None, dry_run: bool = False,
-          progress: Optional[Callable[[str], None]] = None) -> tuple[DupesResult, Optional[dict]]:
-    """CLI entry: find groups, optionally quarantine. Returns (result, quarantine summary or None).
-
-    With ``move_to``, a quarantine a killed process left half-done is finished first (the groups
-    are then found on the finished state) and nothing new is planned in that run."""
-    if move_to is None:
-        return find_duplicates(root, config, progress), None
-    with Catalog.open(root, write=not dry_run) as cat:
+    with open_catalog(thumbs, write=not dry_run) as cat:
         fin = None if dry_run else finish_interrupted(cat)
-        res = find_duplicates(cat, config, progress)
-        return res, fin or quarantine(root, res, move_to, dry_run=dry_run, cat=cat)
+        res = found if found is not None else find_duplicates(cat, config, progress=progress, log=log)
+        return replace(res, quarantine=fin or _quarantine(cat, res, dest, dry_run))
 
 
-def format_quarantine(q: dict, thumbs) -> list[str]:
+def _quarantine(cat: Catalog, res: DupesResult, dest, dry_run: bool) -> QuarantineResult:
+    if dry_run:
+        pend = (queries.active_ops(cat, "quarantine") or [None])[-1]
+        if pend:
+            return QuarantineResult(dest=pend.params.get("dest"), bytes=pend.params.get("bytes") or 0, dry_run=True,
+                                    pending_quarantine=pend.id)
+    else:
+        heal_statuses(cat)
+    plan = plan_quarantine(cat, res, dest)
+    if not plan["library"]:
+        raise DupesError(
+            f"refusing to quarantine: the catalog of {cat.root} does not record which folders are the "
+            "photo library (a rebuilt catalog does not), so no file can be checked to lie inside it; run "
+            f"`nearsort resize SRC --out {cat.root}` once, then this command again (nothing was moved)")
+    if plan["read_only"]:
+        lines = "\n".join(f"  {term(f)}: {why}" for f, why in plan["read_only"][:10])
+        more = f"\n  ... and {len(plan['read_only']) - 10} more" if len(plan["read_only"]) > 10 else ""
+        raise DupesError(
+            f"refusing to quarantine: {len(plan['read_only'])} source folder(s) are read-only, so their "
+            f"duplicates cannot be moved (nothing was moved):\n{lines}{more}\n"
+            "Make them writable first, or delete duplicates yourself using `nearsort dupes --json`.")
+    if plan["dest_inside"]:
+        linked = os.path.normcase(plan["real_dest"]) != os.path.normcase(plan["dest"])
+        how = f"through a symbolic link it leads to {plan['real_dest']}, inside" if linked else "it is inside"
+        raise DupesError(f"refusing to quarantine into {plan['dest']}: {how} the photo library or THUMBS "
+                         f"({plan['dest_inside']}), where the next resize would pick the files up again; "
+                         "choose a folder outside it (nothing was moved)")
+    if plan["dest_problem"]:
+        raise DupesError(f"cannot quarantine into {plan['dest']}: {plan['dest_problem']}")
+    q = QuarantineResult(**plan, dry_run=dry_run)
+    if dry_run or not q.moves:
+        return q
+    d = Path(q.dest)
+    d.mkdir(parents=True, exist_ok=True)
+    marker = d / MARKER
+    if not marker.exists():
+        marker.write_text(_MARKER_TEXT.format(thumbs=cat.root))
+    op_id = journal.journal_moves(
+        cat, "quarantine", (("original", mv["source_id"], mv["src"], mv["dst"]) for mv in q.moves),
+        {"dest": q.dest, "groups": len({mv["group"] for mv in q.moves}), "bytes": q.bytes,
+         "guards": {str(mv["source_id"]): mv["guard"] for mv in q.moves}})
+    r = journal.apply_op(cat, op_id)
+    q.op_id, q.moved = op_id, r["moved"]
+    q.skipped += r["skipped"]
+    return q
+
+
+def format_quarantine(q: QuarantineResult, thumbs) -> list[str]:
     """The lines the CLI prints about a quarantine summary: what moved (or would, or was finished),
     one line per refused group, the first skipped files."""
-    dest = term(q["dest"] or "?")
+    dest = term(q.dest or "?")
     undo = f"; undo with: nearsort undo {term(str(thumbs))}"
-    if q.get("finished_interrupted"):
-        return [f"Finished an interrupted quarantine: {q['moved']} files moved to {dest} "
-                f"({q['moved_now']} of them now){undo}",
+    if q.finished_interrupted:
+        return [f"Finished an interrupted quarantine: {q.moved} files moved to {dest} "
+                f"({q.moved_now} of them now){undo}",
                 "Nothing new was planned: run the command again to look for more duplicates."]
-    if q.get("pending_quarantine"):
-        return [f"An interrupted quarantine (op #{q['pending_quarantine']}, into {dest}) would be finished "
+    if q.pending_quarantine:
+        return [f"An interrupted quarantine (op #{q.pending_quarantine}, into {dest}) would be finished "
                 "first; nothing new is planned until it is (run without --dry-run)."]
-    if q["dry_run"]:
-        lines = [f"Would move {len(q['moves'])} files ({human_bytes(q['bytes'])}) to {dest}"]
+    if q.dry_run:
+        lines = [f"Would move {len(q.moves)} files ({human_bytes(q.bytes)}) to {dest}"]
     else:
-        lines = [f"Moved {q['moved']} files ({human_bytes(q['bytes'])}) to {dest}" + (undo if q["moved"] else "")]
-    for g in q.get("refused_groups", []):
+        lines = [f"Moved {q.moved} files ({human_bytes(q.bytes)}) to {dest}" + (undo if q.moved else "")]
+    for g in q.refused_groups:
         lines.append(f"  refused group {g['group']} (keeper {term(g['keeper'])}): {term(g['why'])}; "
                      f"none of its {g['files']} other files was moved")
-    for s in q["skipped"][:10]:
+    for s in q.skipped[:10]:
         lines.append(f"  skipped {term(s.get('path') or s.get('src'))}: {term(s['why'])}")
-    if len(q["skipped"]) > 10:
-        lines.append(f"  ... and {len(q['skipped']) - 10} more skipped (--json lists them all)")
+    if len(q.skipped) > 10:
+        lines.append(f"  ... and {len(q.skipped) - 10} more skipped (--json lists them all)")
     return lines
