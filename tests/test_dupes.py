@@ -210,7 +210,7 @@ def test_without_embeddings_and_other_policies(featurized):
 
 def test_quality_lists(featurized):
     base, p, thumbs = featurized
-    res = Q.quality(thumbs)
+    res = Q.assess_quality(thumbs)
     assert [it["paths"][0] for it in res.lists["dark"]] == [str(p["dark"])]
     assert [it["paths"][0] for it in res.lists["blurry"]] == [str(p["blurry"])]
     assert res.lists["bright"] == []
@@ -218,7 +218,7 @@ def test_quality_lists(featurized):
     assert set(errs) == {str(p["broken"]), str(p["evil_broken"])}
     assert all(errs.values())
     assert "Dark: 1 of" in Q.format_text(res)
-    only = Q.quality(thumbs, kinds=["blurry"], given=Q.Thresholds(blurry=1e9), limit=3)
+    only = Q.assess_quality(thumbs, kinds=["blurry"], thresholds=Q.Thresholds(blurry=1e9), limit=3)
     assert list(only.lists) == ["blurry"] and len(only.lists["blurry"]) == 3
     bl = [it["blur"] for it in only.lists["blurry"]]
     assert bl == sorted(bl)  # worst first

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -173,13 +172,14 @@ def errors(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """List source files that could not be made into thumbnails, with the reason."""
-    with _run(Catalog.open, thumbs, write=False) as cat:
-        rows = [(os.fsdecode(bytes(p)), e) for p, e, _size in queries.source_errors(cat)]
+    from nearsort import list_errors
+
+    rows = _run(list_errors, thumbs).errors
     if as_json:
-        print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return
-    for p, e in rows:
-        print(f"{term(p)}\t{term(e)}")
+    for e in rows:
+        print(f"{term(e['path'])}\t{term(e['error'])}")
     err.print(f"{len(rows)} errors")
 
 
@@ -364,10 +364,11 @@ def quality(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Dark, overexposed and blurry photos (worst first) and unreadable files. Default: all lists."""
-    from nearsort.quality import KINDS, Thresholds, format_text, quality as do_quality, write_json
+    from nearsort import Thresholds, assess_quality
+    from nearsort.quality import KINDS, format_text, write_json
 
     kinds = [k for k, on in zip(KINDS, (dark, bright, blurry)) if on] or list(KINDS)
-    res = _run(do_quality, thumbs, kinds, Thresholds(dark_below, bright_above, blur_below), limit)
+    res = _run(assess_quality, thumbs, kinds, Thresholds(dark_below, bright_above, blur_below), limit)
     if as_json:
         write_json(res, sys.stdout)
     else:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from nearsort.stage import Result
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog
 from nearsort.textsafe import term
 
 KINDS = ("dark", "bright", "blurry")
@@ -62,14 +63,20 @@ def thresholds_from(brightness: np.ndarray, blur: np.ndarray, given: Optional[Th
 
 
 @dataclass
-class QualityResult:
-    thresholds: dict
+class QualityResult(Result):
+    """The dark / bright / blurry lists (worst first) and the unreadable files."""
+
+    thresholds: dict                            # kind -> {"value", "how", ...}
     photos: int
     lists: dict = field(default_factory=dict)   # kind -> [item]
-    errors: list = field(default_factory=list)  # [{"path", "error"}]
+    errors: list = field(default_factory=list)  # [{"path", "error", "size"}]
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class ErrorsResult(Result):
+    """The source files that could not be made into thumbnails, by path."""
+
+    errors: list = field(default_factory=list)  # [{"path", "error", "size"}]
 
 
 def _photos(cat: Catalog):
@@ -123,9 +130,20 @@ def assess(cat: Catalog, kinds=KINDS, given: Optional[Thresholds] = None, limit:
     return res
 
 
-def quality(root, kinds=KINDS, given: Optional[Thresholds] = None, limit: Optional[int] = None) -> QualityResult:
-    with Catalog.open(root, write=False) as cat:
-        return assess(cat, kinds, given, limit)
+def assess_quality(thumbs: Thumbs, kinds=KINDS, thresholds: Optional[Thresholds] = None,
+                   limit: Optional[int] = None) -> QualityResult:
+    """``nearsort quality``: the dark, overexposed and blurry photos of THUMBS (a path or an open
+    Catalog), worst first (at most ``limit`` per list; ``thresholds`` given override the library's
+    percentiles), and the unreadable files; read-only."""
+    with open_catalog(thumbs, write=False) as cat:
+        return assess(cat, kinds, thresholds, limit)
+
+
+def list_errors(thumbs: Thumbs) -> ErrorsResult:
+    """``nearsort errors``: the source files of THUMBS (a path or an open Catalog) that could not
+    be made into thumbnails, with the reason; read-only."""
+    with open_catalog(thumbs, write=False) as cat:
+        return ErrorsResult(errors(cat))
 
 
 LABELS = {"dark": "Dark", "bright": "Overexposed (bright)", "blurry": "Blurry"}
@@ -151,5 +169,5 @@ def format_text(res: QualityResult, show_errors: bool = True) -> str:
 
 
 def write_json(res: QualityResult, fh) -> None:
-    json.dump(res.as_dict(), fh, indent=1, ensure_ascii=True)
+    json.dump(res.to_dict(), fh, indent=1, ensure_ascii=True)
     fh.write("\n")
