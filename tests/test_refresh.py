@@ -321,11 +321,11 @@ def test_report_shows_the_chain_refresh_applies(lib, tmp_path):
     s = rename.refresh_names(lib, layout="flat")
     assert s.ordering == "similarity:aa"
     assert _sorted_names(lib) == _chain_names(lib, "similarity:aa")
-    assert R.report(lib, tmp_path / "r1.html")["ordering"] == "similarity:aa"
+    assert R.write_report(lib, tmp_path / "r1.html").ordering == "similarity:aa"
     _write_ranks(lib, "similarity:zz", seed=4)  # analyzed again: now the newest
     assert rename.refresh_names(lib, layout="flat").ordering == "similarity:zz"
-    assert R.report(lib, tmp_path / "r2.html")["ordering"] == "similarity:zz"
-    assert R.report(lib, tmp_path / "r3.html", ordering="aa")["ordering"] == "similarity:aa"
+    assert R.write_report(lib, tmp_path / "r2.html").ordering == "similarity:zz"
+    assert R.write_report(lib, tmp_path / "r3.html", ordering="aa").ordering == "similarity:aa"
 
 
 def test_pages_layout_respects_per_page_and_cuts_at_jumps(lib):

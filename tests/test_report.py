@@ -92,8 +92,8 @@ def test_report_in_chromium(featurized, chromium, tmp_path):  # noqa: F811  (the
     base, p, thumbs = featurized
     analyze(thumbs)
     out = tmp_path / "site" / "report.html"
-    s = R.report(thumbs, out, inline=False)
-    assert s["groups"] == 2 and s["errors"] == 2 and s["dark"] == 1 and s["blurry"] == 1 and s["mirrors"] == 1
+    s = R.write_report(thumbs, out, inline=False)
+    assert s.groups == 2 and s.errors == 2 and s.dark == 1 and s.blurry == 1 and s.mirrors == 1
     page = out.read_text(encoding="utf-8")
     blocks = check_json_blocks(page)
     assert "d-groups-0" in blocks and "d-chain-0" in blocks
@@ -108,7 +108,7 @@ def test_report_in_chromium(featurized, chromium, tmp_path):  # noqa: F811  (the
         dom = r.stdout
         assert dom.count('class="group"') == 2
         assert "★ KEEP" in dom and "mirror image" in dom
-        assert dom.count('class="c"') == s["chain"] > 0           # the whole (small) chain is rendered
+        assert dom.count('class="c"') == s.chain > 0           # the whole (small) chain is rendered
         assert 'class="j"' in dom                                  # its biggest jumps are marked
         assert "Dark (1)" in dom and "Blurry (1)" in dom
         # hostile names are text
@@ -128,8 +128,8 @@ def test_report_in_chromium(featurized, chromium, tmp_path):  # noqa: F811  (the
     assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 50_000, r.stderr[-2000:]
     # the same page inlined (one portable file) renders the same groups
     inl = tmp_path / "inline.html"
-    s2 = R.report(thumbs, inl, inline=True)
-    assert s2["inline"] and s2["bytes"] > s["bytes"]
+    s2 = R.write_report(thumbs, inl, inline=True)
+    assert s2.inline and s2.bytes > s.bytes
     r = run_chromium(chromium, inl.as_uri(), "--dump-dom")
     assert r.returncode == 0 and r.stdout.count('class="group"') == 2
     assert re.findall(r'<img[^>]* src="data:image/jpeg;base64,', r.stdout)
@@ -148,8 +148,8 @@ def test_report_without_chain_or_dupes(tmp_path, chromium):
     make_photo(tmp_path / "src" / "b.jpg", 2)
     resize(tmp_path / "src", tmp_path / "thumbs", workers=1)
     out = tmp_path / "r.html"
-    s = R.report(tmp_path / "thumbs", out)
-    assert s["groups"] == 0 and s["chain"] == 0 and s["inline"]
+    s = R.write_report(tmp_path / "thumbs", out)
+    assert s.groups == 0 and s.chain == 0 and s.inline
     r = run_chromium(chromium, out.as_uri(), "--dump-dom")
     assert r.returncode == 0
     assert "No duplicates found." in r.stdout and "nearsort analyze" in r.stdout
@@ -198,13 +198,13 @@ def test_report_size_at_100k_photos(tmp_path):
     _synthetic_catalog(root, n)
     out = tmp_path / "report" / "report.html"
     t0 = time.monotonic()
-    s = R.report(root, out)
+    s = R.write_report(root, out)
     took = time.monotonic() - t0
-    assert not s["inline"]
-    assert s["chain"] == n and s["groups"] >= n // 20
+    assert not s.inline
+    assert s.chain == n and s.groups >= n // 20
     page = out.read_text(encoding="utf-8")
-    per_photo = s["bytes"] / n
-    print(f"100k report: {s['bytes'] / 1e6:.1f} MB, {per_photo:.0f} bytes/photo, {s['groups']} groups, {took:.1f} s")
+    per_photo = s.bytes / n
+    print(f"100k report: {s.bytes / 1e6:.1f} MB, {per_photo:.0f} bytes/photo, {s.groups} groups, {took:.1f} s")
     assert per_photo < 110, per_photo           # proportional and small (~10 MB at 100 k)
     head = page[:page.index('<script type="application/json"')]
     assert len(head) < 20_000                   # the markup itself does not grow with the library
@@ -240,7 +240,7 @@ def test_installed_wheel_makes_the_report(tmp_path):
     make_photo(tmp_path / "src" / "a.jpg", 1)
     resize(tmp_path / "src", tmp_path / "thumbs", workers=1)
     code = ("import sys, nearsort.report.build as R; print(R.__file__); "
-            "print(R.report(sys.argv[1], sys.argv[2])['bytes'])")
+            "print(R.write_report(sys.argv[1], sys.argv[2]).bytes)")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "thumbs"), str(tmp_path / "r.html")],
                        env=dict(os.environ, PYTHONPATH=str(site)), cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)

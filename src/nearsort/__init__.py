@@ -15,12 +15,9 @@ from nearsort.export import export
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.quality import ErrorsResult, QualityResult, Thresholds, assess_quality, list_errors
 from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, refresh_names, undo
-from nearsort.stage import Progress, Result
-from nearsort.store.sync import RebuildResult, rebuild
-
-__version__ = "0.1.0"
 __all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "DupesConfig", "DupesResult",
            "ErrorsResult", "FeaturizeResult", "Interrupted", "NearsortError", "Progress", "QualityResult",
-           "QuarantineResult", "RebuildResult", "RefreshResult", "ResizeResult", "Result", "TagsResult",
-           "Thresholds", "UndoResult", "analyze", "assess_quality", "export", "featurize", "find_duplicates",
-           "list_errors", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "undo"]
+           "QuarantineResult", "RebuildResult", "RefreshResult", "ReportResult", "ResizeResult", "Result",
+           "TagsResult", "Thresholds", "UndoResult", "analyze", "assess_quality", "export", "featurize",
+           "find_duplicates", "list_errors", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "undo",
+           "write_report"]

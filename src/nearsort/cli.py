@@ -383,12 +383,13 @@ def report(
                                           help="Embed thumbnails in the page (default: only for small libraries)."),
 ):
     """Write one self-contained HTML page: summary, duplicate groups, similarity chain, quality, broken files."""
+    from nearsort import write_report
     from nearsort.dupes.group import human_bytes
-    from nearsort.report.build import report as do_report
 
-    s = _run(do_report, thumbs, out_file, inline=inline)
-    out.print(f"Wrote {term(s['path'])} ({human_bytes(s['bytes'])}): {s['groups']} duplicate groups, "
-              f"{human_bytes(s['reclaimable'])} reclaimable, {s['errors']} unreadable files.",
+    with _Progress() as prog:
+        s = _run(write_report, thumbs, out_file, inline=inline, progress=prog)
+    out.print(f"Wrote {term(s.path)} ({human_bytes(s.bytes)}): {s.groups} duplicate groups, "
+              f"{human_bytes(s.reclaimable)} reclaimable, {s.errors} unreadable files.",
               markup=False, highlight=False)
 
 

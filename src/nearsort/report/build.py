@@ -15,14 +15,16 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from nearsort.stage import Progress, Result
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog
 
 INLINE_MAX = 200          # inline thumbnails as data: URIs up to this many (auto mode)
 INLINE_MAX_BYTES = 8 << 20
@@ -242,7 +244,42 @@ def _biggest(jumps: list[int]) -> int:
     return max(1, vals[k - 1])
 
 
-def report(root, out, **kw) -> dict:
-    """Write the HTML report of THUMBS=``root`` to ``out`` (see :func:`build` for options)."""
-    with Catalog.open(root, write=False) as cat:
-        return build(cat, Path(out), **kw)
+@dataclass
+class ReportResult(Result):
+    """The page written and what its summary shows."""
+
+    path: str
+    bytes: int
+    inline: bool          # thumbnails embedded in the page
+    photos: int
+    distinct: int
+    sources: int
+    groups: int
+    exact_groups: int
+    near_groups: int
+    duplicates: int
+    reclaimable: int      # bytes
+    mirrors: int
+    shots: int
+    dark: int
+    bright: int
+    blurry: int
+    errors: int
+    quarantined: int
+    chain: int            # thumbnails in the similarity chain strip
+    ordering: Optional[str]
+
+
+def write_report(thumbs: Thumbs, out="report.html", *, inline: Optional[bool] = None, dupes_result=None,
+                 dupes_config=None, quality_result=None, ordering: Optional[str] = None,
+                 title: Optional[str] = None, progress: Optional[Progress] = None) -> ReportResult:
+    """``nearsort report``: write the HTML report of THUMBS (a path or an open Catalog) to ``out``;
+    read-only. Duplicate groups and quality lists are found here unless given (``dupes_result``,
+    ``quality_result``); ``progress`` hears the duplicate search. See :func:`build`."""
+    from nearsort.dupes import group as D
+
+    with open_catalog(thumbs, write=False) as cat:
+        if dupes_result is None:
+            dupes_result = D.find_duplicates(cat, dupes_config, progress=progress)
+        return ReportResult(**build(cat, Path(out), dupes_result=dupes_result, quality_result=quality_result,
+                                    ordering=ordering, inline=inline, title=title))
