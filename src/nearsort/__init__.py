@@ -11,13 +11,13 @@ from nearsort.store.catalog import Catalog
 from nearsort.dupes.group import DupesConfig, DupesResult, QuarantineResult, find_duplicates
 from nearsort.dupes.quarantine import quarantine
 from nearsort.embed.featurize import FeaturizeResult, featurize
-from nearsort.export import export
+from nearsort.export import ExportResult, export
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.quality import ErrorsResult, QualityResult, Thresholds, assess_quality, list_errors
 from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, refresh_names, undo
 __all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "DupesConfig", "DupesResult",
-           "ErrorsResult", "FeaturizeResult", "Interrupted", "NearsortError", "Progress", "QualityResult",
-           "QuarantineResult", "RebuildResult", "RefreshResult", "ReportResult", "ResizeResult", "Result",
-           "TagsResult", "Thresholds", "UndoResult", "analyze", "assess_quality", "export", "featurize",
+           "ErrorsResult", "ExportResult", "FeaturizeResult", "Interrupted", "NearsortError", "Progress",
+           "QualityResult", "QuarantineResult", "RebuildResult", "RefreshResult", "ReportResult", "ResizeResult",
+           "Result", "TagsResult", "Thresholds", "UndoResult", "analyze", "assess_quality", "export", "featurize",
            "find_duplicates", "list_errors", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "undo",
            "write_report"]

@@ -189,13 +189,12 @@ def export(
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Write CSV here ('-' for stdout)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write JSON here ('-' for stdout)."),
 ):
-    """Export one row per source file (paths, sizes, hashes, dates, quality, rank, tags)."""
-    from nearsort.export import export as do_export
+    """Export one row per source file (paths, sizes, hashes, dates, quality, ranks, tags)."""
+    from nearsort import export as do_export
 
     if not csv_path and not json_path:
         fail("give --csv FILE and/or --json FILE")
-    n = _run(do_export, thumbs, csv_path, json_path)
-    err.print(f"{n} rows written")
+    err.print(f"{_run(do_export, thumbs, csv_path, json_path).rows} rows written")
 
 
 @app.command()

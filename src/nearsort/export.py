@@ -1,10 +1,15 @@
 """``export``: one row per source file -- the contract other tools and our benchmarks read.
 
 Columns: source_path, thumb_path (relative to THUMBS), width, height, content_hash, phash,
-capture_time, brightness, contrast, blur, status, error, rank, tags. Rows are sorted by source path
-(two exports of one catalog are byte-identical); both files are valid UTF-8 and CSV cells inert
-in spreadsheets, whatever the names hold: read a path back with
+capture_time, brightness, contrast, blur, status, error, rank, analyzed_rank, tags. Rows are sorted
+by source path (two exports of one catalog are byte-identical); both files are valid UTF-8 and CSV
+cells inert in spreadsheets, whatever the names hold: read a path back with
 ``textsafe.decode_path(textsafe.csv_uncell(cell))`` (JSON: ``decode_path(value)``).
+
+Two ranks: ``analyzed_rank`` is the thumbnail's 1-based place in the chain ``refresh`` applies by
+default (the last ``analyze``'s: ``queries.current_ordering``), there as soon as analyze ran;
+``rank`` is the prefix its file name carries on disk, set once ``refresh`` applied an ordering
+(empty before, and after a reset).
 """
 from __future__ import annotations
 
@@ -12,15 +17,17 @@ import csv
 import json
 import os
 import sys
-from typing import IO, Iterator
+from dataclasses import dataclass
+from typing import IO, Iterator, Optional
 
+from nearsort.stage import Result
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog
+from nearsort.store.catalog import Catalog, Thumbs, open_catalog
 from nearsort.textsafe import csv_cell, encode_path
 
 COLUMNS = [
     "source_path", "thumb_path", "width", "height", "content_hash", "phash", "capture_time",
-    "brightness", "contrast", "blur", "status", "error", "rank", "tags",
+    "brightness", "contrast", "blur", "status", "error", "rank", "analyzed_rank", "tags",
 ]
 
 
@@ -32,7 +39,7 @@ def rows(cat: Catalog) -> Iterator[dict]:
     tags: dict[int, list[str]] = {}
     for tid, tag in queries.tags(cat):
         tags.setdefault(tid, []).append(tag)
-    for r in queries.export_rows(cat):
+    for r in queries.export_rows(cat, queries.current_ordering(cat)):
         yield {
             "source_path": os.fsdecode(bytes(r["path"])),
             "thumb_path": r["relpath"],
@@ -40,6 +47,7 @@ def rows(cat: Catalog) -> Iterator[dict]:
             "content_hash": r["content_hash"], "phash": r["phash"], "capture_time": r["capture_time"],
             "brightness": _f(r["brightness"]), "contrast": _f(r["contrast"]), "blur": _f(r["blur"]),
             "status": r["status"], "error": r["error"], "rank": r["rank"],
+            "analyzed_rank": None if r["analyzed"] is None else r["analyzed"] + 1,
             "tags": ";".join(tags.get(r["tid"], [])) if r["tid"] is not None else "",
         }
 
@@ -69,10 +77,20 @@ def write_json(cat: Catalog, fh: IO[str]) -> int:
     return n
 
 
-def export(root, csv_path: str | None = None, json_path: str | None = None) -> int:
-    """Write the export to files ('-' = stdout). Returns the number of rows."""
+@dataclass
+class ExportResult(Result):
+    """How many rows were written, and where ('-': stdout)."""
+
+    rows: int
+    csv: Optional[str] = None
+    json: Optional[str] = None
+
+
+def export(thumbs: Thumbs, csv_path: str | None = None, json_path: str | None = None) -> ExportResult:
+    """``nearsort export``: write one row per source file of THUMBS (a path or an open Catalog) as
+    CSV and/or JSON ('-' = stdout); read-only. See the module doc for the columns."""
     n = 0
-    with Catalog.open(root, write=False) as cat:
+    with open_catalog(thumbs, write=False) as cat:
         for path, fn in ((csv_path, write_csv), (json_path, write_json)):
             if not path:
                 continue
@@ -83,4 +101,4 @@ def export(root, csv_path: str | None = None, json_path: str | None = None) -> i
                 with open(tmp, "w", encoding="utf-8", newline="") as fh:
                     n = fn(cat, fh)
                 os.replace(tmp, path)
-    return n
+    return ExportResult(n, csv_path, json_path)

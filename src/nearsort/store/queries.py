@@ -378,15 +378,16 @@ def member_rows(db: Db) -> list[tuple]:
         " WHERE s.status IN ('ok', 'quarantined') AND o.thumb_id IS NOT NULL ORDER BY s.id")]
 
 
-def export_rows(db: Db) -> Iterable[sqlite3.Row]:
+def export_rows(db: Db, ordering: Optional[str] = None) -> Iterable[sqlite3.Row]:
     """One row per source, by path: path, status, error, its original's content_hash, width, height,
-    phash, capture_time, and its thumbnail's tid, relpath, brightness, contrast, blur, rank (NULL
-    where there is none)."""
+    phash, capture_time, and its thumbnail's tid, relpath, brightness, contrast, blur, rank, and
+    ``analyzed`` (its 0-based rank in ``ordering``) (NULL where there is none)."""
     return _c(db).execute(
         "SELECT s.path, s.status, s.error, o.content_hash, o.width, o.height, o.phash, o.capture_time,"
-        " t.id AS tid, t.relpath, t.brightness, t.contrast, t.blur, t.rank"
+        " t.id AS tid, t.relpath, t.brightness, t.contrast, t.blur, t.rank, r.rank AS analyzed"
         " FROM sources s LEFT JOIN originals o ON o.id = s.original_id LEFT JOIN thumbs t ON t.id = o.thumb_id"
-        " ORDER BY s.path")
+        " LEFT JOIN ranks r ON r.thumb_id = t.id AND r.ordering = ?"
+        " ORDER BY s.path", (ordering,))
 
 
 # ============================================================================ tags
