@@ -14,6 +14,7 @@ import pytest
 
 from conftest import PY, REPO, SAMPLES, make_photo
 from nearsort.embed import featurize as F
+from nearsort.embed import search as S
 from nearsort.store.catalog import Catalog
 from nearsort.ingest.resize import resize
 from nearsort.textsafe import csv_uncell, decode_path, encode_path, term
@@ -202,7 +203,7 @@ def test_featurize_finds_thumbnails_moved_into_user_folders(tmp_path):
         assert cat.execute("SELECT count(*) FROM embeddings WHERE thumb_id=?", (t_moved,)).fetchone()[0] == 1
     # the vector stored for it is its own: a copy of the file, embedded on the fly, finds it first
     shutil.copyfile(out / moved_to, tmp_path / "probe.jpg")
-    top = F.similar(out, str(tmp_path / "probe.jpg"), k=1)["results"][0]
+    top = S.similar(out, str(tmp_path / "probe.jpg"), k=1)["results"][0]
     assert top["thumb_id"] == t_moved and top["score"] > 0.99
     # the deleted one is remade by resize and embedded next time
     resize(src, out, workers=1)

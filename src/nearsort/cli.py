@@ -284,7 +284,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find thumbnails by text (CLIP), or by ImageNet labels with a CNN model."""
-    from nearsort.embed.featurize import search_text
+    from nearsort.embed.search import search_text
 
     if k < 1:
         fail("-k must be >= 1")
@@ -301,7 +301,7 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find the thumbnails most similar to IMAGE (images outside the library are embedded on the fly)."""
-    from nearsort.embed.featurize import similar as do_similar
+    from nearsort.embed.search import similar as do_similar
 
     if k < 1:
         fail("-k must be >= 1")
