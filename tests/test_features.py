@@ -89,21 +89,21 @@ def test_similar_library_thumb_and_outside_file(lib, tmp_path):
         tid, rel = cat.execute("SELECT id, relpath FROM thumbs ORDER BY id LIMIT 1").fetchone()
         want_src = S._sources(cat, tid)
     r = S.similar(out, rel, k=3)
-    assert r["in_library"] and r["thumb_id"] == tid and len(r["results"]) == 3
-    assert all(x["thumb_id"] != tid for x in r["results"])
-    assert r["results"][0]["score"] >= r["results"][-1]["score"]
-    assert all(x["sources"] and Path(x["thumb"]).is_file() for x in r["results"])
+    assert r.in_library and r.thumb_id == tid and len(r.results) == 3
+    assert all(x["thumb_id"] != tid for x in r.results)
+    assert r.results[0]["score"] >= r.results[-1]["score"]
+    assert all(x["sources"] and Path(x["thumb"]).is_file() for x in r.results)
     # by absolute thumbnail path and by source path: the same thumbnail
-    assert S.similar(out, str(out / rel), k=3)["thumb_id"] == tid
-    assert S.similar(out, want_src[0], k=3)["thumb_id"] == tid
+    assert S.similar(out, str(out / rel), k=3).thumb_id == tid
+    assert S.similar(out, want_src[0], k=3).thumb_id == tid
     # a photo that is not in the library is embedded on the fly; its nearest is its own thumbnail
     outside = tmp_path / "outside.png"
     from PIL import Image
 
     Image.open(want_src[0]).resize((400, 300)).save(outside)
     r2 = S.similar(out, outside, k=2, device="cpu")
-    assert not r2["in_library"]
-    assert r2["results"][0]["thumb_id"] == tid and r2["results"][0]["score"] > 0.9
+    assert not r2.in_library
+    assert r2.results[0]["thumb_id"] == tid and r2.results[0]["score"] > 0.9
     with pytest.raises(FileNotFoundError):
         S.similar(out, tmp_path / "nope.jpg")
 
@@ -111,11 +111,11 @@ def test_similar_library_thumb_and_outside_file(lib, tmp_path):
 def test_label_search_fallback(lib):
     _, out = lib
     F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
-    r = S.search_text(out, "espresso", k=3)
-    assert r["fallback"] and r["model"] == "efficientnet-lite0" and r["classes"][0]["name"] == "espresso"
-    assert len(r["results"]) <= 3
-    r2 = S.search_text(out, "qqqzzz", k=3)
-    assert r2["fallback"] and r2["results"] == [] and "CLIP" in r2["message"]
+    r = S.search(out, "espresso", k=3)
+    assert r.fallback and r.model == "efficientnet-lite0" and r.classes[0]["name"] == "espresso"
+    assert len(r.results) <= 3
+    r2 = S.search(out, "qqqzzz", k=3)
+    assert r2.fallback and r2.results == [] and "CLIP" in r2.message
 
 
 def test_interrupted_then_resumed_has_no_duplicates(tmp_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_interrupted_then_resumed_has_no_duplicates(tmp_path, monkeypatch):
     s2 = F.featurize(out, model="efficientnet-lite0", device="cpu", batch=2, **QUIET)
     assert s2.embedded == 5 and s2.already == 2
     assert _check_consistent(out, "efficientnet-lite0") == 7
-    assert len(S.similar(out, "#1", k=10)["results"]) == 6
+    assert len(S.similar(out, "#1", k=10).results) == 6
 
 
 def test_unreadable_thumbnail_is_reported_and_retried(tmp_path):
@@ -165,9 +165,9 @@ def test_clip_random_weights_end_to_end(lib):
     assert s.model == "clip:ViT-S-32/random" and s.random_weights and s.embedded == 6
     _check_consistent(out, "clip:ViT-S-32/random")
     assert any(p.is_dir() for p in (state_dir(out) / "vectors").iterdir())
-    r = S.search_text(out, "a photo of a cat", k=4, model="clip:ViT-S-32/random", device="cpu")
-    assert not r["fallback"] and r["random_weights"] and len(r["results"]) == 4
-    scores = [x["score"] for x in r["results"]]
+    r = S.search(out, "a photo of a cat", k=4, model="clip:ViT-S-32/random", device="cpu")
+    assert not r.fallback and r.random_weights and len(r.results) == 4
+    scores = [x["score"] for x in r.results]
     assert scores == sorted(scores, reverse=True)
     # the text vector really is the CLIP text tower's, compared against the stored image vectors
     from nearsort.embed.models import load_model
@@ -177,15 +177,15 @@ def test_clip_random_weights_end_to_end(lib):
     with Catalog.open(out, write=False) as cat:
         mid = cat.execute("SELECT id FROM models WHERE name=?", (m.name,)).fetchone()[0]
         row = cat.execute("SELECT row FROM embeddings WHERE model_id=? AND thumb_id=?",
-                          (mid, r["results"][0]["thumb_id"])).fetchone()[0]
+                          (mid, r.results[0]["thumb_id"])).fetchone()[0]
     with VectorIndex.open(state_dir(out), m.name, m.dim, readonly=True) as vi:
-        assert abs(float(vi.get([row])[0] @ q) - r["results"][0]["score"]) < 1e-2
+        assert abs(float(vi.get([row])[0] @ q) - r.results[0]["score"]) < 1e-2
     # similar with a library thumbnail and with an outside copy of a source (re-loaded random weights are identical)
     first = sorted(src.glob("*.jpg"))[0]
     r2 = S.similar(out, first, k=3, model="clip:ViT-S-32/random")
-    assert r2["in_library"] and len(r2["results"]) == 3
+    assert r2.in_library and len(r2.results) == 3
     # text search picks a CLIP model with real weights first, else the newest model
-    assert S.search_text(out, "espresso", k=2)["model"] in ("clip:ViT-S-32/random", "efficientnet-lite0")
+    assert S.search(out, "espresso", k=2).model in ("clip:ViT-S-32/random", "efficientnet-lite0")
 
 
 def test_real_photos_label_search(tmp_path, shared_bench):
@@ -202,8 +202,8 @@ def test_real_photos_label_search(tmp_path, shared_bench):
     assert s.embedded == len(names)
     for q, want in [("espresso", "coffee2"), ("cat", "__cat"), ("dog", "dog"), ("guitar", "guitar2"),
                     ("coffee", "coffee2"), ("bird", "hummingbird")]:
-        r = S.search_text(out, q, k=3)
-        assert r["fallback"]
-        assert want in r["results"][0]["sources"][0], (q, r["results"])
+        r = S.search(out, q, k=3)
+        assert r.fallback
+        assert want in r.results[0]["sources"][0], (q, r.results)
     r = S.similar(out, shared_bench / "originals" / "python3-skimage__coffee.png", k=1, device="cpu")
-    assert "coffee2" in r["results"][0]["sources"][0]
+    assert "coffee2" in r.results[0]["sources"][0]

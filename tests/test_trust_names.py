@@ -280,11 +280,11 @@ def _queries(out: Path) -> dict:
     with Catalog.open(out, write=False) as cat:
         label = cat.execute("SELECT label FROM labels ORDER BY prob DESC LIMIT 1").fetchone()[0]
         rels = [r for (r,) in cat.execute("SELECT relpath FROM thumbs ORDER BY relpath")]
-    text = S.search_text(out, class_name(label), k=3)
-    assert text["results"], "precondition: the top label of some thumbnail finds it"
-    res = {"text": [(x["relpath"], x["score"]) for x in text["results"]]}
+    text = S.search(out, class_name(label), k=3)
+    assert text.results, "precondition: the top label of some thumbnail finds it"
+    res = {"text": [(x["relpath"], x["score"]) for x in text.results]}
     for rel in rels:
-        res[rel] = [(x["relpath"], x["score"]) for x in S.similar(out, rel, k=3)["results"]]
+        res[rel] = [(x["relpath"], x["score"]) for x in S.similar(out, rel, k=3).results]
     return res
 
 

@@ -203,7 +203,7 @@ def test_featurize_finds_thumbnails_moved_into_user_folders(tmp_path):
         assert cat.execute("SELECT count(*) FROM embeddings WHERE thumb_id=?", (t_moved,)).fetchone()[0] == 1
     # the vector stored for it is its own: a copy of the file, embedded on the fly, finds it first
     shutil.copyfile(out / moved_to, tmp_path / "probe.jpg")
-    top = S.similar(out, str(tmp_path / "probe.jpg"), k=1)["results"][0]
+    top = S.similar(out, str(tmp_path / "probe.jpg"), k=1).results[0]
     assert top["thumb_id"] == t_moved and top["score"] > 0.99
     # the deleted one is remade by resize and embedded next time
     resize(src, out, workers=1)

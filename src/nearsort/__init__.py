@@ -11,6 +11,7 @@ from nearsort.store.catalog import Catalog
 from nearsort.dupes.group import DupesConfig, DupesResult, QuarantineResult, find_duplicates
 from nearsort.dupes.quarantine import quarantine
 from nearsort.embed.featurize import FeaturizeResult, featurize
+from nearsort.embed.search import SearchResult, SimilarResult, search, similar
 from nearsort.export import ExportResult, export
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.quality import ErrorsResult, QualityResult, Thresholds, assess_quality, list_errors
@@ -18,6 +19,6 @@ from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, r
 __all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "DupesConfig", "DupesResult",
            "ErrorsResult", "ExportResult", "FeaturizeResult", "Interrupted", "NearsortError", "Progress",
            "QualityResult", "QuarantineResult", "RebuildResult", "RefreshResult", "ReportResult", "ResizeResult",
-           "Result", "TagsResult", "Thresholds", "UndoResult", "analyze", "assess_quality", "export", "featurize",
-           "find_duplicates", "list_errors", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "undo",
-           "write_report"]
+           "Result", "SearchResult", "SimilarResult", "TagsResult", "Thresholds", "UndoResult", "analyze",
+           "assess_quality", "export", "featurize", "find_duplicates", "list_errors", "list_tags", "quarantine",
+           "rebuild", "refresh_names", "resize", "search", "similar", "undo", "write_report"]

@@ -254,23 +254,23 @@ def featurize(
         raise typer.Exit(130)
 
 
-def _print_hits(r: dict, as_json: bool) -> None:
+def _print_hits(r, as_json: bool) -> None:
     if as_json:  # ASCII: non-UTF-8 names (lone surrogates) and control characters come out escaped
-        print(json.dumps(r, indent=2, ensure_ascii=True))
+        print(json.dumps(r.to_dict(), indent=2, ensure_ascii=True))
         return
-    if r.get("random_weights"):
-        err.print(f"[yellow]note:[/] {_name(r['model'])} has random weights (speed test only); results are meaningless")
-    if r.get("fallback"):
-        cls = ", ".join(f"{c['name']} ({c['weight']:.2f})" for c in r.get("classes", [])[:5])
-        err.print(f"[yellow]note:[/] {_name(r['model'])} has no text tower: ImageNet label search"
+    if r.random_weights:
+        err.print(f"[yellow]note:[/] {_name(r.model)} has random weights (speed test only); results are meaningless")
+    if getattr(r, "fallback", False):
+        cls = ", ".join(f"{c['name']} ({c['weight']:.2f})" for c in (r.classes or [])[:5])
+        err.print(f"[yellow]note:[/] {_name(r.model)} has no text tower: ImageNet label search"
                   + (f" over {_name(cls)}" if cls else ""), highlight=False)
-    if r.get("message"):
-        err.print(_name(r["message"]), highlight=False)
-    for i, h in enumerate(r["results"], 1):
+    if getattr(r, "message", None):
+        err.print(_name(r.message), highlight=False)
+    for i, h in enumerate(r.results, 1):
         src = _name(h["sources"][0]) if h["sources"] else "-"
         more = f" (+{len(h['sources']) - 1} copies)" if len(h["sources"]) > 1 else ""
         out.print(f"{i:3d}  {h['score']:.3f}  {_name(h['relpath'])}  {src}{more}", highlight=False, soft_wrap=True)
-    if not r["results"]:
+    if not r.results:
         err.print("no results")
 
 
@@ -284,11 +284,9 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find thumbnails by text (CLIP), or by ImageNet labels with a CNN model."""
-    from nearsort.embed.search import search_text
+    from nearsort import search as do_search
 
-    if k < 1:
-        fail("-k must be >= 1")
-    _print_hits(_run(search_text, thumbs, text, k=k, model=model, device=device), as_json)
+    _print_hits(_run(do_search, thumbs, text, k=k, model=model, device=device), as_json)
 
 
 @app.command()
@@ -301,10 +299,8 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Find the thumbnails most similar to IMAGE (images outside the library are embedded on the fly)."""
-    from nearsort.embed.search import similar as do_similar
+    from nearsort import similar as do_similar
 
-    if k < 1:
-        fail("-k must be >= 1")
     _print_hits(_run(do_similar, thumbs, image, k=k, model=model, device=device), as_json)
 
 

@@ -7,13 +7,42 @@ embeds an image from outside the library on the fly. Details: docs/design.md, "s
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from nearsort.embed.featurize import _load_for, _model_row
+from nearsort.stage import Result
+from nearsort.errors import BadArgument
 from nearsort.store import queries
-from nearsort.store.catalog import Catalog, CatalogError, state_dir
+from nearsort.store.catalog import Catalog, CatalogError, Thumbs, open_catalog, state_dir
+
+
+@dataclass
+class Hits(Result):
+    query: str
+    model: str                   # the featurized model searched
+    random_weights: bool = False  # then the results are meaningless (a speed-test model)
+    results: list = field(default_factory=list)  # [{"thumb_id", "relpath", "thumb", "sources", "score"}], best first
+
+
+@dataclass
+class SearchResult(Hits):
+    """Thumbnails matching a text, best first."""
+
+    fallback: bool = False           # no text tower (a CNN): ImageNet label search
+    classes: Optional[list] = None   # fallback: the classes the text matched [{"label", "name", "weight"}]
+    message: Optional[str] = None    # fallback: why nothing could be searched
+
+
+@dataclass
+class SimilarResult(Hits):
+    """Thumbnails most similar to an image, best first."""
+
+    in_library: bool = False         # the image is a thumbnail (or source) of this library
+    thumb_id: Optional[int] = None   # ... that one (left out of the results)
 
 
 # ------------------------------------------------------------------ results
@@ -75,31 +104,32 @@ def _vector_search(cat, model_id, name, dim, q: np.ndarray, k: int, exclude: set
 # ------------------------------------------------------------------ search
 
 
-def search_text(root: str | os.PathLike, query: str, k: int = 20, model: str | None = None,
-                device: str = "auto") -> dict:
-    """Text search. CLIP: text tower; CNN: ImageNet label fallback (``fallback=True``)."""
+def search(thumbs: Thumbs, text: str, k: int = 20, model: str | None = None, device: str = "auto") -> SearchResult:
+    """``nearsort search``: the ``k`` thumbnails of THUMBS (a path or an open Catalog) that best match
+    ``text``; read-only. CLIP: its text tower; a CNN: ImageNet label search (``fallback``)."""
     from nearsort.embed.models import label_query, class_name
 
-    query = (query or "").strip()
+    query = (text or "").strip()
     if not query:
-        raise CatalogError("empty search text")
-    with Catalog.open(root, write=False) as cat:
+        raise BadArgument("empty search text")
+    if k < 1:
+        raise BadArgument("-k must be >= 1")
+    with open_catalog(thumbs, write=False) as cat:
         model_id, name, dim, info = _model_row(cat, model, prefer_text=True)
-        out = {"query": query, "model": name, "fallback": False, "random_weights": bool(info.get("random_weights")),
-               "results": []}
+        out = SearchResult(query=query, model=name, random_weights=bool(info.get("random_weights")))
         if info.get("kind") == "clip":
             m = _load_for(name, info, device)
             q = m.encode_text([query])[0]
-            out["results"] = _results(cat, _vector_search(cat, model_id, name, dim, q, k, set()))
+            out.results = _results(cat, _vector_search(cat, model_id, name, dim, q, k, set()))
             return out
-        out["fallback"] = True
+        out.fallback = True
         classes = label_query(query)
-        out["classes"] = [{"label": i, "name": class_name(i), "weight": w} for i, w in classes[:10]]
+        out.classes = [{"label": i, "name": class_name(i), "weight": w} for i, w in classes[:10]]
         if not classes:
-            out["message"] = (f"{name} has no text tower and {query!r} matches no ImageNet class name; "
+            out.message = (f"{name} has no text tower and {query!r} matches no ImageNet class name; "
                               "featurize with a CLIP model (--model clip:ViT-B-32) for free-text search")
             return out
-        out["results"] = _results(cat, queries.label_search(cat, model_id, classes, k))
+        out.results = _results(cat, queries.label_search(cat, model_id, classes, k))
         return out
 
 
@@ -139,21 +169,25 @@ def _find_thumb(cat: Catalog, ref: str) -> int | None:
     return None
 
 
-def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 20, model: str | None = None,
-            device: str = "auto") -> dict:
-    """Nearest thumbnails to a library thumbnail (its stored vector) or to any image file (embedded now)."""
+def similar(thumbs: Thumbs, image: str | os.PathLike, k: int = 20, model: str | None = None,
+            device: str = "auto") -> SimilarResult:
+    """``nearsort similar``: the ``k`` thumbnails of THUMBS (a path or an open Catalog) nearest to
+    ``image`` -- a thumbnail of the library (relpath, path, name, ``#id``) or source photo (its
+    stored vector), or any image file (embedded now); read-only."""
     from PIL import Image
 
     from nearsort.embed.embedder import embed_pil
 
-    with Catalog.open(root, write=False) as cat:
+    if k < 1:
+        raise BadArgument("-k must be >= 1")
+    with open_catalog(thumbs, write=False) as cat:
         model_id, name, dim, info = _model_row(cat, model)
-        tid = _find_thumb(cat, os.fspath(path_or_thumb))
-        out = {"query": os.fspath(path_or_thumb), "model": name, "in_library": tid is not None,
-               "random_weights": bool(info.get("random_weights")), "results": []}
+        tid = _find_thumb(cat, os.fspath(image))
+        out = SimilarResult(query=os.fspath(image), model=name, in_library=tid is not None,
+                            random_weights=bool(info.get("random_weights")))
         q = None
         if tid is not None:
-            out["thumb_id"] = tid
+            out.thumb_id = tid
             r = queries.row_of_thumb(cat, model_id, tid)
             if r is not None:
                 with _open_index(cat, model_id, name, dim) as vi:
@@ -164,7 +198,7 @@ def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 
                 src = cat.thumb_abspath(rel)
             exclude = {tid}
         else:
-            src = Path(os.fspath(path_or_thumb)).expanduser()
+            src = Path(os.fspath(image)).expanduser()
             if not src.is_file():
                 raise FileNotFoundError(f"{src} is neither a thumbnail of {cat.root} nor an image file")
             exclude = set()
@@ -177,5 +211,5 @@ def similar(root: str | os.PathLike, path_or_thumb: str | os.PathLike, k: int = 
             except (OSError, ValueError, SyntaxError) as e:
                 raise CatalogError(f"cannot read {src} as an image: {e}") from e
             q = vecs[0]
-        out["results"] = _results(cat, _vector_search(cat, model_id, name, dim, q, k, exclude))
+        out.results = _results(cat, _vector_search(cat, model_id, name, dim, q, k, exclude))
         return out
