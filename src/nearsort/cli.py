@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nearsort.store import queries
 from nearsort.store.catalog import Catalog, CatalogError
 # a file name, path, tag or message in a rich markup line: textsafe.markup; lines printed with
 # markup=False or plain print() use term() alone
@@ -200,13 +199,14 @@ def export(
 @app.command()
 def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
     """What the catalog holds."""
-    with _run(Catalog.open, thumbs, write=False) as cat:
-        c = queries.counts(cat)
-        last = queries.last_run(cat)
-    for k, v in c.items():
+    from nearsort import info as do_info
+
+    s = _run(do_info, thumbs).to_dict()
+    last = s.pop("last_command"), s.pop("last_status")
+    for k, v in s.items():
         out.print(f"{k:>12}: {v}")
-    if last:
-        out.print(f"last run: {last[0]} ({last[1]})")
+    if last[0]:
+        out.print(f"last run: {_name(last[0])} ({last[1]})")
 
 # --------------------------------------------------------------------------- featurize / search / similar
 BACKEND_HELP = "auto (ONNX Runtime on the CPU, else torch) | onnx | torch."

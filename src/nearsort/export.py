@@ -86,6 +86,28 @@ class ExportResult(Result):
     json: Optional[str] = None
 
 
+@dataclass
+class InfoResult(Result):
+    """What the catalog holds: counts, and the last command run on it."""
+
+    sources: int
+    sources_ok: int
+    errors: int
+    missing: int
+    originals: int
+    thumbs: int
+    last_command: Optional[str] = None
+    last_status: Optional[str] = None
+
+
+def info(thumbs: Thumbs) -> InfoResult:
+    """``nearsort info``: what the catalog of THUMBS (a path or an open Catalog) holds; read-only."""
+    with open_catalog(thumbs, write=False) as cat:
+        last = queries.last_run(cat)
+        return InfoResult(**queries.counts(cat), last_command=last[0] if last else None,
+                          last_status=last[1] if last else None)
+
+
 def export(thumbs: Thumbs, csv_path: str | None = None, json_path: str | None = None) -> ExportResult:
     """``nearsort export``: write one row per source file of THUMBS (a path or an open Catalog) as
     CSV and/or JSON ('-' = stdout); read-only. See the module doc for the columns."""
