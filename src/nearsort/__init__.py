@@ -14,11 +14,13 @@ from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.embed.search import SearchResult, SimilarResult, search, similar
 from nearsort.export import ExportResult, InfoResult, export, info
 from nearsort.ingest.resize import ResizeResult, resize
+from nearsort.pipeline import RunResult, run
 from nearsort.quality import ErrorsResult, QualityResult, Thresholds, assess_quality, list_errors
 from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, refresh_names, undo
 __all__ = ["AnalyzeResult", "BadArgument", "Catalog", "CatalogError", "CatalogLocked", "DupesConfig", "DupesResult",
            "ErrorsResult", "ExportResult", "FeaturizeResult", "InfoResult", "Interrupted", "NearsortError",
            "Progress", "QualityResult", "QuarantineResult", "RebuildResult", "RefreshResult", "ReportResult",
-           "ResizeResult", "Result", "SearchResult", "SimilarResult", "TagsResult", "Thresholds", "UndoResult",
-           "analyze", "assess_quality", "export", "featurize", "find_duplicates", "info", "list_errors", "list_tags",
-           "quarantine", "rebuild", "refresh_names", "resize", "search", "similar", "undo", "write_report"]
+           "ResizeResult", "Result", "RunResult", "SearchResult", "SimilarResult", "TagsResult", "Thresholds",
+           "UndoResult", "analyze", "assess_quality", "export", "featurize", "find_duplicates", "info",
+           "list_errors", "list_tags", "quarantine", "rebuild", "refresh_names", "resize", "run", "search",
+           "similar", "undo", "write_report"]

@@ -430,35 +430,47 @@ def run(
     apply: bool = typer.Option(False, "--apply", help="Really rename (default: show the refresh plan only)."),
     layout: str = typer.Option("week", "--layout", help="Thumbnail folders for new thumbnails: week | hash."),
     per_page: int = typer.Option(500, "--per-page"),
+    dupes: bool = typer.Option(True, "--dupes/--no-dupes", help="Look for duplicates (nothing is moved)."),
+    quality: bool = typer.Option(True, "--quality/--no-quality", help="Look for dark, bright and blurry photos."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ):
-    """resize → featurize → analyze → refresh, in one go (refresh is a dry run unless --apply)."""
-    from nearsort.order.analyze import analyze as do_analyze
-    from nearsort.embed.featurize import featurize
-    from nearsort.ingest.resize import Interrupted, resize as do_resize
-    from nearsort import refresh_names as do_refresh
+    """resize → featurize → analyze → dupes + quality → refresh, in one go (refresh is a dry run unless --apply)."""
+    from nearsort import Interrupted, run as do_run
+    from nearsort.dupes.group import human_bytes
 
-    with _Progress(True) as bar:
+    interrupted = False
+    with _Progress(True) as prog:
         try:
-            s = _run(do_resize, src, out_dir, layout=layout, progress=bar)
+            r = _run(do_run, src, out_dir, model=model, fast=fast, apply=apply, layout=layout, per_page=per_page,
+                     dupes=dupes, quality=quality, backend=backend, progress=prog)
         except Interrupted as e:
-            out.print(f"[yellow]Interrupted[/] after {e.result.processed} photos; run again to continue.")
-            raise typer.Exit(130)
-    out.print(f"resize: {s.processed} processed, {s.unchanged} unchanged, {s.errors} errors")
-    with _Progress(True) as bar:
-        f = _run(featurize, out_dir, model=model, backend=backend, progress=bar)
-    out.print(f"featurize: model {_name(f.model)}, {f.embedded} new vectors")
-    with _Progress(True) as bar:
-        a = _run(do_analyze, out_dir, model=f.model, fast=fast, progress=bar)
-    _print_analyze(a)
-    r = _run(do_refresh, out_dir, dry_run=not apply, per_page=per_page)
+            r, interrupted = e.result, True
+    s, f = r.resize, r.featurize
+    if s is not None:
+        out.print(f"resize: {s.processed} processed, {s.unchanged} unchanged, {s.errors} errors")
+    if f is not None:
+        out.print(f"featurize: model {_name(f.model)}, {f.embedded} new vectors")
+    if interrupted:
+        stage = "resize" if f is None else "featurize"
+        out.print(f"[yellow]Interrupted[/] during {stage}; everything finished is kept: run again to continue.")
+        raise typer.Exit(130)
+    _print_analyze(r.analyze)
+    if r.dupes is not None:
+        d = r.dupes.summary
+        out.print(f"dupes: {d['groups']} duplicate groups, {d['duplicates']} files could go "
+                  f"({human_bytes(d['reclaimable_bytes'])}); see them with: nearsort dupes {_name(out_dir)}")
+    if r.quality is not None:
+        n = {k: len(v) for k, v in r.quality.lists.items()}
+        out.print(f"quality: {n.get('dark', 0)} dark, {n.get('bright', 0)} overexposed, {n.get('blurry', 0)} blurry, "
+                  f"{len(r.quality.errors)} unreadable; see them with: nearsort quality {_name(out_dir)}")
+    x = r.refresh
     if apply:
-        out.print(f"refresh: {r.moved} thumbnails renamed into {r.pages or 0} page folders. "
+        out.print(f"refresh: {x.moved} thumbnails renamed into {x.pages or 0} page folders. "
                   f"Undo with: nearsort undo {_name(out_dir)}")
         out.print(f"[bold]Look in {_name(out_dir)}[/] -- open the p0001/ folder in your file browser, "
                   "sorted by name: similar photos sit side by side.")
     else:
-        out.print(f"refresh (dry run): {len(r.plan)} thumbnails would be renamed; nothing changed. "
+        out.print(f"refresh (dry run): {len(x.plan)} thumbnails would be renamed; nothing changed. "
                   f"Re-run with --apply, or: nearsort refresh {_name(out_dir)}")
 
 
