@@ -31,6 +31,7 @@ PEERS = {
     ("refresh", "dupes"): "undo reverts quarantines: refresh imports dupes.quarantine, which registers its journal kind",
     ("report", "dupes"): "the report shows the duplicate groups",
     ("report", "quality"): "the report shows the quality lists",
+    ("nearsort", "pipeline"): "the public API exports pipeline.run",
 }
 
 
