@@ -125,9 +125,9 @@ class Workers:
     come, in any order. A worker that dies is replaced; the task it was on is tried once more
     (``tries`` times in all: the OOM killer may have picked it for another's sake), the tasks
     queued behind it are handed out again, and a task its worker died on every time comes back
-    with a ``Died`` answer. ``depth`` tasks are queued per worker, so none waits while the parent
-    is busy (a commit) or not scheduled; the end of a run may then wait on up to ``depth - 1``
-    tasks queued behind one worker.
+    with a ``Died`` answer. Up to ``depth`` tasks are queued per worker, so none waits while the
+    parent is busy (a commit) or not scheduled; lower ``depth`` towards the end of the work, so
+    that no worker is left with a queue while the others are idle.
     An exception raised by ``fn`` is raised again by ``results``. Use as a context manager: on
     leaving, idle workers are told to stop, the rest are killed.
     """
@@ -166,7 +166,7 @@ class Workers:
 
     def room(self) -> int:
         """How many new tasks can be submitted now."""
-        free = sum(self.depth - len(w.tasks) for w in self.workers)
+        free = sum(max(0, self.depth - len(w.tasks)) for w in self.workers)
         return max(0, free - len(self.again))
 
     def busy(self) -> int:

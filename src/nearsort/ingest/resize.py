@@ -32,6 +32,7 @@ from nearsort.workers import Died, Workers
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
+QUEUED = 16  # files queued per worker: none waits while this process commits or is not scheduled
 PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
 
 
@@ -370,10 +371,12 @@ def resize(
             # running is safe), so they start instantly with every module already loaded. A worker
             # killed by a crashing decoder (or the OOM killer) is replaced; its file is retried once,
             # then recorded as an error.
-            with stop, Workers(workers, _work) as pool:
+            with stop, Workers(workers, _work, depth=QUEUED) as pool:
                 scanner.start()
                 scanning = True
                 while True:
+                    if scanner.done:  # every file left is known: a fair share each, so none ends alone
+                        pool.depth = max(2, min(QUEUED, scanner.todo.qsize() // workers))
                     while scanning and pool.room():
                         try:
                             p = scanner.todo.get_nowait()
