@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 test: install
 	-@$(MAKE) --no-print-directory chromium
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # The report is tested in a real headless browser; tests skip with the reason where it cannot be installed.
