@@ -6,6 +6,7 @@
     nice .venv/bin/python bench/dupes.py /tmp/devbench --json out.json # score a `nearsort dupes --json` output
     nice .venv/bin/python bench/dupes.py /tmp/devbench --pipeline      # + end-to-end images/s (fresh THUMBS)
     nice .venv/bin/python bench/dupes.py /tmp/tilesbench --peers       # + fastdup, imagededup in the same run
+    nice .venv/bin/python bench/dupes.py /tmp/realshots --motion       # + local motion of copies vs different shots
 
 Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
 Extra counts: "different shots paired" (pairs of two shots of one scene in one group: must be 0),
@@ -149,6 +150,42 @@ def run(thumbs: Path, **kw) -> dict:
     return find_duplicates(thumbs, cfg).to_dict()
 
 
+def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
+    """pixels.local_motion on every labelled copy pair and every pair of different shots of one
+    scene that reaches it (the pair passed the structure checks): where MAX_MOTION must sit."""
+    from nearsort.store.catalog import Catalog
+    from nearsort.dupes.group import load_members
+    from nearsort.dupes.pixels import MAX_MOTION, compare_files
+
+    root = os.path.abspath(bench)
+    with Catalog.open(thumbs, write=False) as cat:
+        members, _, rels = load_members(cat)
+    thumb = {os.path.relpath(m.path, root).replace(os.sep, "/"): m.thumb_id for m in members}
+    by_group, by_scene = defaultdict(list), defaultdict(list)
+    for f, r in truth.items():
+        if f in thumb and r["relation"] not in ("distractor", "similar"):
+            by_group[r["group_id"]].append(f)
+            if r.get("scene"):
+                by_scene[r["scene"]].append(f)
+    pairs = {(a, b, "copies") for fs in by_group.values() for a, b in combinations(sorted(fs), 2)}
+    pairs |= {(a, b, "shots") for fs in by_scene.values() for a, b in combinations(sorted(fs), 2)
+              if truth[a]["group_id"] != truth[b]["group_id"]}
+    seen: dict[str, list] = {"copies": [], "shots": []}
+    for a, b, lab in sorted(pairs):
+        ta, tb = thumb[a], thumb[b]
+        if ta == tb:  # one thumbnail (collapsed at resize): nothing to compare
+            continue
+        v = compare_files(thumbs / rels[ta], thumbs / rels[tb])
+        if "motion" in v.metrics:
+            seen[lab].append((v.metrics["motion"], truth[a]["transform"], truth[b]["transform"], v.kind))
+    cop = sorted(seen["copies"], reverse=True)
+    sho = sorted(seen["shots"])
+    print(f"\n# local motion (MAX_MOTION {MAX_MOTION}); copies: {len(cop)} pairs, the most: "
+          + ", ".join(f"{m:.2f} ({x} / {y})" for m, x, y, _ in cop[:4]))
+    print(f"  different shots reaching it: {len(sho)} pairs, {sum(m > MAX_MOTION for m, *_ in sho)} above; the least: "
+          + ", ".join(f"{m:.2f} ({x} / {y})" for m, x, y, _ in sho[:6]))
+
+
 def sweep(thumbs: Path, bench: Path, truth: dict) -> None:
     d = DupesConfig()
     print("\n# phash only (no embeddings): phash_distance d")
@@ -183,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", action="store_true", help="time resize + featurize + dupes from scratch")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
+    ap.add_argument("--motion", action="store_true",
+                    help="also print pixels.local_motion of the labelled copy pairs and of different shots")
     a = ap.parse_args(argv)
     bench = a.bench.resolve()
     if not (bench / "ground_truth.csv").exists():
@@ -222,6 +261,8 @@ def main(argv=None) -> int:
 
         for tool, (s, secs) in run_peers(bench).items():
             print(f"{tool:<17} {fmt(s)}  [{secs:.2f} s]  {describe(tool, s)}")
+    if a.motion:
+        motion_report(thumbs, bench, truth)
     if a.sweep:
         sweep(thumbs, bench, truth)
     return 0
