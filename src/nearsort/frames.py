@@ -3,9 +3,11 @@
 * :func:`trim_box`: the uniform borders (letterbox, frames) of a grey image (dupes).
 * low-detail frames (uniform, or only a smooth gradient: a clear sky, blank paper) show only
   their tone: two of them are the same picture only within ``LOW_INFO_TONE`` levels.
+* :func:`local_motion`: how far a part of one aligned image moved against the other once a
+  global affine map is taken out (dupes' pixel check: a different shot, never a copy).
 * :func:`same_pixels`: two originals share a thumbnail name only when their thumbnails' pixels
-  agree (resize, rebuild), with dupes' low-detail tolerance, so a name never merges pictures
-  that ``dupes`` would call different.
+  agree (resize, rebuild), with dupes' low-detail tolerance, and no part moved (:func:`still`),
+  so a name never merges pictures that ``dupes`` would call different.
 """
 from __future__ import annotations
 
@@ -24,6 +26,13 @@ LOW_INFO_TONE = 1.5        # low-detail frames: mean |RGB| and mean-luma differe
 # of 610 collapse); the 15 pairs of visibly different 480x360 tiles of one photo whose names
 # collide (near-white, over-exposed) differ by p99 >= 17 (mean as low as 0.5): 0 collapse.
 # Uniform and smooth frames collapse only within LOW_INFO_TONE levels per channel.
+MOTION_SIDE = 128          # px: local motion is measured on images of this side (dupes.pixels.FINE)
+MAX_MOTION = 0.42          # px (MOTION_SIDE): the most a part of a copy may seem to move on its own
+MOTION_BLOCK = 8           # block side (MOTION_SIDE px) of the local-motion check
+MOTION_TEXTURE = 0.02      # structure tensor eigenvalue (per px, normalised image): a block pins a shift down
+MOTION_EDGE = 0.03         # ... or, for its larger eigenvalue only, the shift across its edge
+MOTION_DAMP = 0.0005       # added to the flow's normal equations: a direction without structure stays put
+MOTION_ROBUST = 0.3        # px: Cauchy scale of the robust affine fit (blocks that move alone barely pull it)
 PRINT_SIDE = 32
 SAME_MEAN = 4.0
 SAME_P99 = 16.0
@@ -54,6 +63,134 @@ def trim_box(g: np.ndarray, tol_std: float = 3.0, tol_mean: float = 5.0, max_fra
     if b - t < 8 or right - left < 8:  # (nearly) uniform image: keep it whole
         return 0, h, 0, w
     return t, b, left, right
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance (the std floored at 4 levels: a flat frame's noise is not structure)."""
+    return (x - x.mean()) / max(float(x.std()), 4.0)
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """5-tap binomial blur (sigma 1 px), edges repeated: JPEG noise out, sub-pixel shifts kept."""
+    k = np.array([1, 4, 6, 4, 1], np.float32) / 16
+    p = np.pad(x, 2, mode="edge")
+    y = sum(k[i] * p[:, i:i + x.shape[1]] for i in range(5))
+    return sum(k[i] * y[i:i + x.shape[0], :] for i in range(5))
+
+
+def _block_flow(a: np.ndarray, b: np.ndarray, n: int) -> dict:
+    """Lucas-Kanade in n x n blocks with a gain and an offset per block (a local tone change is
+    not motion): b(x) ~ (1 + g) a(x + d) + c, linearised; a 2-px margin is left out. Returns per
+    block the flow d = (u, v) such that b(x) ~ a(x + d) (damped: along an edge it stays ~0), the
+    eigenvalues (ascending) and eigenvectors of the structure tensor per pixel (how well the
+    block pins a shift down, and in which direction), the normal equations A sol = r, sum(it^2)
+    and the block centres."""
+    m = (a + b) / 2  # the mean's gradient: symmetric, a contrast inverted between the two cancels
+    gy, gx = np.gradient(m)
+    e = slice(2, -2)
+    m, it = m[e, e], (b - a)[e, e]
+    h, w = m.shape[0] // n * n, m.shape[1] // n * n
+    f = np.stack([gx[e, e], gy[e, e], m - m.mean(), np.ones_like(m), it])[:, :h, :w]
+    f = f.reshape(5, h // n, n, w // n, n).transpose(1, 3, 0, 2, 4).reshape(h // n, w // n, 5, n * n)
+    # every product of the 4 features and the difference, summed per block: (bh, bw, 5, 5)
+    P = (f @ f.transpose(0, 1, 3, 2)).astype(np.float64)
+    A = P[..., :4, :4] + np.diag([MOTION_DAMP, MOTION_DAMP, 1e-6, 1e-6]) * (n * n)
+    r, it2 = P[..., :4, 4], P[..., 4, 4]
+    vals, vecs = np.linalg.eigh(P[..., :2, :2] / (n * n))
+    sol = np.linalg.solve(A, r[..., None])[..., 0]
+    cy = 2 + (np.arange(h // n) + 0.5) * n
+    cx = 2 + (np.arange(w // n) + 0.5) * n
+    return {"flow": sol[..., :2], "vals": vals, "vecs": vecs, "A": A, "r": r, "it2": it2, "sol": sol,
+            "xy": np.stack(np.broadcast_arrays(cx[None, :], cy[:, None]), -1)}
+
+
+def _affine_fit(flow: np.ndarray, X: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The affine flow field (coefficients for X = [1, x - cx, y - cy]) that best explains the
+    block flows, robustly (iteratively reweighted, Cauchy): what a crop, a resize or a slight
+    rotation leaves after the coarse alignment; a part that moved on its own barely pulls it."""
+    X, U, w0 = X.reshape(-1, 3), flow.reshape(-1, 2), weight.reshape(-1)
+    w = w0
+    for _ in range(5):
+        sw = np.sqrt(w)[:, None]
+        coef = np.linalg.lstsq(X * sw, U * sw, rcond=None)[0]
+        w = w0 / (1 + (np.linalg.norm(U - X @ coef, axis=1) / MOTION_ROBUST) ** 2)
+    return coef
+
+
+def _warp(z: np.ndarray, coef: np.ndarray, ctr: np.ndarray) -> np.ndarray:
+    """z resampled (bilinear) at x + the affine flow ``coef`` (pixel indices); PIL's affine map
+    works on pixel-centre coordinates (index + 0.5)."""
+    from PIL import Image
+
+    (u0, v0), (ux, vx), (uy, vy) = coef
+    cx, cy = ctr[0] + 0.5, ctr[1] + 0.5
+    im = Image.fromarray(np.ascontiguousarray(z, dtype=np.float32))
+    data = (1 + ux, uy, u0 - ux * cx - uy * cy, vx, 1 + vy, v0 - vx * cx - vy * cy)
+    return np.asarray(im.transform(im.size, Image.AFFINE, data, Image.BILINEAR))
+
+
+def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> float:
+    """How far (pixels) some part of the picture moved on its own between two aligned images.
+
+    Block flows (:func:`_block_flow`) of the blocks with 2-D texture are fitted with one affine
+    map (:func:`_affine_fit`: what a crop, a resize or a slight rotation leaves after the coarse
+    alignment), b is warped by it and the flows are measured again (the linearised flow is exact
+    only for small shifts). A block's evidence is the flow the second fit leaves over (on an edge
+    without 2-D texture: its part across the edge, the only one an edge shows), times the share
+    of the block's difference that this local motion explains: JPEG noise, resampling and
+    aliasing differ from a shift and are explained by little of it, an object that moved by most.
+    The outer ring of blocks is left out (a border trim or a crop's edge is not motion). 0 when
+    fewer than 6 blocks have 2-D texture."""
+    a, b = _smooth(za), _smooth(zb)
+    ctr = np.array([a.shape[1] / 2, a.shape[0] / 2])
+
+    def flows(bb):
+        f = _block_flow(a, bb, n)
+        inner = np.zeros(f["vals"].shape[:2], bool)
+        inner[1:-1, 1:-1] = True
+        textured = inner & (f["vals"][..., 0] > MOTION_TEXTURE)
+        X = np.concatenate([np.ones(inner.shape + (1,)), f["xy"] - ctr], -1)
+        w = np.minimum(f["vals"][..., 0], 0.2) * textured
+        return f, inner, textured, X, (_affine_fit(f["flow"], X, w) if textured.sum() >= 6 else None)
+
+    f, inner, textured, X, coef = flows(b)
+    if coef is None:
+        return 0.0
+    f, inner, textured, X, coef = flows(_warp(b, -coef, ctr))  # b(x) ~ a(x + d): b at x - d lies on a
+    if coef is None:
+        return 0.0
+    pred = X @ coef
+    left = f["flow"] - pred
+    across = np.abs((f["vecs"][..., :, 1] * left).sum(-1))  # along the eigenvector of the larger eigenvalue
+    moved = np.where(textured, np.linalg.norm(left, axis=-1), np.where(f["vals"][..., 1] > MOTION_EDGE, across, 0.0))
+    # each block's residual energy with its own flow (rf) and with the fitted affine flow (rc)
+    A, r = f["A"], f["r"]
+    rf = f["it2"] - (f["sol"] * r).sum(-1)
+    e2 = f["it2"] - 2 * (pred * r[..., :2]).sum(-1) + np.einsum("...i,...ij,...j->...", pred, A[..., :2, :2], pred)
+    r2 = r[..., 2:] - np.einsum("...ij,...j->...i", A[..., 2:, :2], pred)
+    rc = e2 - (np.linalg.solve(A[..., 2:, 2:], r2[..., None])[..., 0] * r2).sum(-1)
+    explained = np.clip((rc - rf) / np.maximum(rc, 1e-9), 0, 1)
+    return float((moved * explained)[inner].max())
+
+
+def frame_motion(a: Image.Image, b: Image.Image) -> float:
+    """:func:`local_motion` of two thumbnails of one original size whose prints agree (resize's
+    name collisions: same size, phash and print, so no crop, shift or colour change to look
+    for), whole frames at MOTION_SIDE, in pixels of the smaller one when it has fewer."""
+    def fine(im):
+        return normalise(np.asarray(im.convert("L").resize((MOTION_SIDE, MOTION_SIDE), Image.BILINEAR), np.float32))
+
+    px = min((a.width * a.height) ** 0.5, (b.width * b.height) ** 0.5)
+    return local_motion(fine(a), fine(b)) * min(1.0, px / MOTION_SIDE)
+
+
+def still(jpeg_a: bytes, jpeg_b: bytes) -> bool:
+    """For two thumbnails whose prints agree: did no part of the picture move (:func:`frame_motion`
+    <= MAX_MOTION, dupes' rule)? Consecutive video frames and a burst where a small object moved a
+    pixel or two share size, phash and print, and are still different shots. Two full decodes and a
+    flow field: a few milliseconds, paid only when the prints agree."""
+    with Image.open(io.BytesIO(jpeg_a)) as a, Image.open(io.BytesIO(jpeg_b)) as b:
+        return frame_motion(a, b) <= MAX_MOTION
 
 
 def _quadratic_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,5 +240,5 @@ def prints_agree(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def same_pixels(jpeg_a: bytes, jpeg_b: bytes) -> bool:
-    """Do two thumbnails show the same picture (within JPEG re-encoding noise)?"""
-    return prints_agree(pixel_print(jpeg_a), pixel_print(jpeg_b))
+    """Do two thumbnails show the same picture (within JPEG re-encoding noise, nothing moved)?"""
+    return prints_agree(pixel_print(jpeg_a), pixel_print(jpeg_b)) and still(jpeg_a, jpeg_b)

@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from nearsort.frames import LOW_INFO, LOW_INFO_TONE, UNIFORM_STD, residual_std as _residual_std, trim_box
+from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, UNIFORM_STD, local_motion, normalise as _norm,
+                             residual_std as _residual_std, trim_box)
 
 SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
@@ -27,12 +28,6 @@ CONTENT_CROP = 0.92        # uniformity and detail are measured on this centre c
 CLIPPED = 10.0             # a uniform frame within this of black or white in every channel is blank
 MAX_DIFF = 0.25            # mean tolerant difference of normalised images (128 px)
 MAX_LOCAL = 0.2            # worst block minus 90th-percentile block
-MAX_MOTION = 0.42          # px (FINE): the most a part of a copy may seem to move on its own (local_motion)
-MOTION_BLOCK = 8           # block side (FINE px) of the local-motion check
-MOTION_TEXTURE = 0.02      # structure tensor eigenvalue (per px, normalised image): a block pins a shift down
-MOTION_EDGE = 0.03         # ... or, for its larger eigenvalue only, the shift across its edge
-MOTION_DAMP = 0.0005       # added to the flow's normal equations: a direction without structure stays put
-MOTION_ROBUST = 0.3        # px: Cauchy scale of the robust affine fit (blocks that move alone barely pull it)
 CHROMA_ABS, CHROMA_REL, GREY = 3.0, 0.3, 3.0
 STRONG_DIFF = 0.05         # a copy this close stands on its pixels alone (hashes may disagree)
 STRONG_SCREEN = 0.2        # coarse difference above which a pair cannot be a strong copy
@@ -159,10 +154,6 @@ class _Picture:
         self.blank = self.std < UNIFORM_STD and bool((rgb_mean >= 255 - CLIPPED).all() or (rgb_mean <= CLIPPED).all())
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / max(float(x.std()), 4.0)
-
-
 def _phase_shift(a: np.ndarray, b: np.ndarray, lim: int, fa=None, fb=None) -> tuple[int, int]:
     """Integer translation (dy, dx), |d| <= lim, that best maps b onto a (fa, fb: their rfft2)."""
     r = (np.fft.rfft2(a) if fa is None else fa) * np.conj(np.fft.rfft2(b) if fb is None else fb)
@@ -194,107 +185,24 @@ def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
     return np.maximum(m1, m2)
 
 
-def _smooth(x: np.ndarray) -> np.ndarray:
-    """5-tap binomial blur (sigma 1 px), edges repeated: JPEG noise out, sub-pixel shifts kept."""
-    k = np.array([1, 4, 6, 4, 1], np.float32) / 16
-    p = np.pad(x, 2, mode="edge")
-    y = sum(k[i] * p[:, i:i + x.shape[1]] for i in range(5))
-    return sum(k[i] * y[i:i + x.shape[0], :] for i in range(5))
-
-
-def _block_flow(a: np.ndarray, b: np.ndarray, n: int) -> dict:
-    """Lucas-Kanade in n x n blocks with a gain and an offset per block (a local tone change is
-    not motion): b(x) ~ (1 + g) a(x + d) + c, linearised; a 2-px margin is left out. Returns per
-    block the flow d = (u, v) such that b(x) ~ a(x + d) (damped: along an edge it stays ~0), the
-    eigenvalues (ascending) and eigenvectors of the structure tensor per pixel (how well the
-    block pins a shift down, and in which direction), the normal equations A sol = r, sum(it^2)
-    and the block centres."""
-    m = (a + b) / 2  # the mean's gradient: symmetric, a contrast inverted between the two cancels
-    gy, gx = np.gradient(m)
-    e = slice(2, -2)
-    m, it = m[e, e], (b - a)[e, e]
-    h, w = m.shape[0] // n * n, m.shape[1] // n * n
-    f = np.stack([gx[e, e], gy[e, e], m - m.mean(), np.ones_like(m), it])[:, :h, :w]
-    f = f.reshape(5, h // n, n, w // n, n).transpose(1, 3, 0, 2, 4).reshape(h // n, w // n, 5, n * n)
-    # every product of the 4 features and the difference, summed per block: (bh, bw, 5, 5)
-    P = (f @ f.transpose(0, 1, 3, 2)).astype(np.float64)
-    A = P[..., :4, :4] + np.diag([MOTION_DAMP, MOTION_DAMP, 1e-6, 1e-6]) * (n * n)
-    r, it2 = P[..., :4, 4], P[..., 4, 4]
-    vals, vecs = np.linalg.eigh(P[..., :2, :2] / (n * n))
-    sol = np.linalg.solve(A, r[..., None])[..., 0]
-    cy = 2 + (np.arange(h // n) + 0.5) * n
-    cx = 2 + (np.arange(w // n) + 0.5) * n
-    return {"flow": sol[..., :2], "vals": vals, "vecs": vecs, "A": A, "r": r, "it2": it2, "sol": sol,
-            "xy": np.stack(np.broadcast_arrays(cx[None, :], cy[:, None]), -1)}
-
-
-def _affine_fit(flow: np.ndarray, X: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The affine flow field (coefficients for X = [1, x - cx, y - cy]) that best explains the
-    block flows, robustly (iteratively reweighted, Cauchy): what a crop, a resize or a slight
-    rotation leaves after the coarse alignment; a part that moved on its own barely pulls it."""
-    X, U, w0 = X.reshape(-1, 3), flow.reshape(-1, 2), weight.reshape(-1)
-    w = w0
-    for _ in range(5):
-        sw = np.sqrt(w)[:, None]
-        coef = np.linalg.lstsq(X * sw, U * sw, rcond=None)[0]
-        w = w0 / (1 + (np.linalg.norm(U - X @ coef, axis=1) / MOTION_ROBUST) ** 2)
-    return coef
-
-
-def _warp(z: np.ndarray, coef: np.ndarray, ctr: np.ndarray) -> np.ndarray:
-    """z resampled (bilinear) at x + the affine flow ``coef`` (pixel indices); PIL's affine map
-    works on pixel-centre coordinates (index + 0.5)."""
-    from PIL import Image
-
-    (u0, v0), (ux, vx), (uy, vy) = coef
-    cx, cy = ctr[0] + 0.5, ctr[1] + 0.5
-    im = Image.fromarray(np.ascontiguousarray(z, dtype=np.float32))
-    data = (1 + ux, uy, u0 - ux * cx - uy * cy, vx, 1 + vy, v0 - vx * cx - vy * cy)
-    return np.asarray(im.transform(im.size, Image.AFFINE, data, Image.BILINEAR))
-
-
-def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> float:
-    """How far (pixels) some part of the picture moved on its own between two aligned images.
-
-    Block flows (:func:`_block_flow`) of the blocks with 2-D texture are fitted with one affine
-    map (:func:`_affine_fit`: what a crop, a resize or a slight rotation leaves after the coarse
-    alignment), b is warped by it and the flows are measured again (the linearised flow is exact
-    only for small shifts). A block's evidence is the flow the second fit leaves over (on an edge
-    without 2-D texture: its part across the edge, the only one an edge shows), times the share
-    of the block's difference that this local motion explains: JPEG noise, resampling and
-    aliasing differ from a shift and are explained by little of it, an object that moved by most.
-    The outer ring of blocks is left out (a border trim or a crop's edge is not motion). 0 when
-    fewer than 6 blocks have 2-D texture."""
-    a, b = _smooth(za), _smooth(zb)
-    ctr = np.array([a.shape[1] / 2, a.shape[0] / 2])
-
-    def flows(bb):
-        f = _block_flow(a, bb, n)
-        inner = np.zeros(f["vals"].shape[:2], bool)
-        inner[1:-1, 1:-1] = True
-        textured = inner & (f["vals"][..., 0] > MOTION_TEXTURE)
-        X = np.concatenate([np.ones(inner.shape + (1,)), f["xy"] - ctr], -1)
-        w = np.minimum(f["vals"][..., 0], 0.2) * textured
-        return f, inner, textured, X, (_affine_fit(f["flow"], X, w) if textured.sum() >= 6 else None)
-
-    f, inner, textured, X, coef = flows(b)
-    if coef is None:
-        return 0.0
-    f, inner, textured, X, coef = flows(_warp(b, -coef, ctr))  # b(x) ~ a(x + d): b at x - d lies on a
-    if coef is None:
-        return 0.0
-    pred = X @ coef
-    left = f["flow"] - pred
-    across = np.abs((f["vecs"][..., :, 1] * left).sum(-1))  # along the eigenvector of the larger eigenvalue
-    moved = np.where(textured, np.linalg.norm(left, axis=-1), np.where(f["vals"][..., 1] > MOTION_EDGE, across, 0.0))
-    # each block's residual energy with its own flow (rf) and with the fitted affine flow (rc)
-    A, r = f["A"], f["r"]
-    rf = f["it2"] - (f["sol"] * r).sum(-1)
-    e2 = f["it2"] - 2 * (pred * r[..., :2]).sum(-1) + np.einsum("...i,...ij,...j->...", pred, A[..., :2, :2], pred)
-    r2 = r[..., 2:] - np.einsum("...ij,...j->...i", A[..., 2:, :2], pred)
-    rc = e2 - (np.linalg.solve(A[..., 2:, 2:], r2[..., None])[..., 0] * r2).sum(-1)
-    explained = np.clip((rc - rf) / np.maximum(rc, 1e-9), 0, 1)
-    return float((moved * explained)[inner].max())
+def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float) -> float:
+    """:func:`local_motion` of two aligned FINE grey images, in pixels of the smaller picture when
+    it has fewer than FINE (``px``: its side; an upscaled small thumbnail's resampling is not
+    motion, and it cannot show a sub-pixel one). Above MAX_MOTION it is measured again with the
+    more colourful side's RGB (``rgb()``: the aligned FINE RGB pair) mapped linearly onto the
+    other's grey: a black-and-white copy with its own channel mix (an average, a red filter) or a
+    saturation edit changes the contrast of coloured edges, which is not motion."""
+    k = min(1.0, px / FINE)
+    ga, gb = _norm(xa), _norm(yb)
+    motion = local_motion(ga, gb) * k
+    if motion > MAX_MOTION:
+        xc, yc = rgb()
+        if np.abs(_chroma(xc)).mean() >= np.abs(_chroma(yc)).mean():
+            ga = _norm(_mix_like(xc, yb))
+        else:
+            gb = _norm(_mix_like(yc, xa))
+        motion = min(motion, local_motion(ga, gb) * k)
+    return motion
 
 
 def _mix_like(rgb: np.ndarray, grey: np.ndarray) -> np.ndarray:
@@ -391,23 +299,11 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     elif grey >= GREY and chd > CHROMA_ABS + CHROMA_REL * chmag:
         kind = "colour"
     else:
-        # 4b. motion, in pixels of the smaller picture when it has fewer than FINE (an upscaled
-        # small thumbnail's resampling is not motion, and it cannot show a sub-pixel one)
+        # 4b. motion (:func:`_motion`) on the same alignment
         px = min(va.side_px(f if side == "a" else 1.0), vb.side_px(f if side == "b" else 1.0))
-        ga, gb = _norm(xa), _norm(yb)
-        motion = local_motion(ga, gb)
-        if motion * min(1.0, px / FINE) > MAX_MOTION:
-            # a black-and-white copy made with its own channel mix (an average, a red filter) or a
-            # saturation edit changes the contrast of coloured edges, which is not motion: map the
-            # more colourful side's RGB linearly onto the other's grey, and measure again
-            xc, yc = _overlap(va.crop(f, rot, FINE, True) if side == "a" else va.crop(1.0, 0.0, FINE, True),
-                              vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx)
-            if np.abs(ka).mean() >= np.abs(kb).mean():
-                ga = _norm(_mix_like(xc, yb))
-            else:
-                gb = _norm(_mix_like(yc, xa))
-            motion = min(motion, local_motion(ga, gb))
-        m["motion"] = motion * min(1.0, px / FINE)
+        m["motion"] = _motion(xa, yb, lambda: _overlap(
+            va.crop(f, rot, FINE, True) if side == "a" else va.crop(1.0, 0.0, FINE, True),
+            vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx), px)
         kind = "shot" if m["motion"] > MAX_MOTION else "copy"
     return Verdict(kind, diff, local, f, rot, m)
 

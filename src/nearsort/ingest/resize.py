@@ -25,7 +25,7 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import pixel_print, prints_agree
+from nearsort.frames import pixel_print, prints_agree, still
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
 from nearsort.workers import Died, Workers
@@ -226,7 +226,7 @@ class _Writer:
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
             mine = pixel_print(r.jpeg) if mine is None else mine
-            if self._same_picture(tid, mine):
+            if self._same_picture(tid, mine, r.jpeg):
                 thumb_id = tid
                 break
         if thumb_id is not None:
@@ -255,27 +255,39 @@ class _Writer:
                                    r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
 
-    def _same_picture(self, thumb_id: int, mine) -> bool:
+    def _same_picture(self, thumb_id: int, mine, jpeg: bytes) -> bool:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose
-        ``pixel_print`` is ``mine``? A thumbnail that cannot be read proves nothing: False."""
-        p = self.prints.get(thumb_id)
-        if p is None:
+        thumbnail is ``jpeg`` (``pixel_print`` ``mine``)? The prints first (cached), then, when they
+        agree, whether a part moved (``still``: two frames of a video share size, phash and
+        print). A thumbnail that cannot be read proves nothing: False."""
+        def data() -> bytes | None:
             if thumb_id in self.pending:
-                data = self.pending[thumb_id][0]
-            else:
-                rel = queries.thumb_relpath(self.cat, thumb_id)
-                try:
-                    data = (self.cat.root / rel).read_bytes()
-                except OSError:
-                    return False
+                return self.pending[thumb_id][0]
+            rel = queries.thumb_relpath(self.cat, thumb_id)
             try:
-                p = pixel_print(data)
+                return (self.cat.root / rel).read_bytes()
+            except OSError:
+                return None
+
+        p, theirs = self.prints.get(thumb_id), None
+        if p is None:
+            theirs = data()
+            try:
+                p = pixel_print(theirs) if theirs is not None else None
             except Exception:  # a damaged thumbnail file
+                p = None
+            if p is None:
                 return False
             if len(self.prints) >= PRINTS_KEPT:
                 self.prints.clear()
             self.prints[thumb_id] = p
-        return prints_agree(p, mine)
+        if not prints_agree(p, mine):
+            return False
+        theirs = data() if theirs is None else theirs
+        try:
+            return theirs is not None and still(theirs, jpeg)
+        except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
+            return False
 
     def mark_unchanged(self, ids: list[int]) -> None:
         if ids:
