@@ -7,13 +7,13 @@ import pytest
 from nearsort.order.chain import (
     ChainResult,
     _start_point,
-    cut_points,
     hamming_chain,
     key_order,
     name_order,
     natural_key,
     similarity_chain,
 )
+from nearsort.order.pages import cut_points
 
 
 # ----------------------------------------------------------------------------- helpers

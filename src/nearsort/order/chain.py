@@ -1,7 +1,8 @@
 """Chain orderings: put every photo into one chain so that look-alikes sit side by side.
 
 Pure algorithms on arrays (numpy/scipy; no catalog, no I/O): ``similarity_chain`` (cosine),
-``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``, ``cut_points`` (page folders).
+``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``; the local search is in
+order/improve.py, page cuts in order/pages.py.
 Invariants: ``ChainResult.order`` is a permutation of the input; the same input (same machine /
 BLAS) gives the same order (no unseeded randomness, ties broken by index, no wall-clock budget
 unless asked for); ``length >= mst_weight`` whenever the bound is computed.
@@ -18,6 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from nearsort.order.improve import improve as improve_chain
+from nearsort.order.improve import pair_dist
+
 Progress = Optional[Callable[[int, int], None]]
 
 __all__ = [
@@ -27,7 +31,6 @@ __all__ = [
     "key_order",
     "name_order",
     "natural_key",
-    "cut_points",
     "chain_stats",
 ]
 
@@ -803,8 +806,8 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
 
     if improve:
         t = time.perf_counter()
-        order, steps, istats = _improve(X, order, steps, I, D, ph, improve_seconds, run_thr=thr,
-                                        max_evals=int(improve_evals * n))
+        order, steps, istats = improve_chain(X, order, steps, I, D, ph, improve_seconds, run_thr=thr,
+                                             max_evals=int(improve_evals * n))
         stats["improve"] = istats
         stats["t_improve"] = time.perf_counter() - t
         ph.next()
@@ -819,350 +822,11 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
         stats["dup_groups_regathered"] = ng
         if ng:
             steps2 = np.zeros(n, dtype=np.float32)
-            steps2[1:] = _pair_dist(X, order2[:-1], order2[1:])
+            steps2[1:] = pair_dist(X, order2[:-1], order2[1:])
             stats["dup_regather_cost"] = float(steps2.sum(dtype=np.float64) - steps.sum(dtype=np.float64))
             order, steps = order2, steps2
 
     return _finish_chain(n, I, D, order, steps, thr, mst, stats, t0, ph)
-
-
-class _Tour:
-    """The chain as a cycle through a dummy node ``n`` (distance 0 to everything), so the
-    two ends of the chain are free to change. Cyclic array ``C`` with positions ``pos``
-    and position-indexed edge lengths ``EL[p] = d(C[p], C[p+1])``. The one primitive,
-    :meth:`exchange`, is a 2-opt move that reverses the shorter of the two arcs."""
-
-    def __init__(self, X: np.ndarray, order: np.ndarray, steps: np.ndarray):
-        n = len(order)
-        self.X = X
-        self.n = n
-        self.m = m = n + 1
-        self.C = np.empty(m, dtype=np.int64)
-        self.C[:n] = order
-        self.C[n] = n
-        self.pos = np.empty(m, dtype=np.int64)
-        self.pos[self.C] = np.arange(m)
-        self.EL = np.zeros(m, dtype=np.float64)
-        self.EL[:n - 1] = steps[1:]
-        self.reversed_elems = 0
-
-    def dist(self, a: int, b: int) -> float:
-        if a == self.n or b == self.n:
-            return 0.0
-        v = 1.0 - float(_f32(self.X[a]) @ _f32(self.X[b]))
-        return v if v > 0.0 else 0.0
-
-    def succ(self, a: int) -> int:
-        p = int(self.pos[a]) + 1
-        return int(self.C[p if p < self.m else 0])
-
-    def pred(self, a: int) -> int:
-        return int(self.C[int(self.pos[a]) - 1])
-
-    def _reverse(self, i: int, L: int) -> None:
-        """Reverse the L elements at cyclic positions i .. i+L-1 (boundary EL not set)."""
-        m = self.m
-        if L < 2:
-            return
-        self.reversed_elems += L
-        C, pos, EL = self.C, self.pos, self.EL
-        if i + L <= m:
-            seg = C[i:i + L][::-1].copy()
-            C[i:i + L] = seg
-            pos[seg] = np.arange(i, i + L)
-            EL[i:i + L - 1] = EL[i:i + L - 1][::-1].copy()
-        else:
-            idx = (i + np.arange(L)) % m
-            seg = C[idx][::-1]
-            C[idx] = seg
-            pos[seg] = idx
-            e = idx[:-1]
-            EL[e] = EL[e][::-1]
-
-    def reverse_arc(self, f: int, t: int) -> None:
-        """Reverse the path going forward from node f to node t (or, equivalently for the
-        cycle, its complement - whichever is shorter)."""
-        m = self.m
-        i = int(self.pos[f])
-        j = int(self.pos[t])
-        L = (j - i) % m + 1
-        if 2 * L > m:
-            i, L = (j + 1) % m, m - L
-        if L < 1:
-            return
-        self._reverse(i, L)
-        C = self.C
-        a = (i - 1) % m
-        b = (i + L - 1) % m
-        self.EL[a] = self.dist(int(C[a]), int(C[(a + 1) % m]))
-        self.EL[b] = self.dist(int(C[b]), int(C[(b + 1) % m]))
-
-    def exchange(self, a: int, b: int, c: int, d: int) -> None:
-        """Remove edges (a,b), (c,d); add (a,c), (b,d). Requires either succ(a)==b and
-        succ(c)==d, or pred(a)==b and pred(c)==d."""
-        if self.succ(a) == b:
-            self.reverse_arc(b, c)
-        else:
-            self.reverse_arc(a, d)
-
-    def path(self) -> np.ndarray:
-        m = self.m
-        s = int(self.pos[self.n]) + 1
-        idx = (s + np.arange(self.n)) % m
-        return self.C[idx].copy()
-
-
-def _improve(X, order, steps, I, D, progress: Progress, seconds: Optional[float],
-             run_thr: float = np.inf, max_cand: int = 8, max_seg: int = 3, max_run: int = 2000,
-             eps: float = 1e-5, max_evals: Optional[int] = None):
-    """2-opt and Or-opt (segments of 1..max_seg points, either orientation) with the k-NN
-    lists as candidates, on the chain closed through a dummy node (so the ends may move).
-
-    Node-queue local search ("don't look bits"): a node is examined for moves that add an
-    edge from it to one of its ``max_cand`` nearest neighbours that is shorter than the
-    chain edge the move removes next to it (the usual gain criterion), the best improving
-    move is applied, and the endpoints of all changed edges are queued again. Nodes are
-    first queued by decreasing excess of their longest chain edge over their
-    nearest-neighbour distance, so a time budget spends itself on the worst places."""
-    n = len(order)
-    t0 = time.perf_counter()
-    T = _Tour(X, order, steps)
-    DUM = n
-    mc = int(min(max_cand, I.shape[1]))
-    Ic = I[:, :mc]
-    Dc = D[:, :mc].astype(np.float64)
-    before = float(np.sum(steps, dtype=np.float64))
-
-    # initial queue: worst first
-    e_after = np.zeros(n)
-    e_after[order[:-1]] = steps[1:]
-    e_before = np.zeros(n)
-    e_before[order[1:]] = steps[1:]
-    emax_all = np.maximum(e_after, e_before)
-    excess = emax_all - Dc[:, 0]
-    # a node whose chain neighbours are its two nearest neighbours has no candidate move
-    prv = np.full(n, -1, dtype=np.int64)
-    nxt = np.full(n, -1, dtype=np.int64)
-    prv[order[1:]] = order[:-1]
-    nxt[order[:-1]] = order[1:]
-    n1_adj = (Ic[:, 0] == prv) | (Ic[:, 0] == nxt)
-    settled = n1_adj & ((emax_all - Dc[:, min(1, mc - 1)]) <= eps)
-    del prv, nxt, n1_adj, emax_all
-    cand = np.flatnonzero((excess > eps) & ~settled)
-    cand = cand[np.lexsort((cand, -excess[cand]))]
-    from collections import deque
-
-    queue = deque(cand.tolist())
-    inq = bytearray(n + 1)
-    for a in cand.tolist():
-        inq[a] = 1
-    n_initial = len(queue)
-    moves = {"2opt": 0, "oropt": 0, "runs": 0}
-    evaluated = 0
-    gain_total = 0.0
-    timed_out = False
-    Xf = X
-
-    def push(*nodes):
-        for v in nodes:
-            if v != DUM and not inq[v]:
-                inq[v] = 1
-                queue.append(v)
-
-    while queue:
-        if max_evals is not None and evaluated >= max_evals:
-            timed_out = True
-            break
-        if seconds is not None and (evaluated & 255) == 0 and time.perf_counter() - t0 > seconds:
-            timed_out = True
-            break
-        a = queue.popleft()
-        inq[a] = 0
-        evaluated += 1
-        if progress and (evaluated & 4095) == 0:
-            progress(min(evaluated, n_initial), max(1, n_initial))
-        pa = int(T.pos[a])
-        m = T.m
-        C = T.C
-        a_s = int(C[pa + 1 if pa + 1 < m else 0])
-        a_p = int(C[pa - 1])
-        e_s = float(T.EL[pa])
-        e_p = float(T.EL[pa - 1])
-        emax = e_s if e_s > e_p else e_p
-        nb = []
-        for b, dab in zip(Ic[a].tolist(), Dc[a].tolist()):
-            if dab >= emax:
-                break
-            nb.append((b, dab))
-        if not nb:
-            continue
-
-        # segments with ``a`` at one end, going forward (a, succ a, ...) or backward:
-        # (fwd, L, outer_a, other_end, outer_other, e_outer_a, e_outer_other)
-        segs = []
-        for fwd, e_out, outer_a in ((True, e_p, a_p), (False, e_s, a_s)):
-            if e_out <= nb[0][1]:
-                continue
-            lens = list(range(1, max_seg + 1))
-            if e_out > run_thr:
-                # the whole run up to the next long edge (a cluster fragment)
-                if fwd:
-                    idx = (pa + np.arange(max_run)) % m if pa + max_run > m else slice(pa, pa + max_run)
-                else:
-                    idx = (pa - 1 - np.arange(max_run)) % m
-                hit = np.flatnonzero(T.EL[idx] > run_thr)
-                if len(hit):
-                    Lr = int(hit[0]) + 1
-                    if Lr > max_seg:
-                        lens.append(Lr)
-            for L in lens:
-                if L + 3 > m:
-                    break
-                if fwd:
-                    q = pa + L - 1
-                    other = int(C[q % m])
-                    outer_o = int(C[(q + 1) % m])
-                    e_o = float(T.EL[q % m])
-                else:
-                    q = pa - L + 1
-                    other = int(C[q % m])
-                    outer_o = int(C[(q - 1) % m])
-                    e_o = float(T.EL[(q - 1) % m])
-                # the segment must not contain the dummy; outer nodes must lie outside
-                dp = (int(T.pos[DUM]) - pa) % m if fwd else (pa - int(T.pos[DUM])) % m
-                if dp < L or outer_a == outer_o:
-                    continue
-                segs.append((fwd, L, outer_a, other, outer_o, e_out, e_o))
-        # all distances needed: rows = {other ends, a_s, a_p, outers}, cols = {succ b, pred b}
-        bs = [b for b, _ in nb]
-        bsucc = [T.succ(b) for b in bs]
-        bpred = [T.pred(b) for b in bs]
-        W = bsucc + bpred
-        Eset = {a_s, a_p}
-        for sg in segs:
-            Eset.add(sg[3])
-        Elist = sorted(Eset)
-        Wr = [w if w != DUM else 0 for w in W]
-        Er = [e if e != DUM else 0 for e in Elist]
-        M = 1.0 - _f32(Xf[Er]) @ _f32(Xf[Wr]).T
-        np.maximum(M, 0.0, out=M)
-        Mi = {e: i for i, e in enumerate(Elist)}
-        nbw = len(bs)
-        # removal gains of segments: d(outer_a, outer_other)
-        if segs:
-            P1 = [sg[2] for sg in segs]
-            P2 = [sg[4] for sg in segs]
-            rv = 1.0 - np.einsum("ij,ij->i", _f32(Xf[[p if p != DUM else 0 for p in P1]]),
-                                 _f32(Xf[[p if p != DUM else 0 for p in P2]]))
-            rem = []
-            for sg, r, p1, p2 in zip(segs, rv.tolist(), P1, P2):
-                dj = 0.0 if (p1 == DUM or p2 == DUM) else max(0.0, r)
-                rem.append(sg[5] + sg[6] - dj)
-        best_g = eps
-        best = None
-
-        def md(e, wi, W=W, M=M, Mi=Mi):  # bound now: redefined with them every iteration
-            w = W[wi]
-            if w == DUM or e == DUM:
-                return 0.0
-            return float(M[Mi[e], wi])
-
-        for bi, (b, dab) in enumerate(nb):
-            b_s = bsucc[bi]
-            b_p = bpred[bi]
-            pb = int(T.pos[b])
-            eb_s = float(T.EL[pb])
-            eb_p = float(T.EL[pb - 1])
-            # 2-opt: remove (a,a_s),(b,b_s); add (a,b),(a_s,b_s)
-            if dab < e_s and b != a_s and b_s != a:
-                g = e_s + eb_s - dab - md(a_s, bi)
-                if g > best_g:
-                    best_g, best = g, ("2s", b, b_s)
-            # 2-opt: remove (a_p,a),(b_p,b); add (a,b),(a_p,b_p)
-            if dab < e_p and b != a_p and b_p != a:
-                g = e_p + eb_p - dab - md(a_p, nbw + bi)
-                if g > best_g:
-                    best_g, best = g, ("2p", b, b_p)
-            # or-opt: move segment next to b (edge (b, a)), other end next to w
-            if segs:
-                rb = pb - pa
-                rbs = int(T.pos[b_s]) - pa
-                rbp = int(T.pos[b_p]) - pa
-            for si, sg in enumerate(segs):
-                fwd, L = sg[0], sg[1]
-                if ((rb if fwd else -rb) % m) < L:  # b inside the segment
-                    continue
-                r = rem[si]
-                if r - dab <= best_g:
-                    continue
-                other = sg[3]
-                for wi, rw, ebw in ((bi, rbs, eb_s), (nbw + bi, rbp, eb_p)):
-                    if ((rw if fwd else -rw) % m) < L:
-                        continue
-                    g = r - (dab + md(other, wi) - ebw)
-                    if g > best_g:
-                        best_g, best = g, ("or", si, b, W[wi])
-        if best is None:
-            continue
-        if best[0] == "2s":
-            _, b, b_s = best
-            T.exchange(a, a_s, b, b_s)
-            moves["2opt"] += 1
-            push(a, a_s, b, b_s)
-        elif best[0] == "2p":
-            _, b, b_p = best
-            T.exchange(a, a_p, b, b_p)
-            moves["2opt"] += 1
-            push(a, a_p, b, b_p)
-        else:
-            _, si, b, w = best
-            _, L, outer_a, other, outer_o = segs[si][:5]
-            _oropt(T, a, other, L, outer_a, outer_o, b, w)
-            moves["oropt"] += 1
-            if L > max_seg:
-                moves["runs"] += 1
-            push(a, other, outer_a, outer_o, b, w)
-        gain_total += best_g
-
-    path = T.path()
-    new_steps = np.zeros(n, dtype=np.float32)
-    if n > 1:
-        new_steps[1:] = _pair_dist(X, path[:-1], path[1:])
-    after = float(np.sum(new_steps, dtype=np.float64))
-    st = {"before": before, "after": after, "moves_2opt": moves["2opt"],
-          "moves_oropt": moves["oropt"], "moves_runs": moves["runs"], "evaluated": evaluated, "initial_queue": n_initial,
-          "stopped_early": timed_out, "reversed_elements": T.reversed_elems,
-          "gain_of_moves": gain_total,
-          "seconds": time.perf_counter() - t0}
-    if after > before:  # cannot happen barring float noise; keep the better one
-        return order, steps, st
-    return path, new_steps, st
-
-
-def _oropt(T: _Tour, s1: int, sL: int, L: int, outer_a: int, outer_o: int, b: int, w: int):
-    """Move the chain segment s1..sL (L points; s1 next to ``outer_a``, sL next to
-    ``outer_o``) between the adjacent nodes b and w, with s1 next to b."""
-    p, nn = outer_a, outer_o
-    # orient: (u, v) = edge (b, w) directed like p -> s1
-    same = (T.succ(p) == s1) == (T.succ(b) == w)
-    u, v = (b, w) if same else (w, b)
-    # after these exchanges: p-nn, u-sL, s1-v (segment reversed w.r.t. u->v)
-    if v == p:
-        T.exchange(u, p, sL, nn)
-    elif u == nn:
-        T.exchange(p, s1, nn, v)
-    else:
-        T.exchange(p, s1, u, v)
-        T.exchange(p, u, nn, sL)
-    if L > 1 and b == u:  # want b next to s1
-        T.exchange(u, sL, s1, v)
-
-
-def _pair_dist(X: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float32)
-    for s in range(0, len(a), chunk):
-        out[s:s + chunk] = 1.0 - np.einsum("ij,ij->i", _f32(X[a[s:s + chunk]]), _f32(X[b[s:s + chunk]]))
-    return np.maximum(out, 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -1512,71 +1176,3 @@ def name_order(names: Sequence[str]) -> np.ndarray:
     Deterministic (ties -> lower index)."""
     keys = [natural_key(n) for n in names]
     return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-
-
-# --------------------------------------------------------------------------------------
-# public: cutting the chain into pages (folders)
-# --------------------------------------------------------------------------------------
-
-def cut_points(steps, max_per_page: int = 500, *, min_per_page: Optional[int] = None,
-               threshold: Optional[float] = None) -> list:
-    """Where to split a chain into consecutive pages of at most ``max_per_page`` items.
-
-    Returns the sorted chain positions where a new page starts (0 excluded), so pages
-    are ``order[0:c1], order[c1:c2], ...``. Cutting before position i "uses" the jump
-    ``steps[i]``. Exact dynamic programme maximising the sum over cuts of
-    ``steps[i] - threshold``: it cuts at every jump larger than ``threshold`` that keeps
-    pages within [min_per_page, max_per_page], and where a cut is forced by the page limit
-    it takes the largest jumps available. ``threshold`` defaults to the step quantile
-    1 - 2/max_per_page, but at least 3x the median step, ``min_per_page`` to
-    max_per_page // 5 (no tiny folders, except when the whole chain is shorter).
-    O(n * (max - min)) vectorised in blocks of ``min_per_page``.
-    """
-    st = np.asarray(steps, dtype=np.float64).ravel()
-    n = len(st)
-    M = int(max_per_page)
-    if M < 1:
-        raise ValueError("max_per_page must be >= 1")
-    if n <= M:
-        return []
-    mn = max(1, M // 5) if min_per_page is None else int(min_per_page)
-    mn = max(1, min(mn, (M + 1) // 2))  # keeps every n > M feasible
-    if threshold is None:
-        body = st[1:]
-        threshold = max(float(np.quantile(body, max(0.0, 1.0 - 2.0 / M))),
-                        3.0 * float(np.median(body)))
-    # gain[i]: cutting before position i; the tiny penalty prefers fewer pages on ties
-    gain = st - threshold - 1e-9 * (1.0 + abs(threshold))
-    NEG = -np.inf
-    best = np.full(n + 1, NEG)  # best[c]: best score of pages covering [0, c) with a page ending at c
-    best[0] = 0.0
-    par = np.full(n + 1, -1, dtype=np.int64)
-    # best[c] = max_{c-M <= p <= c-mn} best[p] (+ gain[c] if c < n)
-    for c0 in range(mn, n + 1, mn):
-        c1 = min(n + 1, c0 + mn)
-        cs = np.arange(c0, c1)
-        lo = np.maximum(cs - M, 0)
-        hi = cs - mn  # inclusive; < c0 so already final
-        width = M - mn + 1
-        # candidate p for each c: p in [lo, hi]; gather via a padded 2-D window
-        P = lo[:, None] + np.arange(width)[None, :]
-        valid = P <= hi[:, None]
-        vals = np.where(valid, best[np.minimum(P, n)], NEG)
-        # ties: prefer the latest p (fewer, larger pages)
-        j = width - 1 - np.argmax(vals[:, ::-1], axis=1)
-        v = vals[np.arange(len(cs)), j]
-        add = np.where(cs < n, gain[np.minimum(cs, n - 1)], 0.0)
-        best[cs] = v + add
-        par[cs] = np.where(np.isfinite(v), P[np.arange(len(cs)), j], -1)
-    if not np.isfinite(best[n]):  # cannot happen with mn <= (M+1)//2; be safe
-        return list(range(M, n, M))
-    cuts = []
-    c = n
-    while c > 0:
-        p = int(par[c])
-        if p < 0:
-            return list(range(M, n, M))
-        if p > 0:
-            cuts.append(p)
-        c = p
-    return sorted(cuts)
