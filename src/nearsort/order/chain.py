@@ -2,15 +2,17 @@
 
 Pure algorithms on arrays (numpy/scipy; no catalog, no I/O): ``similarity_chain`` (cosine),
 ``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``; the local search is in
-order/improve.py, page cuts in order/pages.py.
+order/improve.py, page cuts in order/pages.py, every neighbour computation (k-NN graphs, IVF
+partition, Hamming search) in vectors/knn.py.
 Invariants: ``ChainResult.order`` is a permutation of the input; the same input (same machine /
 BLAS) gives the same order (no unseeded randomness, ties broken by index, no wall-clock budget
-unless asked for); ``length >= mst_weight`` whenever the bound is computed.
+unless asked for); ``length >= mst_weight`` whenever the bound is computed; the exact greedy
+chain equals the naive O(n^2) one; float16 input (a memmap of the store) is not copied whole to
+float32 above ``exact_limit``.
 How and why: docs/design.md, "order".
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 import unicodedata
@@ -21,6 +23,7 @@ import numpy as np
 
 from nearsort.order.improve import improve as improve_chain
 from nearsort.order.improve import pair_dist
+from nearsort.vectors import knn
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -89,86 +92,6 @@ class _Phases:
             self.cb(self.total, self.total)
 
 
-class _BlasThreads:
-    """Context manager: pin numpy's OpenBLAS to ``n`` threads (no-op when the library or
-    its symbol cannot be found). Our heavy loops run many small/medium GEMMs from a few
-    Python worker threads instead: OpenBLAS' own threads cost more than they give on
-    small blocks, and collapse when the machine is oversubscribed."""
-
-    _fns = None
-
-    @classmethod
-    def _find(cls):
-        if cls._fns is not None:
-            return cls._fns
-        cls._fns = (None, None)
-        try:
-            import ctypes
-
-            with open("/proc/self/maps") as f:
-                libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
-            for path in libs:
-                lib = ctypes.CDLL(path)
-                for pre in ("scipy_openblas_", "openblas_"):
-                    for suf in ("64_", ""):
-                        if hasattr(lib, f"{pre}set_num_threads{suf}") and hasattr(lib, f"{pre}get_num_threads{suf}"):
-                            cls._fns = (getattr(lib, f"{pre}get_num_threads{suf}"),
-                                        getattr(lib, f"{pre}set_num_threads{suf}"))
-                            return cls._fns
-        except Exception:  # pragma: no cover - best effort only
-            pass
-        return cls._fns
-
-    def __init__(self, n: int = 1):
-        self.n = n
-        self.old = None
-
-    def __enter__(self):
-        get, set_ = self._find()
-        if get is not None:
-            try:
-                self.old = int(get())
-                set_(int(self.n))
-            except Exception:  # pragma: no cover
-                self.old = None
-        return self
-
-    def __exit__(self, *exc):
-        get, set_ = self._find()
-        if self.old is not None and set_ is not None:
-            set_(self.old)
-        return False
-
-
-def _workers() -> int:
-    try:
-        import os
-
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except Exception:  # pragma: no cover
-        return 1
-
-
-def _parallel(fn, tasks, progress: Progress, total: int, weight=lambda t: 1):
-    """Run ``fn(task)`` for all tasks on a few threads (GEMMs release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    nw = _workers()
-    done = 0
-    if nw == 1 or len(tasks) < 2:
-        for t in tasks:
-            fn(t)
-            done += weight(t)
-            if progress:
-                progress(done, total)
-        return
-    with ThreadPoolExecutor(max_workers=nw) as ex:
-        for t, _ in zip(tasks, ex.map(fn, tasks)):
-            done += weight(t)
-            if progress:
-                progress(done, total)
-
-
 def _f32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 else a.astype(np.float32)
 
@@ -225,206 +148,6 @@ def _start_point(X: np.ndarray) -> int:
     return best
 
 
-def _sort_rows(ids: np.ndarray, dist: np.ndarray):
-    """Sort each row by (distance, id) -> deterministic tie order."""
-    o = np.lexsort((ids, dist), axis=-1)
-    return np.take_along_axis(ids, o, -1), np.take_along_axis(dist, o, -1)
-
-
-def _drop_self(qids: np.ndarray, ids: np.ndarray, dist: np.ndarray, k: int):
-    """Remove each query's own id from its k+1 results (or the last column if absent)."""
-    m = ids == qids[:, None]
-    none = ~m.any(axis=1)
-    m[none, -1] = True
-    # keep only the first True per row
-    first = np.argmax(m, axis=1)
-    m[:] = False
-    m[np.arange(len(qids)), first] = True
-    keep = ~m
-    return ids[keep].reshape(len(qids), k), dist[keep].reshape(len(qids), k)
-
-
-def _idx_dtype(n: int):
-    return np.int32 if n < 2**31 - 1 else np.int64
-
-
-# --------------------------------------------------------------------------------------
-# k-NN graphs (float, cosine)
-# --------------------------------------------------------------------------------------
-
-def _topk_rows(S: np.ndarray, kk: int):
-    """Column indices and values of the ``kk`` largest entries of each row of ``S``,
-    sorted by value descending then column. Cheaper than argpartition on wide rows: the
-    kk-th largest maximum of 4*kk interleaved column groups is <= the kk-th largest value,
-    and usually leaves only a few candidates per row."""
-    m, c = S.shape
-    kk = min(kk, c)
-    if c <= 8 * kk:
-        J = np.argsort(-S, axis=1, kind="stable")[:, :kk]
-        return J, np.take_along_axis(S, J, 1)
-    g = 4 * kk
-    w = c // g
-    cm = S[:, :g * w].reshape(m, w, g).max(axis=1)  # group j = columns j, j+g, j+2g, ...
-    th = np.partition(cm, g - kk, axis=1)[:, g - kk]
-    r, j = np.nonzero(S >= th[:, None])
-    v = S[r, j]
-    key = r * 4.0 + (1.0 - v.astype(np.float64))  # row, then value descending
-    o = np.argsort(key, kind="stable")            # ties keep column order
-    r, j, v = r[o], j[o], v[o]
-    cnt = np.bincount(r, minlength=m)
-    start = np.cumsum(cnt) - cnt
-    keep = (np.arange(len(r)) - start[r]) < kk
-    return j[keep].reshape(m, kk), v[keep].reshape(m, kk)
-
-
-def _block_knn(X: np.ndarray, qi: np.ndarray, ci: np.ndarray, k: int, Xq=None, Xc=None):
-    """k nearest (cosine) of points ``qi`` among points ``ci`` (which contain ``qi``),
-    excluding each query itself; rows sorted by (distance, id)."""
-    if Xq is None:
-        Xq = _f32(X[qi])
-    if Xc is None:
-        Xc = _f32(X[ci])
-    S = Xq @ Xc.T
-    J, V = _topk_rows(S, k + 1)
-    J = ci[J]
-    J, Dd = _drop_self(qi, J, 1.0 - V, k)
-    J, Dd = _sort_rows(J, Dd)
-    return J, np.maximum(Dd, 0)
-
-
-def _knn_exact(X: np.ndarray, k: int, progress: Progress):
-    """Exact k-NN (cosine distance): query chunks against everything (BLAS GEMM)."""
-    n, d = X.shape
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    chunk = int(max(64, min(2048, (1 << 23) // max(1, n))))  # S block <= 32 MB
-    allid = np.arange(n)
-
-    def job(s):
-        e = min(n, s + chunk)
-        I[s:e], D[s:e] = _block_knn(X, allid[s:e], allid, k, Xq=X[s:e], Xc=X)
-
-    _parallel(job, list(range(0, n, chunk)), progress, n, weight=lambda s: min(chunk, n - s))
-    return I, D
-
-
-@dataclass
-class _IVF:
-    centroids: np.ndarray  # (nlist, d) float32, unit rows
-    perm: np.ndarray       # ids sorted by list
-    offsets: np.ndarray    # list l = perm[offsets[l]:offsets[l+1]]
-    assign: np.ndarray     # (n,) list of each id
-    radius: np.ndarray     # (nlist,) largest angle (radians) between a member and its centroid
-
-    @property
-    def nlist(self) -> int:
-        return len(self.centroids)
-
-    def members(self, l: int) -> np.ndarray:
-        return self.perm[self.offsets[l]:self.offsets[l + 1]]
-
-
-def _default_nlist(n: int) -> int:
-    # ~2*sqrt(n) lists: 100k -> 632, 1M -> 2000, 10M -> 6325
-    return int(max(8, min(n // 16, round(2 * math.sqrt(n)))))
-
-
-def _assign(X: np.ndarray, C: np.ndarray, chunk: int = 8192):
-    """Nearest centroid (max inner product; ties -> lowest list) and its similarity."""
-    n = X.shape[0]
-    a = np.empty(n, dtype=np.int32)
-    v = np.empty(n, dtype=np.float32)
-
-    def job(s):
-        S = _f32(X[s:s + chunk]) @ C.T
-        j = np.argmax(S, axis=1)
-        a[s:s + chunk] = j
-        v[s:s + chunk] = S[np.arange(len(j)), j]
-
-    _parallel(job, list(range(0, n, chunk)), None, n)
-    return a, v
-
-
-def _spherical_kmeans(Xs: np.ndarray, nlist: int, niter: int, rng) -> np.ndarray:
-    """Plain spherical k-means with BLAS (deterministic for a given rng)."""
-    from scipy.sparse import csr_matrix
-
-    ns = Xs.shape[0]
-    C = Xs[np.sort(rng.choice(ns, nlist, replace=False))].copy()
-    for _ in range(niter):
-        a, v = _assign(Xs, C)
-        M = csr_matrix((np.ones(ns, dtype=np.float32), (a, np.arange(ns))), shape=(nlist, ns))
-        sums = np.asarray(M @ Xs, dtype=np.float32)
-        cnt = np.bincount(a, minlength=nlist)
-        empty = np.flatnonzero(cnt == 0)
-        if len(empty):  # re-seed empty lists with the worst-represented points
-            far = np.argsort(v, kind="stable")[:len(empty)]
-            sums[empty[:len(far)]] = Xs[far]
-        nrm = np.linalg.norm(sums, axis=1, keepdims=True)
-        C = sums / np.maximum(nrm, 1e-12)
-    return np.ascontiguousarray(C, dtype=np.float32)
-
-
-def _build_ivf(X: np.ndarray, nlist: int, seed: int = 0, niter: int = 8,
-               sample_per_list: int = 32) -> _IVF:
-    """Spherical k-means on a deterministic sample, then exact assignment of all points."""
-    n, d = X.shape
-    nlist = max(1, min(nlist, n))
-    rng = np.random.default_rng(seed)
-    ns = min(n, max(nlist * sample_per_list, 2 * nlist))
-    sample = np.sort(rng.choice(n, ns, replace=False)) if ns < n else np.arange(n)
-    C = _spherical_kmeans(np.ascontiguousarray(_f32(X[sample])), nlist, niter, rng)
-    assign, sim = _assign(X, C)
-    perm = np.argsort(assign, kind="stable").astype(_idx_dtype(n))
-    offsets = np.searchsorted(assign[perm], np.arange(nlist + 1)).astype(np.int64)
-    mincos = np.ones(nlist, dtype=np.float64)
-    np.minimum.at(mincos, assign, sim.astype(np.float64))
-    radius = np.arccos(np.clip(mincos - 1e-5, -1.0, 1.0)) + 1e-4  # float-rounding margin
-    return _IVF(C, perm, offsets, assign, radius)
-
-
-def _list_neighbours(ivf: _IVF, nprobe: int) -> np.ndarray:
-    """For each list, the ``nprobe`` lists whose centroids are nearest (itself first)."""
-    nprobe = min(nprobe, ivf.nlist)
-    C = ivf.centroids
-    out = np.empty((len(C), nprobe), dtype=np.int64)
-    for s in range(0, len(C), 4096):
-        J, _ = _topk_rows(C[s:s + 4096] @ C.T, nprobe)
-        out[s:s + 4096] = J
-    return out
-
-
-def _knn_ivf(X: np.ndarray, k: int, ivf: _IVF, nprobe: int, progress: Progress):
-    """Approximate k-NN: all points of one list are searched together (one GEMM) among
-    the members of the ``nprobe`` lists nearest to that list's centroid."""
-    n, d = X.shape
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    sizes = np.diff(ivf.offsets)
-    nb = _list_neighbours(ivf, min(ivf.nlist, nprobe * 3))
-
-    def job(l):
-        qi = ivf.members(l)
-        lists = []
-        tot = 0
-        for j, m in enumerate(nb[l]):
-            if j >= nprobe and tot >= k + 1:
-                break
-            if sizes[m]:
-                lists.append(ivf.members(m))
-                tot += int(sizes[m])
-        if tot < k + 1:  # tiny data: take everything
-            lists = [ivf.perm]
-        ci = np.concatenate(lists)
-        J, Dd = _block_knn(X, qi, ci, k)
-        I[qi] = J
-        D[qi] = Dd
-
-    tasks = [l for l in range(ivf.nlist) if sizes[l]]
-    _parallel(job, tasks, progress, n, weight=lambda l: int(sizes[l]))
-    return I, D
-
-
 # --------------------------------------------------------------------------------------
 # "nearest unvisited point" when every neighbour of the current point is visited
 # --------------------------------------------------------------------------------------
@@ -439,7 +162,7 @@ class _IVFRemaining:
       (r = list radius) and stop as soon as no remaining list can beat the best point
       found: the exact nearest unvisited point (ties -> lowest id)."""
 
-    def __init__(self, X: np.ndarray, vis: np.ndarray, ivf: _IVF, nprobe: int, exact: bool = False,
+    def __init__(self, X: np.ndarray, vis: np.ndarray, ivf: knn.Partition, nprobe: int, exact: bool = False,
                  graph: Optional[np.ndarray] = None):
         self.X = X
         self.graph = graph  # approximate mode: try unvisited 2-hop neighbours first
@@ -748,7 +471,7 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
     nprobe: IVF lists probed per query (approximate path).
     progress: ``progress(done, total)`` over the phases kNN, walk, improve.
     """
-    with _BlasThreads(1):
+    with knn.blas_threads(1):
         return _similarity_chain(vectors, fast=fast, k=k, exact_limit=exact_limit, improve=improve,
                                  progress=progress, jump_threshold=jump_threshold, mst=mst,
                                  nprobe=nprobe, seed=seed, improve_evals=improve_evals,
@@ -776,13 +499,14 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     t = time.perf_counter()
     if exact:
         X = _f32(X)  # small: n <= exact_limit
-        I, D = _knn_exact(X, k, ph)
+        S, I = knn.knn_graph(X, k, exact=True, progress=ph)
     else:
-        nlist = _default_nlist(n)
-        ivf = _build_ivf(X, nlist, seed=seed)
+        part = knn.partition(X, seed=seed)
         stats["t_ivf"] = time.perf_counter() - t
-        I, D = _knn_ivf(X, k, ivf, nprobe, ph)
-        stats.update(nlist=ivf.nlist, nprobe=nprobe)
+        S, I = knn.knn_graph(X, k, exact=False, part=part, nprobe=nprobe, progress=ph)
+        stats.update(nlist=part.nlist, nprobe=nprobe)
+    D = np.maximum(1.0 - S, 0.0)  # cosine distance, nearest first
+    del S
     stats["t_knn"] = time.perf_counter() - t
     ph.next()
 
@@ -790,8 +514,8 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     visited = bytearray(n)
     vis = np.frombuffer(visited, dtype=np.bool_)
     if exact:
-        ivf = _build_ivf(X, _default_nlist(n), seed=seed)
-    fb = _IVFRemaining(X, vis, ivf, nprobe, exact=exact, graph=None if exact else I)
+        part = knn.partition(X, seed=seed)
+    fb = _IVFRemaining(X, vis, part, nprobe, exact=exact, graph=None if exact else I)
     start = _start_point(X)
     order, steps, nfb = _walk(I, D, start, visited, fb, ph)
     stats.update(start=start, fallbacks=nfb, t_walk=time.perf_counter() - t,
@@ -833,130 +557,6 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
 # public: Hamming chain on 64-bit perceptual hashes
 # --------------------------------------------------------------------------------------
 
-def _as_u64(hashes) -> np.ndarray:
-    h = np.asarray(hashes)
-    if h.ndim != 1:
-        raise ValueError(f"hashes must be 1-D, got shape {h.shape}")
-    if h.dtype.kind == "i":
-        h = h.astype(np.int64).view(np.uint64)
-    return np.ascontiguousarray(h, dtype=np.uint64)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))  # pragma: no cover
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.uint8)
-
-
-def _hamming_knn_exact(h: np.ndarray, k: int, progress: Progress, backend: str = "numpy"):
-    """Exact k-NN by Hamming distance, rows sorted by (distance, id).
-
-    ``backend="numpy"``: XOR + popcount in query blocks (measured ~2x faster here than
-    faiss.IndexBinaryFlat's heap search); ``"faiss"``: faiss.IndexBinaryFlat."""
-    n = len(h)
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    if backend == "faiss":
-        import faiss
-
-        codes = h.view(np.uint8).reshape(n, 8)
-        index = faiss.IndexBinaryFlat(64)
-        index.add(codes)
-        for s in range(0, n, 4096):
-            e = min(n, s + 4096)
-            Dd, J = index.search(codes[s:e], k + 1)
-            J, Dd = _drop_self(np.arange(s, e), J, Dd.astype(np.float32), k)
-            I[s:e], D[s:e] = _sort_rows(J, Dd)
-            if progress:
-                progress(e, n)
-        return I, D
-    chunk = int(max(16, min(4096, (1 << 23) // max(1, n))))
-    ids = np.arange(n, dtype=np.int64)
-
-    def job(s):
-        e = min(n, s + chunk)
-        d = _popcount(h[s:e, None] ^ h[None, :])
-        th = np.sort(d, axis=1, kind="stable")[:, k]  # radix sort for uint8: (k+1)-th smallest
-        r, j = np.nonzero(d <= th[:, None])
-        key = (r * 128 + d[r, j].astype(np.int64)) * n + j
-        key.sort()
-        r = key // (128 * n)
-        cnt = np.bincount(r, minlength=e - s)
-        start = np.cumsum(cnt) - cnt
-        key = key[(np.arange(len(key)) - start[r]) < k + 1].reshape(e - s, k + 1)
-        J, Dd = _drop_self(ids[s:e], key % n, ((key // n) % 128).astype(np.float32), k)
-        I[s:e], D[s:e] = J, Dd
-
-    _parallel(job, list(range(0, n, chunk)), progress, n, weight=lambda s: min(chunk, n - s))
-    return I, D
-
-
-def _bit_perms(nperm: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    perms = [np.arange(64)]
-    while len(perms) < nperm:
-        perms.append(rng.permutation(64))
-    return perms
-
-
-def _permute_bits(h: np.ndarray, perm: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """Key whose bit 63-i is bit perm[i] of h (so sorting by it sorts by the permuted bits)."""
-    out = np.zeros(len(h), dtype=np.uint64)
-    one = np.uint64(1)
-    for s in range(0, len(h), chunk):
-        x = h[s:s + chunk]
-        o = np.zeros(len(x), dtype=np.uint64)
-        for i, b in enumerate(perm.tolist()):
-            o |= ((x >> np.uint64(b)) & one) << np.uint64(63 - i)
-        out[s:s + chunk] = o
-    return out
-
-
-def _hamming_knn_sorted(h: np.ndarray, k: int, nperm: int, window: int, seed: int,
-                        progress: Progress):
-    """Approximate k-NN by Hamming distance: sort the hashes by ``nperm`` random bit
-    permutations; the ``window`` neighbours on each side in every sorted order are the
-    candidates (codes sharing a long prefix of permuted bits are close). Close pairs are
-    found with high probability (a pair at distance d shares the first 16 permuted bits
-    with probability ~(1-16/64)^d per permutation). Rows padded with -1 if short."""
-    n = len(h)
-    BIG = np.int64(1 << 40)
-    key = np.full((n, k), BIG * n, dtype=np.int64)  # running top-k as dist * n + id
-    ids = np.arange(n, dtype=np.int64)
-    perms = _bit_perms(nperm, seed)
-    orders = []
-    for pi, perm in enumerate(perms):
-        pk = _permute_bits(h, perm)
-        order = np.lexsort((ids, pk))
-        del pk
-        if pi < 4:
-            orders.append(order)
-        cand = np.full((n, 2 * window), BIG * n, dtype=np.int64)
-        for o in range(1, window + 1):
-            a = order[:-o]
-            b = order[o:]
-            d = _popcount(h[a] ^ h[b]).astype(np.int64)
-            cand[a, o - 1] = d * n + b
-            cand[b, window + o - 1] = d * n + a
-        allk = np.concatenate([key, cand], axis=1)
-        allk.sort(axis=1)
-        dup = np.zeros_like(allk, dtype=bool)
-        dup[:, 1:] = allk[:, 1:] == allk[:, :-1]
-        allk[dup] = BIG * n
-        allk.sort(axis=1)
-        key = np.ascontiguousarray(allk[:, :k])
-        del allk, cand, dup
-        if progress:
-            progress(pi + 1, len(perms))
-    valid = key < BIG * n
-    I = np.where(valid, key % n, -1).astype(_idx_dtype(n))
-    D = np.where(valid, key // n, 0).astype(np.float32)
-    return I, D, orders
-
-
 class _HammingExactRemaining:
     """Exact nearest unvisited hash: scan a compact copy of the unvisited hashes (rebuilt
     when half of it has been visited); ties -> lowest id."""
@@ -977,7 +577,7 @@ class _HammingExactRemaining:
             self.hr = self.h[self.ids]
             live = np.ones(len(self.ids), dtype=bool)
         self.scanned_points += len(self.ids)
-        d = _popcount(self.hr ^ self.h[cur]).astype(np.int16)
+        d = knn.popcount(self.hr ^ self.h[cur]).astype(np.int16)
         d[~live] = 999
         j = int(np.argmin(d))
         return int(self.ids[j]), float(d[j])
@@ -1043,7 +643,7 @@ class _HammingSortedRemaining:
             raise RuntimeError("no unvisited point left")
         c = np.array(sorted(cands), dtype=np.int64)
         self.scanned_points += len(c)
-        d = _popcount(self.h[c] ^ self.h[cur])
+        d = knn.popcount(self.h[c] ^ self.h[cur])
         j = int(np.argmin(d))
         return int(c[j]), float(d[j])
 
@@ -1056,20 +656,20 @@ def hamming_chain(hashes, *, fast: bool = False, k: int = 16, exact_limit: int =
 
     Steps are Hamming distances (0..64). Exact (k-NN by brute-force XOR/popcount, exact
     nearest-unvisited fallback) for ``n <= exact_limit`` unless ``fast``; otherwise
-    candidates from bit-permuted sorted orders (see :func:`_hamming_knn_sorted`) and an
+    candidates from bit-permuted sorted orders (see :func:`knn.hamming_knn_sorted`) and an
     approximate fallback. Start: the hash farthest from the bitwise majority code (an
     "end" of the data), ties -> lowest index. ``jump_threshold``
     defaults to 10 bits (two photos more than 10 bits apart are rarely the same picture).
     """
     t0 = time.perf_counter()
-    h = _as_u64(hashes)
+    h = knn.as_u64(hashes)
     n = len(h)
     stats: dict = {"n": n}
     if n <= 2:
         order = np.arange(n, dtype=np.int64)
         steps = np.zeros(n, dtype=np.float32)
         if n == 2:
-            steps[1] = float(_popcount(h[0:1] ^ h[1:2])[0])
+            steps[1] = float(knn.popcount(h[0:1] ^ h[1:2])[0])
         L = float(steps.sum())
         thr = 10.0 if jump_threshold is None else float(jump_threshold)
         return ChainResult(order, steps, L, L if mst else None, int((steps > thr).sum()), stats)
@@ -1079,10 +679,10 @@ def hamming_chain(hashes, *, fast: bool = False, k: int = 16, exact_limit: int =
     ph = _Phases(progress, n, 2)
     t = time.perf_counter()
     if exact:
-        I, D = _hamming_knn_exact(h, k, ph)
+        D, I = knn.hamming_knn(h, k, ph)
         orders = None
     else:
-        I, D, orders = _hamming_knn_sorted(h, k, nperm, window, seed, ph)
+        D, I, orders = knn.hamming_knn_sorted(h, k, nperm, window, seed, ph)
         stats.update(nperm=nperm, window=window)
     stats["t_knn"] = time.perf_counter() - t
     ph.next()
@@ -1113,7 +713,7 @@ def _hamming_start(h: np.ndarray) -> int:
     for b in range(64):
         if 2 * counts[b] > n:
             maj |= np.uint64(1 << b)
-    d = _popcount(h ^ maj)
+    d = knn.popcount(h ^ maj)
     return int(np.argmax(d))
 
 
