@@ -8,11 +8,12 @@
 Parts (each row: seconds, and recall or objective where it applies):
 
 * ``exact``  k-NN graph (k=16) of ``--exact-n`` 512-d vectors: knn.knn_graph (FAISS, exact) vs a
-  numpy peer (blocked BLAS GEMM + row top-k on a few Python threads, BLAS on one thread each --
-  what order.py did before).
+  numpy peer (blocked GEMM + knn's row top-k on a few Python threads, numpy's BLAS on one thread
+  each -- what order.py did before).
 * ``ivf``    approximate k-NN graph of ``--ivf-n`` vectors on one partition: knn's list-major
-  search (faiss.knn of a list's points against its 8 nearest lists) vs faiss.IndexIVFFlat.search
-  (nprobe 8 and 16, queries in list order); recall@16 against exact on 500 rows.
+  search (a list's points against the members of its 8 nearest lists, one numpy GEMM) vs the
+  same with faiss.knn per list, and faiss.IndexIVFFlat.search (nprobe 8 and 16, queries in list
+  order); recall@16 against exact on 500 rows.
 * ``kmeans`` spherical k-means (2 sqrt(n) lists, 10 iterations) on ``--kmeans-n`` vectors:
   knn.spherical_kmeans (faiss.Kmeans) vs a numpy peer; mean cosine to the nearest centroid.
 * ``pairs``  all pairs within Hamming 8 of ``--pairs-n`` 64-bit hashes (the dupes phash search):
@@ -70,20 +71,34 @@ def _workers() -> int:
 
 
 def numpy_knn_exact(X: np.ndarray, k: int) -> np.ndarray:
-    """Blocked GEMM + argpartition top-k, blocks on Python threads, BLAS on one thread."""
+    """Query blocks against all points, numpy GEMM + knn's row top-k, blocks on Python threads
+    with numpy's BLAS on one thread each (order.py's exact graph before)."""
     n = len(X)
     I = np.empty((n, k), np.int64)
     chunk = int(max(64, min(2048, (1 << 23) // max(1, n))))
 
     def job(s):
-        S = X[s:s + chunk] @ X.T
-        S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf
-        J = np.argpartition(-S, k, axis=1)[:, :k]
-        o = np.argsort(-np.take_along_axis(S, J, 1), axis=1, kind="stable")
-        I[s:s + chunk] = np.take_along_axis(J, o, 1)
+        J, V = knn._topk_rows(X[s:s + chunk] @ X.T, k + 1)
+        I[s:s + chunk] = knn.drop_self(V, J, np.arange(s, min(n, s + chunk)), k)[1]
 
-    with knn.blas_threads(1), ThreadPoolExecutor(_workers()) as ex:
-        list(ex.map(job, range(0, n, chunk)))
+    with knn.blas_threads(1):
+        knn._parallel(job, list(range(0, n, chunk)), None, n)
+    return I
+
+
+def faiss_knn_by_lists(X: np.ndarray, k: int, part, nprobe: int = 8) -> np.ndarray:
+    """knn's list-major candidates, but each list searched with faiss.knn (FAISS BLAS + heap)."""
+    n = len(X)
+    I = np.empty((n, k), np.int64)
+    sizes = np.diff(part.offsets)
+    nb = knn._list_neighbours(part, nprobe * 3)
+    for lst in range(part.nlist):
+        qi = part.members(lst)
+        if not len(qi):
+            continue
+        ci = np.concatenate([part.members(m) for m in nb[lst][:nprobe] if sizes[m]])
+        D, J = faiss.knn(knn.f32(X[qi]), knn.f32(X[ci]), k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        I[qi] = knn.drop_self(D, ci[J], qi, k)[1]
     return I
 
 
@@ -160,7 +175,9 @@ def part_ivf(a, rows_out):
     tp, part = timed(knn.partition, X)
     t1, (S, I) = timed(knn.knn_graph, X, k, exact=False, part=part)
     rows_out.append(("ivf", f"n={a.ivf_n:,}", f"knn.partition (nlist {part.nlist})", tp, ""))
-    rows_out.append(("ivf", "", "knn list-major (faiss.knn), nprobe 8", t1, f"recall {recall(I, truth, rows, k):.4f}"))
+    rows_out.append(("ivf", "", "knn list-major (numpy GEMM), nprobe 8", t1, f"recall {recall(I, truth, rows, k):.4f}"))
+    t2, I2 = timed(faiss_knn_by_lists, X, k, part)
+    rows_out.append(("ivf", "", "same lists, faiss.knn per list", t2, f"recall {recall(I2, truth, rows, k):.4f}"))
     q = faiss.IndexFlatIP(X.shape[1])
     q.add(part.centroids)
     ivf = faiss.IndexIVFFlat(q, X.shape[1], part.nlist, faiss.METRIC_INNER_PRODUCT)

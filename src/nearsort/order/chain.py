@@ -449,10 +449,10 @@ def chain_stats(steps: np.ndarray, threshold: float) -> dict:
 # public: similarity chain
 # --------------------------------------------------------------------------------------
 
-def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: int = 50_000,
+def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: int = knn.EXACT_MAX,
                      improve: bool = True, progress: Progress = None,
                      jump_threshold: Optional[float] = None, mst: bool = True,
-                     nprobe: int = 8, seed: int = 0, improve_evals: float = 5.0,
+                     nprobe: Optional[int] = None, seed: int = 0, improve_evals: float = 5.0,
                      improve_seconds: Optional[float] = None,
                      dup_threshold: Optional[float] = None) -> ChainResult:
     """Greedy nearest-unvisited chain through L2-normalised embeddings (cosine distance),
@@ -468,7 +468,8 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
     mst: also compute the MST bound (``mst_weight``).
     dup_threshold: k-NN edges at most this long join near-duplicate groups that are kept
         contiguous (default min(0.01, median nearest-neighbour distance / 4); 0: off).
-    nprobe: IVF lists probed per query (approximate path).
+    nprobe: IVF lists each list is searched among, and the walk's fallback scans (approximate
+        path; default knn.graph_nprobe: 8 of the ~2 sqrt(n) lists).
     progress: ``progress(done, total)`` over the phases kNN, walk, improve.
     """
     with knn.blas_threads(1):
@@ -503,6 +504,7 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     else:
         part = knn.partition(X, seed=seed)
         stats["t_ivf"] = time.perf_counter() - t
+        nprobe = nprobe or knn.graph_nprobe(n, part.nlist)
         S, I = knn.knn_graph(X, k, exact=False, part=part, nprobe=nprobe, progress=ph)
         stats.update(nlist=part.nlist, nprobe=nprobe)
     D = np.maximum(1.0 - S, 0.0)  # cosine distance, nearest first
@@ -515,6 +517,7 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     vis = np.frombuffer(visited, dtype=np.bool_)
     if exact:
         part = knn.partition(X, seed=seed)
+        nprobe = nprobe or knn.graph_nprobe(n, part.nlist)
     fb = _IVFRemaining(X, vis, part, nprobe, exact=exact, graph=None if exact else I)
     start = _start_point(X)
     order, steps, nfb = _walk(I, D, start, visited, fb, ph)

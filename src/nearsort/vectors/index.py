@@ -52,11 +52,11 @@ class IndexPolicy:
 
     kind: str = "auto"  # auto | flat | ivf | hnsw
     flat_max: int = knn.EXACT_MAX  # auto: exact IndexFlatIP below this many vectors, IVF at/above
-    nprobe: int = knn.SEARCH_NPROBE  # IVF lists visited per query (capped at nlist)
-    knn_nprobe: int = knn.KNN_NPROBE  # k-NN graph: a list's rows are searched among this many lists
+    nprobe: int = 64  # IVF lists visited per query (capped at nlist)
+    knn_nprobe: int | None = None  # k-NN graph: lists each list is searched among (knn.graph_nprobe)
     refine: int = 2  # IVF: re-score refine*k candidates exactly from the float16 store
-    ivf_train_per_list: int = knn.TRAIN_PER_LIST  # training points per list (faiss wants >= 39)
-    ivf_niter: int = knn.KMEANS_NITER  # k-means iterations
+    ivf_train_per_list: int = 40  # training points per list (faiss wants >= 39)
+    ivf_niter: int = 10  # k-means iterations
     rebuild_growth: float = 4.0  # retrain IVF on save() when n > rebuild_growth * trained rows
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
@@ -75,7 +75,10 @@ class IndexPolicy:
             kind = "flat"
         return kind
 
-    nlist_for = staticmethod(knn.nlist_for)
+    @staticmethod
+    def nlist_for(n: int) -> int:
+        """IVF lists of a search index over n vectors (knn.INDEX_LISTS * sqrt(n))."""
+        return knn.nlist_for(n, knn.INDEX_LISTS)
 
 
 _pad = knn.pad
@@ -574,7 +577,7 @@ class VectorIndex:
 
         ``exact=None``: exact when the size rule picks a flat index (N < policy.flat_max), else
         through the IVF partition (the saved IVF index's, when there is one). ``nprobe``: lists
-        searched per list (default policy.knn_nprobe). ``progress(done, N)`` as it goes.
+        searched per list (default policy.knn_nprobe, else knn.graph_nprobe). ``progress(done, N)``.
         """
         n = self._n
         if n == 0 or k <= 0:

@@ -20,11 +20,16 @@ import numpy as np
 
 Progress = Optional[Callable[[int, int], None]]
 
-EXACT_MAX = 50_000  # k-NN graph: exact (IndexFlatIP) below this many points, IVF at/above
-KNN_NPROBE = 8  # IVF k-NN graph: a list's points are searched among its 8 nearest lists
-SEARCH_NPROBE = 32  # IVF query search: lists visited per query
-TRAIN_PER_LIST = 40  # k-means training points per list (faiss wants >= 39)
-KMEANS_NITER = 10
+EXACT_MAX = 50_000  # k-NN graph: exact below this many points, through an IVF partition at/above
+# IVF lists: ``nlist_for(n, per_sqrt)`` = per_sqrt * sqrt(n). A search index (trained once, many
+# queries) wants fine lists: 4 (recall per scanned row); a k-NN graph's own partition coarse ones:
+# 2 (its k-means costs ~ nlist^2 each time). A graph searches each list among the nearest lists
+# holding ~4 sqrt(n) rows (``graph_nprobe``): 8 of 2 sqrt(n) lists, 16 of 4 sqrt(n).
+INDEX_LISTS = 4
+GRAPH_LISTS = 2
+GRAPH_CANDIDATES = 4
+TRAIN_PER_LIST = 32  # k-means training points per list of a graph's partition
+KMEANS_NITER = 8
 
 _Q_ROWS = 4096  # exact search: query rows per FAISS call
 _DB_ROWS = 131072  # exact search: database rows converted to float32 at a time (256 MiB at d=512)
@@ -107,10 +112,15 @@ def f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def nlist_for(n: int) -> int:
-    """IVF lists for n points: ~2 sqrt(n) (632 at 100 k, 2000 at 1 M), at most n / 39 so
-    every list gets enough k-means points."""
-    return int(max(1, min(n // 39, round(2 * math.sqrt(max(n, 1))))))
+def nlist_for(n: int, per_sqrt: float = GRAPH_LISTS) -> int:
+    """IVF lists for n points: ``per_sqrt`` * sqrt(n) (GRAPH_LISTS: 632 at 100 k, 2000 at 1 M;
+    INDEX_LISTS: twice that), at most n / 39 so every list gets enough k-means points."""
+    return int(max(1, min(n // 39, round(per_sqrt * math.sqrt(max(n, 1))))))
+
+
+def graph_nprobe(n: int, nlist: int) -> int:
+    """Lists a k-NN graph searches each list among: enough for ~GRAPH_CANDIDATES * sqrt(n) rows."""
+    return int(max(1, min(nlist, round(GRAPH_CANDIDATES * math.sqrt(max(n, 1)) * nlist / max(n, 1)))))
 
 
 # --------------------------------------------------------------------------- row conventions
@@ -284,19 +294,71 @@ def _list_neighbours(part: Partition, nprobe: int) -> np.ndarray:
     return assign(part.centroids, part.centroids, min(nprobe, part.nlist))[1]
 
 
+def _workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):  # pragma: no cover
+        return 1
+
+
+def _parallel(fn, tasks, progress: Progress, total: int, weight=lambda t: 1) -> None:
+    """``fn(task)`` for all tasks on a few Python threads (numpy's GEMMs release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = 0
+    nw = _workers()
+    if nw == 1 or len(tasks) < 2:
+        results = map(fn, tasks)
+    else:
+        ex = ThreadPoolExecutor(max_workers=nw)
+        results = ex.map(fn, tasks)
+    try:
+        for t, _ in zip(tasks, results):
+            done += weight(t)
+            if progress:
+                progress(done, total)
+    finally:
+        if nw > 1 and len(tasks) >= 2:
+            ex.shutdown()
+
+
+def _topk_rows(S: np.ndarray, kk: int):
+    """Column indices and values of the ``kk`` largest entries of each row of ``S``, by value
+    descending then column. Cheaper than argpartition on wide rows: the kk-th largest maximum of
+    4*kk interleaved column groups is <= the kk-th largest value and leaves few candidates."""
+    m, c = S.shape
+    kk = min(kk, c)
+    if c <= 8 * kk:
+        J = np.argsort(-S, axis=1, kind="stable")[:, :kk]
+        return J, np.take_along_axis(S, J, 1)
+    g = 4 * kk
+    w = c // g
+    cm = S[:, :g * w].reshape(m, w, g).max(axis=1)  # group j = columns j, j+g, j+2g, ...
+    th = np.partition(cm, g - kk, axis=1)[:, g - kk]
+    r, j = np.nonzero(S >= th[:, None])
+    v = S[r, j]
+    key = r * 4.0 + (1.0 - v.astype(np.float64))  # row, then value descending
+    o = np.argsort(key, kind="stable")            # ties keep column order
+    r, j, v = r[o], j[o], v[o]
+    cnt = np.bincount(r, minlength=m)
+    start = np.cumsum(cnt) - cnt
+    keep = (np.arange(len(r)) - start[r]) < kk
+    return j[keep].reshape(m, kk), v[keep].reshape(m, kk)
+
+
 def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Progress):
-    """Approximate k-NN graph, list-major: the points of one list are searched together
-    (faiss.knn, one GEMM) among the members of the ``nprobe`` lists nearest to its centroid."""
+    """Approximate k-NN graph, list-major: the points of one list are searched together, one
+    numpy GEMM + row top-k, among the members of the ``nprobe`` lists nearest to its centroid.
+    Lists run on a few Python threads with numpy's BLAS on one thread each (measured faster
+    than faiss.knn per list and than IndexIVFFlat.search: bench/knn.py)."""
     n = len(X)
     S = np.empty((n, k), np.float32)
     I = np.empty((n, k), idx_dtype(n))
     sizes = np.diff(part.offsets)
     nb = _list_neighbours(part, nprobe * 3)
-    done = 0
-    for lst in range(part.nlist):
+
+    def job(lst):
         qi = part.members(lst)
-        if not len(qi):
-            continue
         lists, tot = [], 0
         for j, m in enumerate(nb[lst]):
             if j >= nprobe and tot >= k + 1:
@@ -305,23 +367,24 @@ def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Prog
                 lists.append(part.members(m))
                 tot += int(sizes[m])
         ci = np.concatenate(lists) if tot >= k + 1 else part.perm  # tiny data: everything
-        D, J = faiss.knn(f32(X[qi]), f32(X[ci]), min(k + 1, len(ci)), metric=faiss.METRIC_INNER_PRODUCT)
-        J = np.where(J >= 0, ci[np.maximum(J, 0)], -1)
-        D, J = drop_self(*clean(D, J), qi, k)
+        J, V = _topk_rows(f32(X[qi]) @ f32(X[ci]).T, k + 1)
+        D, J = drop_self(V, ci[J], qi, k)
         S[qi], I[qi] = sort_rows(D, J)
-        done += len(qi)
-        if progress:
-            progress(done, n)
+
+    tasks = [lst for lst in range(part.nlist) if sizes[lst]]
+    with blas_threads(1):
+        _parallel(job, tasks, progress, n, weight=lambda lst: int(sizes[lst]))
     return S, I
 
 
 def knn_graph(X: np.ndarray, k: int, *, exact: Optional[bool] = None, part: Optional[Partition] = None,
-              nprobe: int = KNN_NPROBE, seed: int = 0, progress: Progress = None):
+              nprobe: Optional[int] = None, seed: int = 0, progress: Progress = None):
     """k-NN graph of the unit rows X: (scores float32 (n,k), ids (n,k) int32 while n fits),
     best first, ties -> lower id, never the point itself, padded when n - 1 < k.
 
     ``exact=None``: exact when n < EXACT_MAX. Approximate: through ``part`` (built when not
-    given: :func:`partition`), see :func:`_knn_ivf`."""
+    given: :func:`partition`), each list searched among its ``nprobe`` nearest (default
+    :func:`graph_nprobe`), see :func:`_knn_ivf`."""
     threads()
     n = len(X)
     k = int(k)
@@ -333,7 +396,7 @@ def knn_graph(X: np.ndarray, k: int, *, exact: Optional[bool] = None, part: Opti
         return _knn_exact(X, k, progress)
     if part is None:
         part = partition(X, seed=seed)
-    return _knn_ivf(X, k, part, nprobe, progress)
+    return _knn_ivf(X, k, part, nprobe or graph_nprobe(n, part.nlist), progress)
 
 
 # --------------------------------------------------------------------------- 64-bit hashes
