@@ -614,7 +614,7 @@ def hamming_pairs(hashes: np.ndarray, radius: int, batch: int = 1 << 22) -> tupl
             a, b = code // u, code % u
             out_i.append(first[a].astype(np.int64))
             out_j.append(first[b].astype(np.int64))
-            out_d.append(popcount(uniq[a] ^ uniq[b]))
+            out_d.append(popcount(uniq[a] ^ uniq[b]).astype(np.int64))
     if not out_i:
         z = np.zeros(0, np.int64)
         return z, z, z
