@@ -1,11 +1,16 @@
-"""Nearest-neighbour maths, in one place, on FAISS: k-NN graphs (cosine), IVF partitions,
-spherical k-means, exact top-k, Hamming search on 64-bit hashes, popcount.
+"""Nearest-neighbour maths in one place: k-NN graphs (cosine), IVF partitions, spherical k-means,
+exact top-k, Hamming search on 64-bit hashes, popcount.
+
+FAISS does exact search, k-means, coarse assignment and the exact Hamming graph; numpy does what
+bench/knn.py measures faster side by side: the list-major IVF graph, Hamming pairs within a
+radius (multi-index hashing) and the approximate Hamming graph (bit-permuted sorted orders).
 
 Invariants: vectors are unit rows, float32 or float16 (float16 is read in float32 blocks, never
 copied whole); similarity = inner product; every result row is best first, ties -> lower id,
 padded with id -1 / score -inf; a k-NN graph row never holds its own point. FAISS gets every
-usable core, set once per process (:func:`threads`), and is never called from several Python
-threads at once. Same input, same machine -> same result (fixed seeds).
+usable core (:func:`threads`, set once) and is never called from several Python threads at
+once; numpy loops on Python threads run with numpy's BLAS on one thread (:class:`blas_threads`).
+Same input, same machine -> same result (fixed seeds).
 """
 from __future__ import annotations
 
