@@ -200,10 +200,11 @@ def main(argv=None) -> int:
     print("vectors; dataMB = RSS after generating them. secs excludes data generation.")
 
     if a.naive:
-        from nearsort.order.chain import _BlasThreads, _start_point
+        from nearsort.order.chain import _start_point
+        from nearsort.vectors.knn import blas_threads
         m = a.naive
         X, _, _ = make_clustered(m, seed=a.seed + 1)
-        with _BlasThreads(1):  # a GEMV per step: BLAS threads only add overhead
+        with blas_threads(1):  # a GEMV per step: BLAS threads only add overhead
             t = time.perf_counter()
             naive_greedy(X, _start_point(X))
             tn = time.perf_counter() - t

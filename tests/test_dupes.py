@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from nearsort.dupes import group as D
 from nearsort.dupes import quarantine as DQ
+from nearsort.vectors import knn
 from nearsort import quality as Q
 from nearsort.store.catalog import Catalog
 from nearsort.ingest.resize import resize
@@ -122,10 +123,10 @@ def test_hamming_pairs_is_exact_against_brute_force():
     h[900:950] = h[200:250]                                                              # equal
     h[950:1000] = h[250:300] ^ np.uint64(0xFF00FF)                                       # 16 bits apart
     for radius in (0, 3, 8, 16):
-        i, j, d = D.hamming_pairs(h, radius)
+        i, j, d = knn.hamming_pairs(h, radius)
         assert (i < j).all() and (d <= radius).all()
-        assert (D.popcount64(h[i] ^ h[j]) == d).all()
-        full = D.popcount64(h[:, None] ^ h[None, :])
+        assert (knn.popcount(h[i] ^ h[j]) == d).all()
+        full = knn.popcount(h[:, None] ^ h[None, :])
         want = {(a, b) for a, b in zip(*np.nonzero(np.triu(full <= radius, 1)))}
         # equal hashes come back as a star, so compare connected components
         def comps(pairs):

@@ -7,13 +7,13 @@ import pytest
 from nearsort.order.chain import (
     ChainResult,
     _start_point,
-    cut_points,
     hamming_chain,
     key_order,
     name_order,
     natural_key,
     similarity_chain,
 )
+from nearsort.order.pages import cut_points
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -137,11 +137,21 @@ def test_approximate_path_valid_and_close_to_exact():
     assert not b.stats["exact"] and is_perm(b.order, len(X))
 
 
+def _edges(order):
+    return {frozenset(e) for e in zip(order[:-1].tolist(), order[1:].tolist())}
+
+
 def test_unnormalised_and_float64_input():
     X, _ = clustered(seed=6)
     a = similarity_chain(X)
     b = similarity_chain((X * 3.0).astype(np.float64))
-    assert np.array_equal(a.order, b.order)
+    # renormalising moves values by an ulp, and copies in a near-duplicate group differ by
+    # less than that: the chain may swap two copies (and the local search then take another
+    # path), nothing more
+    assert b.length == pytest.approx(a.length, rel=1e-3)
+    assert len(_edges(a.order) & _edges(b.order)) >= 0.97 * (len(X) - 1)
+    assert similarity_chain((X * 3.0).astype(np.float64), improve=False).length == pytest.approx(
+        similarity_chain(X, improve=False).length, rel=1e-4)
 
 
 def test_float16_input_is_used_without_float32_copy():

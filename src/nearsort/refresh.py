@@ -166,7 +166,7 @@ def _greedy_cuts(steps, max_per_page: int) -> list[int]:
 def page_starts(steps: list[float], max_per_page: int) -> tuple[list[int], str]:
     """Indexes where pages start (always 0 first) and which cutter made them.
 
-    Uses ``nearsort.order.chain.cut_points(steps, max_per_page)`` when available (its result is
+    Uses ``nearsort.order.pages.cut_points(steps, max_per_page)`` when available (its result is
     accepted as page-start indexes, 0 and n optional, and checked: every page <= max_per_page),
     else a local greedy fallback.
     """
@@ -176,7 +176,7 @@ def page_starts(steps: list[float], max_per_page: int) -> tuple[list[int], str]:
     if n <= max_per_page:
         return [0], "single"
     try:
-        from nearsort.order.chain import cut_points  # type: ignore[attr-defined]
+        from nearsort.order.pages import cut_points  # type: ignore[attr-defined]
     except (ImportError, AttributeError):
         cut_points = None
     if cut_points is not None:

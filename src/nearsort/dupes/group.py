@@ -9,13 +9,11 @@ How and why: docs/design.md, "dupes"; defaults measured in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -29,6 +27,7 @@ from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
 from nearsort.ingest.thumbs import name_phash
+from nearsort.vectors.knn import hamming_pairs, popcount
 
 # ----------------------------------------------------------------------------- configuration
 DEFAULT_PHASH_DISTANCE = 8
@@ -85,18 +84,6 @@ def parse_keep(spec: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- bit helpers
-if hasattr(np, "bitwise_count"):
-    def popcount64(x: np.ndarray) -> np.ndarray:
-        return np.bitwise_count(np.asarray(x, dtype=np.uint64)).astype(np.int64)
-else:  # numpy < 2
-    def popcount64(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.uint64)
-        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-        return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
-
-
 def hex_to_u64(hexes: Iterable[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
 
@@ -127,112 +114,6 @@ class DSU:
 
     def roots(self) -> np.ndarray:
         return np.array([self.find(i) for i in range(len(self.p))], dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- phash search
-def _mih_plan(n: int, radius: int) -> tuple[list[tuple[int, int]], int]:
-    """Chunks [(shift, bits)] and flips per chunk for an exact radius search over n hashes."""
-    best = None
-    for m in range(3, 9):
-        r = max(0, math.ceil((radius + 1) / m) - 1)
-        widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
-        if max(widths) > 22:
-            continue
-        probes = sum(sum(math.comb(w, i) for i in range(r + 1)) for w in widths)
-        est = probes * n + probes * n * n / float(2 ** min(widths))
-        if best is None or est < best[0]:
-            best = (est, widths, r)
-    _, widths, r = best
-    chunks, shift = [], 0
-    for w in widths:
-        chunks.append((shift, w))
-        shift += w
-    return chunks, r
-
-
-def _flip_masks(bits: int, r: int) -> np.ndarray:
-    masks = [0]
-    for k in range(1, r + 1):
-        for c in combinations(range(bits), k):
-            v = 0
-            for b in c:
-                v |= 1 << b
-            masks.append(v)
-    return np.array(masks, dtype=np.int64)
-
-
-def hamming_pairs(hashes: np.ndarray, radius: int, batch: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i < j) of 64-bit hashes within Hamming ``radius``: (i, j, distance) int64 arrays.
-
-    Multi-index hashing, exact: see docs/design.md, "dupes". Equal hashes are collapsed first; a
-    group of equal hashes is returned as a star (first index to each other), which is all that
-    connected components need.
-    """
-    h = np.asarray(hashes, dtype=np.uint64)
-    n = len(h)
-    out_i, out_j, out_d = [], [], []
-    if n < 2:
-        z = np.zeros(0, np.int64)
-        return z, z, z
-    uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
-    inv = inv.ravel()
-    # stars over equal hashes
-    dup = np.nonzero(first[inv] != np.arange(n))[0]
-    if len(dup):
-        out_i.append(first[inv[dup]].astype(np.int64))
-        out_j.append(dup.astype(np.int64))
-        out_d.append(np.zeros(len(dup), np.int64))
-    u = len(uniq)
-    if u >= 2 and radius > 0:
-        chunks, r = _mih_plan(u, radius)
-        found_a, found_b = [], []
-        for shift, bits in chunks:
-            key = ((uniq >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-            order = np.argsort(key, kind="stable")
-            counts = np.bincount(key, minlength=1 << bits)
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            for f in _flip_masks(bits, r):
-                q = key ^ f
-                cnt = counts[q]
-                nz = np.nonzero(cnt)[0]
-                if not len(nz):
-                    continue
-                # process the queries in slices so the expansion stays bounded
-                csum = np.cumsum(cnt[nz])
-                lo = 0
-                while lo < len(nz):
-                    base = csum[lo - 1] if lo else 0
-                    hi = int(np.searchsorted(csum, base + batch, side="right"))
-                    hi = max(hi, lo + 1)
-                    qs = nz[lo:hi]
-                    c = cnt[qs]
-                    tot = int(c.sum())
-                    qi = np.repeat(qs, c)
-                    offs = np.arange(tot, dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
-                    qj = order[np.repeat(starts[q[qs]], c) + offs]
-                    keep = qi < qj
-                    qi, qj = qi[keep], qj[keep]
-                    if len(qi):
-                        d = popcount64(uniq[qi] ^ uniq[qj])
-                        ok = d <= radius
-                        found_a.append(qi[ok])
-                        found_b.append(qj[ok])
-                    lo = hi
-        if found_a:
-            a = np.concatenate(found_a)
-            b = np.concatenate(found_b)
-            code = np.unique(a * u + b)
-            a, b = code // u, code % u
-            out_i.append(first[a].astype(np.int64))
-            out_j.append(first[b].astype(np.int64))
-            out_d.append(popcount64(uniq[a] ^ uniq[b]))
-    if not out_i:
-        z = np.zeros(0, np.int64)
-        return z, z, z
-    i, j, d = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
-    sw = i > j
-    i[sw], j[sw] = j[sw], i[sw].copy()
-    return i, j, d
 
 
 # ----------------------------------------------------------------------------- crop-aware hash
@@ -281,9 +162,9 @@ def crop_distances(sa: np.ndarray, sb: np.ndarray) -> tuple[int, int]:
     """(direct, mirrored) crop-aware distance between two signatures: the best match of any crop
     of one against the full frame of the other, both ways."""
     s = len(SCALES)
-    da = popcount64(sa[:s] ^ sb[0]).min(), popcount64(sb[:s] ^ sa[0]).min()
+    da = popcount(sa[:s] ^ sb[0]).min(), popcount(sb[:s] ^ sa[0]).min()
     # mirrored: the mirror of a against b (and the mirror of b against a: same by symmetry)
-    ma = popcount64(sa[s:2 * s] ^ sb[0]).min(), popcount64(sb[s:2 * s] ^ sa[0]).min()
+    ma = popcount(sa[s:2 * s] ^ sb[0]).min(), popcount(sb[s:2 * s] ^ sa[0]).min()
     return int(min(da)), int(min(ma))
 
 
@@ -620,7 +501,7 @@ class _Finder:
         return False
 
     def phash_d(self, a: int, b: int) -> int:
-        return int(popcount64(self.hash[self.pos[a]] ^ self.hash[self.pos[b]]))
+        return int(popcount(self.hash[self.pos[a]] ^ self.hash[self.pos[b]]))
 
     # ---- edges
     def edges(self) -> tuple[list[_Edge], list[_Edge]]:

@@ -179,7 +179,7 @@ class _RowLog:
 
 def _save_card(cat: Catalog, model_id: int, folder: Path) -> None:
     """Keep the model's catalog row beside its vectors (atomic), for ``store.sync.reattach_vectors``."""
-    from nearsort.vectors.index import _atomic_write_text
+    from nearsort.vectors.store import _atomic_write_text
 
     m = queries.model(cat, id=model_id)
     card = {"format": CARD_FORMAT, "version": 1, "name": m.name, "dim": m.dim, "info": m.info}

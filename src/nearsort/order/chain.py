@@ -1,15 +1,18 @@
 """Chain orderings: put every photo into one chain so that look-alikes sit side by side.
 
 Pure algorithms on arrays (numpy/scipy; no catalog, no I/O): ``similarity_chain`` (cosine),
-``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``, ``cut_points`` (page folders).
+``hamming_chain`` (64-bit hashes), ``key_order``, ``name_order``; the local search is in
+order/improve.py, page cuts in order/pages.py, every neighbour computation (k-NN graphs, IVF
+partition, Hamming search) in vectors/knn.py.
 Invariants: ``ChainResult.order`` is a permutation of the input; the same input (same machine /
 BLAS) gives the same order (no unseeded randomness, ties broken by index, no wall-clock budget
-unless asked for); ``length >= mst_weight`` whenever the bound is computed.
+unless asked for); ``length >= mst_weight`` whenever the bound is computed; the exact greedy
+chain equals the naive O(n^2) one; float16 input (a memmap of the store) is not copied whole to
+float32 above ``exact_limit``.
 How and why: docs/design.md, "order".
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 import unicodedata
@@ -17,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from nearsort.order.improve import improve as improve_chain
+from nearsort.order.improve import pair_dist
+from nearsort.vectors import knn
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -27,7 +34,6 @@ __all__ = [
     "key_order",
     "name_order",
     "natural_key",
-    "cut_points",
     "chain_stats",
 ]
 
@@ -86,86 +92,6 @@ class _Phases:
             self.cb(self.total, self.total)
 
 
-class _BlasThreads:
-    """Context manager: pin numpy's OpenBLAS to ``n`` threads (no-op when the library or
-    its symbol cannot be found). Our heavy loops run many small/medium GEMMs from a few
-    Python worker threads instead: OpenBLAS' own threads cost more than they give on
-    small blocks, and collapse when the machine is oversubscribed."""
-
-    _fns = None
-
-    @classmethod
-    def _find(cls):
-        if cls._fns is not None:
-            return cls._fns
-        cls._fns = (None, None)
-        try:
-            import ctypes
-
-            with open("/proc/self/maps") as f:
-                libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
-            for path in libs:
-                lib = ctypes.CDLL(path)
-                for pre in ("scipy_openblas_", "openblas_"):
-                    for suf in ("64_", ""):
-                        if hasattr(lib, f"{pre}set_num_threads{suf}") and hasattr(lib, f"{pre}get_num_threads{suf}"):
-                            cls._fns = (getattr(lib, f"{pre}get_num_threads{suf}"),
-                                        getattr(lib, f"{pre}set_num_threads{suf}"))
-                            return cls._fns
-        except Exception:  # pragma: no cover - best effort only
-            pass
-        return cls._fns
-
-    def __init__(self, n: int = 1):
-        self.n = n
-        self.old = None
-
-    def __enter__(self):
-        get, set_ = self._find()
-        if get is not None:
-            try:
-                self.old = int(get())
-                set_(int(self.n))
-            except Exception:  # pragma: no cover
-                self.old = None
-        return self
-
-    def __exit__(self, *exc):
-        get, set_ = self._find()
-        if self.old is not None and set_ is not None:
-            set_(self.old)
-        return False
-
-
-def _workers() -> int:
-    try:
-        import os
-
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except Exception:  # pragma: no cover
-        return 1
-
-
-def _parallel(fn, tasks, progress: Progress, total: int, weight=lambda t: 1):
-    """Run ``fn(task)`` for all tasks on a few threads (GEMMs release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    nw = _workers()
-    done = 0
-    if nw == 1 or len(tasks) < 2:
-        for t in tasks:
-            fn(t)
-            done += weight(t)
-            if progress:
-                progress(done, total)
-        return
-    with ThreadPoolExecutor(max_workers=nw) as ex:
-        for t, _ in zip(tasks, ex.map(fn, tasks)):
-            done += weight(t)
-            if progress:
-                progress(done, total)
-
-
 def _f32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 else a.astype(np.float32)
 
@@ -222,206 +148,6 @@ def _start_point(X: np.ndarray) -> int:
     return best
 
 
-def _sort_rows(ids: np.ndarray, dist: np.ndarray):
-    """Sort each row by (distance, id) -> deterministic tie order."""
-    o = np.lexsort((ids, dist), axis=-1)
-    return np.take_along_axis(ids, o, -1), np.take_along_axis(dist, o, -1)
-
-
-def _drop_self(qids: np.ndarray, ids: np.ndarray, dist: np.ndarray, k: int):
-    """Remove each query's own id from its k+1 results (or the last column if absent)."""
-    m = ids == qids[:, None]
-    none = ~m.any(axis=1)
-    m[none, -1] = True
-    # keep only the first True per row
-    first = np.argmax(m, axis=1)
-    m[:] = False
-    m[np.arange(len(qids)), first] = True
-    keep = ~m
-    return ids[keep].reshape(len(qids), k), dist[keep].reshape(len(qids), k)
-
-
-def _idx_dtype(n: int):
-    return np.int32 if n < 2**31 - 1 else np.int64
-
-
-# --------------------------------------------------------------------------------------
-# k-NN graphs (float, cosine)
-# --------------------------------------------------------------------------------------
-
-def _topk_rows(S: np.ndarray, kk: int):
-    """Column indices and values of the ``kk`` largest entries of each row of ``S``,
-    sorted by value descending then column. Cheaper than argpartition on wide rows: the
-    kk-th largest maximum of 4*kk interleaved column groups is <= the kk-th largest value,
-    and usually leaves only a few candidates per row."""
-    m, c = S.shape
-    kk = min(kk, c)
-    if c <= 8 * kk:
-        J = np.argsort(-S, axis=1, kind="stable")[:, :kk]
-        return J, np.take_along_axis(S, J, 1)
-    g = 4 * kk
-    w = c // g
-    cm = S[:, :g * w].reshape(m, w, g).max(axis=1)  # group j = columns j, j+g, j+2g, ...
-    th = np.partition(cm, g - kk, axis=1)[:, g - kk]
-    r, j = np.nonzero(S >= th[:, None])
-    v = S[r, j]
-    key = r * 4.0 + (1.0 - v.astype(np.float64))  # row, then value descending
-    o = np.argsort(key, kind="stable")            # ties keep column order
-    r, j, v = r[o], j[o], v[o]
-    cnt = np.bincount(r, minlength=m)
-    start = np.cumsum(cnt) - cnt
-    keep = (np.arange(len(r)) - start[r]) < kk
-    return j[keep].reshape(m, kk), v[keep].reshape(m, kk)
-
-
-def _block_knn(X: np.ndarray, qi: np.ndarray, ci: np.ndarray, k: int, Xq=None, Xc=None):
-    """k nearest (cosine) of points ``qi`` among points ``ci`` (which contain ``qi``),
-    excluding each query itself; rows sorted by (distance, id)."""
-    if Xq is None:
-        Xq = _f32(X[qi])
-    if Xc is None:
-        Xc = _f32(X[ci])
-    S = Xq @ Xc.T
-    J, V = _topk_rows(S, k + 1)
-    J = ci[J]
-    J, Dd = _drop_self(qi, J, 1.0 - V, k)
-    J, Dd = _sort_rows(J, Dd)
-    return J, np.maximum(Dd, 0)
-
-
-def _knn_exact(X: np.ndarray, k: int, progress: Progress):
-    """Exact k-NN (cosine distance): query chunks against everything (BLAS GEMM)."""
-    n, d = X.shape
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    chunk = int(max(64, min(2048, (1 << 23) // max(1, n))))  # S block <= 32 MB
-    allid = np.arange(n)
-
-    def job(s):
-        e = min(n, s + chunk)
-        I[s:e], D[s:e] = _block_knn(X, allid[s:e], allid, k, Xq=X[s:e], Xc=X)
-
-    _parallel(job, list(range(0, n, chunk)), progress, n, weight=lambda s: min(chunk, n - s))
-    return I, D
-
-
-@dataclass
-class _IVF:
-    centroids: np.ndarray  # (nlist, d) float32, unit rows
-    perm: np.ndarray       # ids sorted by list
-    offsets: np.ndarray    # list l = perm[offsets[l]:offsets[l+1]]
-    assign: np.ndarray     # (n,) list of each id
-    radius: np.ndarray     # (nlist,) largest angle (radians) between a member and its centroid
-
-    @property
-    def nlist(self) -> int:
-        return len(self.centroids)
-
-    def members(self, l: int) -> np.ndarray:
-        return self.perm[self.offsets[l]:self.offsets[l + 1]]
-
-
-def _default_nlist(n: int) -> int:
-    # ~2*sqrt(n) lists: 100k -> 632, 1M -> 2000, 10M -> 6325
-    return int(max(8, min(n // 16, round(2 * math.sqrt(n)))))
-
-
-def _assign(X: np.ndarray, C: np.ndarray, chunk: int = 8192):
-    """Nearest centroid (max inner product; ties -> lowest list) and its similarity."""
-    n = X.shape[0]
-    a = np.empty(n, dtype=np.int32)
-    v = np.empty(n, dtype=np.float32)
-
-    def job(s):
-        S = _f32(X[s:s + chunk]) @ C.T
-        j = np.argmax(S, axis=1)
-        a[s:s + chunk] = j
-        v[s:s + chunk] = S[np.arange(len(j)), j]
-
-    _parallel(job, list(range(0, n, chunk)), None, n)
-    return a, v
-
-
-def _spherical_kmeans(Xs: np.ndarray, nlist: int, niter: int, rng) -> np.ndarray:
-    """Plain spherical k-means with BLAS (deterministic for a given rng)."""
-    from scipy.sparse import csr_matrix
-
-    ns = Xs.shape[0]
-    C = Xs[np.sort(rng.choice(ns, nlist, replace=False))].copy()
-    for _ in range(niter):
-        a, v = _assign(Xs, C)
-        M = csr_matrix((np.ones(ns, dtype=np.float32), (a, np.arange(ns))), shape=(nlist, ns))
-        sums = np.asarray(M @ Xs, dtype=np.float32)
-        cnt = np.bincount(a, minlength=nlist)
-        empty = np.flatnonzero(cnt == 0)
-        if len(empty):  # re-seed empty lists with the worst-represented points
-            far = np.argsort(v, kind="stable")[:len(empty)]
-            sums[empty[:len(far)]] = Xs[far]
-        nrm = np.linalg.norm(sums, axis=1, keepdims=True)
-        C = sums / np.maximum(nrm, 1e-12)
-    return np.ascontiguousarray(C, dtype=np.float32)
-
-
-def _build_ivf(X: np.ndarray, nlist: int, seed: int = 0, niter: int = 8,
-               sample_per_list: int = 32) -> _IVF:
-    """Spherical k-means on a deterministic sample, then exact assignment of all points."""
-    n, d = X.shape
-    nlist = max(1, min(nlist, n))
-    rng = np.random.default_rng(seed)
-    ns = min(n, max(nlist * sample_per_list, 2 * nlist))
-    sample = np.sort(rng.choice(n, ns, replace=False)) if ns < n else np.arange(n)
-    C = _spherical_kmeans(np.ascontiguousarray(_f32(X[sample])), nlist, niter, rng)
-    assign, sim = _assign(X, C)
-    perm = np.argsort(assign, kind="stable").astype(_idx_dtype(n))
-    offsets = np.searchsorted(assign[perm], np.arange(nlist + 1)).astype(np.int64)
-    mincos = np.ones(nlist, dtype=np.float64)
-    np.minimum.at(mincos, assign, sim.astype(np.float64))
-    radius = np.arccos(np.clip(mincos - 1e-5, -1.0, 1.0)) + 1e-4  # float-rounding margin
-    return _IVF(C, perm, offsets, assign, radius)
-
-
-def _list_neighbours(ivf: _IVF, nprobe: int) -> np.ndarray:
-    """For each list, the ``nprobe`` lists whose centroids are nearest (itself first)."""
-    nprobe = min(nprobe, ivf.nlist)
-    C = ivf.centroids
-    out = np.empty((len(C), nprobe), dtype=np.int64)
-    for s in range(0, len(C), 4096):
-        J, _ = _topk_rows(C[s:s + 4096] @ C.T, nprobe)
-        out[s:s + 4096] = J
-    return out
-
-
-def _knn_ivf(X: np.ndarray, k: int, ivf: _IVF, nprobe: int, progress: Progress):
-    """Approximate k-NN: all points of one list are searched together (one GEMM) among
-    the members of the ``nprobe`` lists nearest to that list's centroid."""
-    n, d = X.shape
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    sizes = np.diff(ivf.offsets)
-    nb = _list_neighbours(ivf, min(ivf.nlist, nprobe * 3))
-
-    def job(l):
-        qi = ivf.members(l)
-        lists = []
-        tot = 0
-        for j, m in enumerate(nb[l]):
-            if j >= nprobe and tot >= k + 1:
-                break
-            if sizes[m]:
-                lists.append(ivf.members(m))
-                tot += int(sizes[m])
-        if tot < k + 1:  # tiny data: take everything
-            lists = [ivf.perm]
-        ci = np.concatenate(lists)
-        J, Dd = _block_knn(X, qi, ci, k)
-        I[qi] = J
-        D[qi] = Dd
-
-    tasks = [l for l in range(ivf.nlist) if sizes[l]]
-    _parallel(job, tasks, progress, n, weight=lambda l: int(sizes[l]))
-    return I, D
-
-
 # --------------------------------------------------------------------------------------
 # "nearest unvisited point" when every neighbour of the current point is visited
 # --------------------------------------------------------------------------------------
@@ -436,7 +162,7 @@ class _IVFRemaining:
       (r = list radius) and stop as soon as no remaining list can beat the best point
       found: the exact nearest unvisited point (ties -> lowest id)."""
 
-    def __init__(self, X: np.ndarray, vis: np.ndarray, ivf: _IVF, nprobe: int, exact: bool = False,
+    def __init__(self, X: np.ndarray, vis: np.ndarray, ivf: knn.Partition, nprobe: int, exact: bool = False,
                  graph: Optional[np.ndarray] = None):
         self.X = X
         self.graph = graph  # approximate mode: try unvisited 2-hop neighbours first
@@ -723,10 +449,10 @@ def chain_stats(steps: np.ndarray, threshold: float) -> dict:
 # public: similarity chain
 # --------------------------------------------------------------------------------------
 
-def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: int = 50_000,
+def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: int = knn.EXACT_MAX,
                      improve: bool = True, progress: Progress = None,
                      jump_threshold: Optional[float] = None, mst: bool = True,
-                     nprobe: int = 8, seed: int = 0, improve_evals: float = 5.0,
+                     nprobe: Optional[int] = None, seed: int = 0, improve_evals: float = 5.0,
                      improve_seconds: Optional[float] = None,
                      dup_threshold: Optional[float] = None) -> ChainResult:
     """Greedy nearest-unvisited chain through L2-normalised embeddings (cosine distance),
@@ -742,10 +468,11 @@ def similarity_chain(vectors, *, fast: bool = False, k: int = 16, exact_limit: i
     mst: also compute the MST bound (``mst_weight``).
     dup_threshold: k-NN edges at most this long join near-duplicate groups that are kept
         contiguous (default min(0.01, median nearest-neighbour distance / 4); 0: off).
-    nprobe: IVF lists probed per query (approximate path).
+    nprobe: IVF lists each list is searched among, and the walk's fallback scans (approximate
+        path; default knn.graph_nprobe: 8 of the ~2 sqrt(n) lists).
     progress: ``progress(done, total)`` over the phases kNN, walk, improve.
     """
-    with _BlasThreads(1):
+    with knn.blas_threads(1):
         return _similarity_chain(vectors, fast=fast, k=k, exact_limit=exact_limit, improve=improve,
                                  progress=progress, jump_threshold=jump_threshold, mst=mst,
                                  nprobe=nprobe, seed=seed, improve_evals=improve_evals,
@@ -773,13 +500,15 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     t = time.perf_counter()
     if exact:
         X = _f32(X)  # small: n <= exact_limit
-        I, D = _knn_exact(X, k, ph)
+        S, I = knn.knn_graph(X, k, exact=True, progress=ph)
     else:
-        nlist = _default_nlist(n)
-        ivf = _build_ivf(X, nlist, seed=seed)
+        part = knn.partition(X, seed=seed)
         stats["t_ivf"] = time.perf_counter() - t
-        I, D = _knn_ivf(X, k, ivf, nprobe, ph)
-        stats.update(nlist=ivf.nlist, nprobe=nprobe)
+        nprobe = nprobe or knn.graph_nprobe(n, part.nlist)
+        S, I = knn.knn_graph(X, k, exact=False, part=part, nprobe=nprobe, progress=ph)
+        stats.update(nlist=part.nlist, nprobe=nprobe)
+    D = np.maximum(1.0 - S, 0.0)  # cosine distance, nearest first
+    del S
     stats["t_knn"] = time.perf_counter() - t
     ph.next()
 
@@ -787,8 +516,9 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
     visited = bytearray(n)
     vis = np.frombuffer(visited, dtype=np.bool_)
     if exact:
-        ivf = _build_ivf(X, _default_nlist(n), seed=seed)
-    fb = _IVFRemaining(X, vis, ivf, nprobe, exact=exact, graph=None if exact else I)
+        part = knn.partition(X, seed=seed)
+        nprobe = nprobe or knn.graph_nprobe(n, part.nlist)
+    fb = _IVFRemaining(X, vis, part, nprobe, exact=exact, graph=None if exact else I)
     start = _start_point(X)
     order, steps, nfb = _walk(I, D, start, visited, fb, ph)
     stats.update(start=start, fallbacks=nfb, t_walk=time.perf_counter() - t,
@@ -803,8 +533,8 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
 
     if improve:
         t = time.perf_counter()
-        order, steps, istats = _improve(X, order, steps, I, D, ph, improve_seconds, run_thr=thr,
-                                        max_evals=int(improve_evals * n))
+        order, steps, istats = improve_chain(X, order, steps, I, D, ph, improve_seconds, run_thr=thr,
+                                             max_evals=int(improve_evals * n))
         stats["improve"] = istats
         stats["t_improve"] = time.perf_counter() - t
         ph.next()
@@ -819,479 +549,16 @@ def _similarity_chain(vectors, *, fast, k, exact_limit, improve, progress, jump_
         stats["dup_groups_regathered"] = ng
         if ng:
             steps2 = np.zeros(n, dtype=np.float32)
-            steps2[1:] = _pair_dist(X, order2[:-1], order2[1:])
+            steps2[1:] = pair_dist(X, order2[:-1], order2[1:])
             stats["dup_regather_cost"] = float(steps2.sum(dtype=np.float64) - steps.sum(dtype=np.float64))
             order, steps = order2, steps2
 
     return _finish_chain(n, I, D, order, steps, thr, mst, stats, t0, ph)
 
 
-class _Tour:
-    """The chain as a cycle through a dummy node ``n`` (distance 0 to everything), so the
-    two ends of the chain are free to change. Cyclic array ``C`` with positions ``pos``
-    and position-indexed edge lengths ``EL[p] = d(C[p], C[p+1])``. The one primitive,
-    :meth:`exchange`, is a 2-opt move that reverses the shorter of the two arcs."""
-
-    def __init__(self, X: np.ndarray, order: np.ndarray, steps: np.ndarray):
-        n = len(order)
-        self.X = X
-        self.n = n
-        self.m = m = n + 1
-        self.C = np.empty(m, dtype=np.int64)
-        self.C[:n] = order
-        self.C[n] = n
-        self.pos = np.empty(m, dtype=np.int64)
-        self.pos[self.C] = np.arange(m)
-        self.EL = np.zeros(m, dtype=np.float64)
-        self.EL[:n - 1] = steps[1:]
-        self.reversed_elems = 0
-
-    def dist(self, a: int, b: int) -> float:
-        if a == self.n or b == self.n:
-            return 0.0
-        v = 1.0 - float(_f32(self.X[a]) @ _f32(self.X[b]))
-        return v if v > 0.0 else 0.0
-
-    def succ(self, a: int) -> int:
-        p = int(self.pos[a]) + 1
-        return int(self.C[p if p < self.m else 0])
-
-    def pred(self, a: int) -> int:
-        return int(self.C[int(self.pos[a]) - 1])
-
-    def _reverse(self, i: int, L: int) -> None:
-        """Reverse the L elements at cyclic positions i .. i+L-1 (boundary EL not set)."""
-        m = self.m
-        if L < 2:
-            return
-        self.reversed_elems += L
-        C, pos, EL = self.C, self.pos, self.EL
-        if i + L <= m:
-            seg = C[i:i + L][::-1].copy()
-            C[i:i + L] = seg
-            pos[seg] = np.arange(i, i + L)
-            EL[i:i + L - 1] = EL[i:i + L - 1][::-1].copy()
-        else:
-            idx = (i + np.arange(L)) % m
-            seg = C[idx][::-1]
-            C[idx] = seg
-            pos[seg] = idx
-            e = idx[:-1]
-            EL[e] = EL[e][::-1]
-
-    def reverse_arc(self, f: int, t: int) -> None:
-        """Reverse the path going forward from node f to node t (or, equivalently for the
-        cycle, its complement - whichever is shorter)."""
-        m = self.m
-        i = int(self.pos[f])
-        j = int(self.pos[t])
-        L = (j - i) % m + 1
-        if 2 * L > m:
-            i, L = (j + 1) % m, m - L
-        if L < 1:
-            return
-        self._reverse(i, L)
-        C = self.C
-        a = (i - 1) % m
-        b = (i + L - 1) % m
-        self.EL[a] = self.dist(int(C[a]), int(C[(a + 1) % m]))
-        self.EL[b] = self.dist(int(C[b]), int(C[(b + 1) % m]))
-
-    def exchange(self, a: int, b: int, c: int, d: int) -> None:
-        """Remove edges (a,b), (c,d); add (a,c), (b,d). Requires either succ(a)==b and
-        succ(c)==d, or pred(a)==b and pred(c)==d."""
-        if self.succ(a) == b:
-            self.reverse_arc(b, c)
-        else:
-            self.reverse_arc(a, d)
-
-    def path(self) -> np.ndarray:
-        m = self.m
-        s = int(self.pos[self.n]) + 1
-        idx = (s + np.arange(self.n)) % m
-        return self.C[idx].copy()
-
-
-def _improve(X, order, steps, I, D, progress: Progress, seconds: Optional[float],
-             run_thr: float = np.inf, max_cand: int = 8, max_seg: int = 3, max_run: int = 2000,
-             eps: float = 1e-5, max_evals: Optional[int] = None):
-    """2-opt and Or-opt (segments of 1..max_seg points, either orientation) with the k-NN
-    lists as candidates, on the chain closed through a dummy node (so the ends may move).
-
-    Node-queue local search ("don't look bits"): a node is examined for moves that add an
-    edge from it to one of its ``max_cand`` nearest neighbours that is shorter than the
-    chain edge the move removes next to it (the usual gain criterion), the best improving
-    move is applied, and the endpoints of all changed edges are queued again. Nodes are
-    first queued by decreasing excess of their longest chain edge over their
-    nearest-neighbour distance, so a time budget spends itself on the worst places."""
-    n = len(order)
-    t0 = time.perf_counter()
-    T = _Tour(X, order, steps)
-    DUM = n
-    mc = int(min(max_cand, I.shape[1]))
-    Ic = I[:, :mc]
-    Dc = D[:, :mc].astype(np.float64)
-    before = float(np.sum(steps, dtype=np.float64))
-
-    # initial queue: worst first
-    e_after = np.zeros(n)
-    e_after[order[:-1]] = steps[1:]
-    e_before = np.zeros(n)
-    e_before[order[1:]] = steps[1:]
-    emax_all = np.maximum(e_after, e_before)
-    excess = emax_all - Dc[:, 0]
-    # a node whose chain neighbours are its two nearest neighbours has no candidate move
-    prv = np.full(n, -1, dtype=np.int64)
-    nxt = np.full(n, -1, dtype=np.int64)
-    prv[order[1:]] = order[:-1]
-    nxt[order[:-1]] = order[1:]
-    n1_adj = (Ic[:, 0] == prv) | (Ic[:, 0] == nxt)
-    settled = n1_adj & ((emax_all - Dc[:, min(1, mc - 1)]) <= eps)
-    del prv, nxt, n1_adj, emax_all
-    cand = np.flatnonzero((excess > eps) & ~settled)
-    cand = cand[np.lexsort((cand, -excess[cand]))]
-    from collections import deque
-
-    queue = deque(cand.tolist())
-    inq = bytearray(n + 1)
-    for a in cand.tolist():
-        inq[a] = 1
-    n_initial = len(queue)
-    moves = {"2opt": 0, "oropt": 0, "runs": 0}
-    evaluated = 0
-    gain_total = 0.0
-    timed_out = False
-    Xf = X
-
-    def push(*nodes):
-        for v in nodes:
-            if v != DUM and not inq[v]:
-                inq[v] = 1
-                queue.append(v)
-
-    while queue:
-        if max_evals is not None and evaluated >= max_evals:
-            timed_out = True
-            break
-        if seconds is not None and (evaluated & 255) == 0 and time.perf_counter() - t0 > seconds:
-            timed_out = True
-            break
-        a = queue.popleft()
-        inq[a] = 0
-        evaluated += 1
-        if progress and (evaluated & 4095) == 0:
-            progress(min(evaluated, n_initial), max(1, n_initial))
-        pa = int(T.pos[a])
-        m = T.m
-        C = T.C
-        a_s = int(C[pa + 1 if pa + 1 < m else 0])
-        a_p = int(C[pa - 1])
-        e_s = float(T.EL[pa])
-        e_p = float(T.EL[pa - 1])
-        emax = e_s if e_s > e_p else e_p
-        nb = []
-        for b, dab in zip(Ic[a].tolist(), Dc[a].tolist()):
-            if dab >= emax:
-                break
-            nb.append((b, dab))
-        if not nb:
-            continue
-
-        # segments with ``a`` at one end, going forward (a, succ a, ...) or backward:
-        # (fwd, L, outer_a, other_end, outer_other, e_outer_a, e_outer_other)
-        segs = []
-        for fwd, e_out, outer_a in ((True, e_p, a_p), (False, e_s, a_s)):
-            if e_out <= nb[0][1]:
-                continue
-            lens = list(range(1, max_seg + 1))
-            if e_out > run_thr:
-                # the whole run up to the next long edge (a cluster fragment)
-                if fwd:
-                    idx = (pa + np.arange(max_run)) % m if pa + max_run > m else slice(pa, pa + max_run)
-                else:
-                    idx = (pa - 1 - np.arange(max_run)) % m
-                hit = np.flatnonzero(T.EL[idx] > run_thr)
-                if len(hit):
-                    Lr = int(hit[0]) + 1
-                    if Lr > max_seg:
-                        lens.append(Lr)
-            for L in lens:
-                if L + 3 > m:
-                    break
-                if fwd:
-                    q = pa + L - 1
-                    other = int(C[q % m])
-                    outer_o = int(C[(q + 1) % m])
-                    e_o = float(T.EL[q % m])
-                else:
-                    q = pa - L + 1
-                    other = int(C[q % m])
-                    outer_o = int(C[(q - 1) % m])
-                    e_o = float(T.EL[(q - 1) % m])
-                # the segment must not contain the dummy; outer nodes must lie outside
-                dp = (int(T.pos[DUM]) - pa) % m if fwd else (pa - int(T.pos[DUM])) % m
-                if dp < L or outer_a == outer_o:
-                    continue
-                segs.append((fwd, L, outer_a, other, outer_o, e_out, e_o))
-        # all distances needed: rows = {other ends, a_s, a_p, outers}, cols = {succ b, pred b}
-        bs = [b for b, _ in nb]
-        bsucc = [T.succ(b) for b in bs]
-        bpred = [T.pred(b) for b in bs]
-        W = bsucc + bpred
-        Eset = {a_s, a_p}
-        for sg in segs:
-            Eset.add(sg[3])
-        Elist = sorted(Eset)
-        Wr = [w if w != DUM else 0 for w in W]
-        Er = [e if e != DUM else 0 for e in Elist]
-        M = 1.0 - _f32(Xf[Er]) @ _f32(Xf[Wr]).T
-        np.maximum(M, 0.0, out=M)
-        Mi = {e: i for i, e in enumerate(Elist)}
-        nbw = len(bs)
-        # removal gains of segments: d(outer_a, outer_other)
-        if segs:
-            P1 = [sg[2] for sg in segs]
-            P2 = [sg[4] for sg in segs]
-            rv = 1.0 - np.einsum("ij,ij->i", _f32(Xf[[p if p != DUM else 0 for p in P1]]),
-                                 _f32(Xf[[p if p != DUM else 0 for p in P2]]))
-            rem = []
-            for sg, r, p1, p2 in zip(segs, rv.tolist(), P1, P2):
-                dj = 0.0 if (p1 == DUM or p2 == DUM) else max(0.0, r)
-                rem.append(sg[5] + sg[6] - dj)
-        best_g = eps
-        best = None
-
-        def md(e, wi, W=W, M=M, Mi=Mi):  # bound now: redefined with them every iteration
-            w = W[wi]
-            if w == DUM or e == DUM:
-                return 0.0
-            return float(M[Mi[e], wi])
-
-        for bi, (b, dab) in enumerate(nb):
-            b_s = bsucc[bi]
-            b_p = bpred[bi]
-            pb = int(T.pos[b])
-            eb_s = float(T.EL[pb])
-            eb_p = float(T.EL[pb - 1])
-            # 2-opt: remove (a,a_s),(b,b_s); add (a,b),(a_s,b_s)
-            if dab < e_s and b != a_s and b_s != a:
-                g = e_s + eb_s - dab - md(a_s, bi)
-                if g > best_g:
-                    best_g, best = g, ("2s", b, b_s)
-            # 2-opt: remove (a_p,a),(b_p,b); add (a,b),(a_p,b_p)
-            if dab < e_p and b != a_p and b_p != a:
-                g = e_p + eb_p - dab - md(a_p, nbw + bi)
-                if g > best_g:
-                    best_g, best = g, ("2p", b, b_p)
-            # or-opt: move segment next to b (edge (b, a)), other end next to w
-            if segs:
-                rb = pb - pa
-                rbs = int(T.pos[b_s]) - pa
-                rbp = int(T.pos[b_p]) - pa
-            for si, sg in enumerate(segs):
-                fwd, L = sg[0], sg[1]
-                if ((rb if fwd else -rb) % m) < L:  # b inside the segment
-                    continue
-                r = rem[si]
-                if r - dab <= best_g:
-                    continue
-                other = sg[3]
-                for wi, rw, ebw in ((bi, rbs, eb_s), (nbw + bi, rbp, eb_p)):
-                    if ((rw if fwd else -rw) % m) < L:
-                        continue
-                    g = r - (dab + md(other, wi) - ebw)
-                    if g > best_g:
-                        best_g, best = g, ("or", si, b, W[wi])
-        if best is None:
-            continue
-        if best[0] == "2s":
-            _, b, b_s = best
-            T.exchange(a, a_s, b, b_s)
-            moves["2opt"] += 1
-            push(a, a_s, b, b_s)
-        elif best[0] == "2p":
-            _, b, b_p = best
-            T.exchange(a, a_p, b, b_p)
-            moves["2opt"] += 1
-            push(a, a_p, b, b_p)
-        else:
-            _, si, b, w = best
-            _, L, outer_a, other, outer_o = segs[si][:5]
-            _oropt(T, a, other, L, outer_a, outer_o, b, w)
-            moves["oropt"] += 1
-            if L > max_seg:
-                moves["runs"] += 1
-            push(a, other, outer_a, outer_o, b, w)
-        gain_total += best_g
-
-    path = T.path()
-    new_steps = np.zeros(n, dtype=np.float32)
-    if n > 1:
-        new_steps[1:] = _pair_dist(X, path[:-1], path[1:])
-    after = float(np.sum(new_steps, dtype=np.float64))
-    st = {"before": before, "after": after, "moves_2opt": moves["2opt"],
-          "moves_oropt": moves["oropt"], "moves_runs": moves["runs"], "evaluated": evaluated, "initial_queue": n_initial,
-          "stopped_early": timed_out, "reversed_elements": T.reversed_elems,
-          "gain_of_moves": gain_total,
-          "seconds": time.perf_counter() - t0}
-    if after > before:  # cannot happen barring float noise; keep the better one
-        return order, steps, st
-    return path, new_steps, st
-
-
-def _oropt(T: _Tour, s1: int, sL: int, L: int, outer_a: int, outer_o: int, b: int, w: int):
-    """Move the chain segment s1..sL (L points; s1 next to ``outer_a``, sL next to
-    ``outer_o``) between the adjacent nodes b and w, with s1 next to b."""
-    p, nn = outer_a, outer_o
-    # orient: (u, v) = edge (b, w) directed like p -> s1
-    same = (T.succ(p) == s1) == (T.succ(b) == w)
-    u, v = (b, w) if same else (w, b)
-    # after these exchanges: p-nn, u-sL, s1-v (segment reversed w.r.t. u->v)
-    if v == p:
-        T.exchange(u, p, sL, nn)
-    elif u == nn:
-        T.exchange(p, s1, nn, v)
-    else:
-        T.exchange(p, s1, u, v)
-        T.exchange(p, u, nn, sL)
-    if L > 1 and b == u:  # want b next to s1
-        T.exchange(u, sL, s1, v)
-
-
-def _pair_dist(X: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float32)
-    for s in range(0, len(a), chunk):
-        out[s:s + chunk] = 1.0 - np.einsum("ij,ij->i", _f32(X[a[s:s + chunk]]), _f32(X[b[s:s + chunk]]))
-    return np.maximum(out, 0.0)
-
-
 # --------------------------------------------------------------------------------------
 # public: Hamming chain on 64-bit perceptual hashes
 # --------------------------------------------------------------------------------------
-
-def _as_u64(hashes) -> np.ndarray:
-    h = np.asarray(hashes)
-    if h.ndim != 1:
-        raise ValueError(f"hashes must be 1-D, got shape {h.shape}")
-    if h.dtype.kind == "i":
-        h = h.astype(np.int64).view(np.uint64)
-    return np.ascontiguousarray(h, dtype=np.uint64)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))  # pragma: no cover
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.uint8)
-
-
-def _hamming_knn_exact(h: np.ndarray, k: int, progress: Progress, backend: str = "numpy"):
-    """Exact k-NN by Hamming distance, rows sorted by (distance, id).
-
-    ``backend="numpy"``: XOR + popcount in query blocks (measured ~2x faster here than
-    faiss.IndexBinaryFlat's heap search); ``"faiss"``: faiss.IndexBinaryFlat."""
-    n = len(h)
-    I = np.empty((n, k), dtype=_idx_dtype(n))
-    D = np.empty((n, k), dtype=np.float32)
-    if backend == "faiss":
-        import faiss
-
-        codes = h.view(np.uint8).reshape(n, 8)
-        index = faiss.IndexBinaryFlat(64)
-        index.add(codes)
-        for s in range(0, n, 4096):
-            e = min(n, s + 4096)
-            Dd, J = index.search(codes[s:e], k + 1)
-            J, Dd = _drop_self(np.arange(s, e), J, Dd.astype(np.float32), k)
-            I[s:e], D[s:e] = _sort_rows(J, Dd)
-            if progress:
-                progress(e, n)
-        return I, D
-    chunk = int(max(16, min(4096, (1 << 23) // max(1, n))))
-    ids = np.arange(n, dtype=np.int64)
-
-    def job(s):
-        e = min(n, s + chunk)
-        d = _popcount(h[s:e, None] ^ h[None, :])
-        th = np.sort(d, axis=1, kind="stable")[:, k]  # radix sort for uint8: (k+1)-th smallest
-        r, j = np.nonzero(d <= th[:, None])
-        key = (r * 128 + d[r, j].astype(np.int64)) * n + j
-        key.sort()
-        r = key // (128 * n)
-        cnt = np.bincount(r, minlength=e - s)
-        start = np.cumsum(cnt) - cnt
-        key = key[(np.arange(len(key)) - start[r]) < k + 1].reshape(e - s, k + 1)
-        J, Dd = _drop_self(ids[s:e], key % n, ((key // n) % 128).astype(np.float32), k)
-        I[s:e], D[s:e] = J, Dd
-
-    _parallel(job, list(range(0, n, chunk)), progress, n, weight=lambda s: min(chunk, n - s))
-    return I, D
-
-
-def _bit_perms(nperm: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    perms = [np.arange(64)]
-    while len(perms) < nperm:
-        perms.append(rng.permutation(64))
-    return perms
-
-
-def _permute_bits(h: np.ndarray, perm: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """Key whose bit 63-i is bit perm[i] of h (so sorting by it sorts by the permuted bits)."""
-    out = np.zeros(len(h), dtype=np.uint64)
-    one = np.uint64(1)
-    for s in range(0, len(h), chunk):
-        x = h[s:s + chunk]
-        o = np.zeros(len(x), dtype=np.uint64)
-        for i, b in enumerate(perm.tolist()):
-            o |= ((x >> np.uint64(b)) & one) << np.uint64(63 - i)
-        out[s:s + chunk] = o
-    return out
-
-
-def _hamming_knn_sorted(h: np.ndarray, k: int, nperm: int, window: int, seed: int,
-                        progress: Progress):
-    """Approximate k-NN by Hamming distance: sort the hashes by ``nperm`` random bit
-    permutations; the ``window`` neighbours on each side in every sorted order are the
-    candidates (codes sharing a long prefix of permuted bits are close). Close pairs are
-    found with high probability (a pair at distance d shares the first 16 permuted bits
-    with probability ~(1-16/64)^d per permutation). Rows padded with -1 if short."""
-    n = len(h)
-    BIG = np.int64(1 << 40)
-    key = np.full((n, k), BIG * n, dtype=np.int64)  # running top-k as dist * n + id
-    ids = np.arange(n, dtype=np.int64)
-    perms = _bit_perms(nperm, seed)
-    orders = []
-    for pi, perm in enumerate(perms):
-        pk = _permute_bits(h, perm)
-        order = np.lexsort((ids, pk))
-        del pk
-        if pi < 4:
-            orders.append(order)
-        cand = np.full((n, 2 * window), BIG * n, dtype=np.int64)
-        for o in range(1, window + 1):
-            a = order[:-o]
-            b = order[o:]
-            d = _popcount(h[a] ^ h[b]).astype(np.int64)
-            cand[a, o - 1] = d * n + b
-            cand[b, window + o - 1] = d * n + a
-        allk = np.concatenate([key, cand], axis=1)
-        allk.sort(axis=1)
-        dup = np.zeros_like(allk, dtype=bool)
-        dup[:, 1:] = allk[:, 1:] == allk[:, :-1]
-        allk[dup] = BIG * n
-        allk.sort(axis=1)
-        key = np.ascontiguousarray(allk[:, :k])
-        del allk, cand, dup
-        if progress:
-            progress(pi + 1, len(perms))
-    valid = key < BIG * n
-    I = np.where(valid, key % n, -1).astype(_idx_dtype(n))
-    D = np.where(valid, key // n, 0).astype(np.float32)
-    return I, D, orders
-
 
 class _HammingExactRemaining:
     """Exact nearest unvisited hash: scan a compact copy of the unvisited hashes (rebuilt
@@ -1313,7 +580,7 @@ class _HammingExactRemaining:
             self.hr = self.h[self.ids]
             live = np.ones(len(self.ids), dtype=bool)
         self.scanned_points += len(self.ids)
-        d = _popcount(self.hr ^ self.h[cur]).astype(np.int16)
+        d = knn.popcount(self.hr ^ self.h[cur]).astype(np.int16)
         d[~live] = 999
         j = int(np.argmin(d))
         return int(self.ids[j]), float(d[j])
@@ -1379,7 +646,7 @@ class _HammingSortedRemaining:
             raise RuntimeError("no unvisited point left")
         c = np.array(sorted(cands), dtype=np.int64)
         self.scanned_points += len(c)
-        d = _popcount(self.h[c] ^ self.h[cur])
+        d = knn.popcount(self.h[c] ^ self.h[cur])
         j = int(np.argmin(d))
         return int(c[j]), float(d[j])
 
@@ -1392,20 +659,20 @@ def hamming_chain(hashes, *, fast: bool = False, k: int = 16, exact_limit: int =
 
     Steps are Hamming distances (0..64). Exact (k-NN by brute-force XOR/popcount, exact
     nearest-unvisited fallback) for ``n <= exact_limit`` unless ``fast``; otherwise
-    candidates from bit-permuted sorted orders (see :func:`_hamming_knn_sorted`) and an
+    candidates from bit-permuted sorted orders (see :func:`knn.hamming_knn_sorted`) and an
     approximate fallback. Start: the hash farthest from the bitwise majority code (an
     "end" of the data), ties -> lowest index. ``jump_threshold``
     defaults to 10 bits (two photos more than 10 bits apart are rarely the same picture).
     """
     t0 = time.perf_counter()
-    h = _as_u64(hashes)
+    h = knn.as_u64(hashes)
     n = len(h)
     stats: dict = {"n": n}
     if n <= 2:
         order = np.arange(n, dtype=np.int64)
         steps = np.zeros(n, dtype=np.float32)
         if n == 2:
-            steps[1] = float(_popcount(h[0:1] ^ h[1:2])[0])
+            steps[1] = float(knn.popcount(h[0:1] ^ h[1:2])[0])
         L = float(steps.sum())
         thr = 10.0 if jump_threshold is None else float(jump_threshold)
         return ChainResult(order, steps, L, L if mst else None, int((steps > thr).sum()), stats)
@@ -1415,10 +682,10 @@ def hamming_chain(hashes, *, fast: bool = False, k: int = 16, exact_limit: int =
     ph = _Phases(progress, n, 2)
     t = time.perf_counter()
     if exact:
-        I, D = _hamming_knn_exact(h, k, ph)
+        D, I = knn.hamming_knn(h, k, ph)
         orders = None
     else:
-        I, D, orders = _hamming_knn_sorted(h, k, nperm, window, seed, ph)
+        D, I, orders = knn.hamming_knn_sorted(h, k, nperm, window, seed, ph)
         stats.update(nperm=nperm, window=window)
     stats["t_knn"] = time.perf_counter() - t
     ph.next()
@@ -1449,7 +716,7 @@ def _hamming_start(h: np.ndarray) -> int:
     for b in range(64):
         if 2 * counts[b] > n:
             maj |= np.uint64(1 << b)
-    d = _popcount(h ^ maj)
+    d = knn.popcount(h ^ maj)
     return int(np.argmax(d))
 
 
@@ -1512,71 +779,3 @@ def name_order(names: Sequence[str]) -> np.ndarray:
     Deterministic (ties -> lower index)."""
     keys = [natural_key(n) for n in names]
     return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-
-
-# --------------------------------------------------------------------------------------
-# public: cutting the chain into pages (folders)
-# --------------------------------------------------------------------------------------
-
-def cut_points(steps, max_per_page: int = 500, *, min_per_page: Optional[int] = None,
-               threshold: Optional[float] = None) -> list:
-    """Where to split a chain into consecutive pages of at most ``max_per_page`` items.
-
-    Returns the sorted chain positions where a new page starts (0 excluded), so pages
-    are ``order[0:c1], order[c1:c2], ...``. Cutting before position i "uses" the jump
-    ``steps[i]``. Exact dynamic programme maximising the sum over cuts of
-    ``steps[i] - threshold``: it cuts at every jump larger than ``threshold`` that keeps
-    pages within [min_per_page, max_per_page], and where a cut is forced by the page limit
-    it takes the largest jumps available. ``threshold`` defaults to the step quantile
-    1 - 2/max_per_page, but at least 3x the median step, ``min_per_page`` to
-    max_per_page // 5 (no tiny folders, except when the whole chain is shorter).
-    O(n * (max - min)) vectorised in blocks of ``min_per_page``.
-    """
-    st = np.asarray(steps, dtype=np.float64).ravel()
-    n = len(st)
-    M = int(max_per_page)
-    if M < 1:
-        raise ValueError("max_per_page must be >= 1")
-    if n <= M:
-        return []
-    mn = max(1, M // 5) if min_per_page is None else int(min_per_page)
-    mn = max(1, min(mn, (M + 1) // 2))  # keeps every n > M feasible
-    if threshold is None:
-        body = st[1:]
-        threshold = max(float(np.quantile(body, max(0.0, 1.0 - 2.0 / M))),
-                        3.0 * float(np.median(body)))
-    # gain[i]: cutting before position i; the tiny penalty prefers fewer pages on ties
-    gain = st - threshold - 1e-9 * (1.0 + abs(threshold))
-    NEG = -np.inf
-    best = np.full(n + 1, NEG)  # best[c]: best score of pages covering [0, c) with a page ending at c
-    best[0] = 0.0
-    par = np.full(n + 1, -1, dtype=np.int64)
-    # best[c] = max_{c-M <= p <= c-mn} best[p] (+ gain[c] if c < n)
-    for c0 in range(mn, n + 1, mn):
-        c1 = min(n + 1, c0 + mn)
-        cs = np.arange(c0, c1)
-        lo = np.maximum(cs - M, 0)
-        hi = cs - mn  # inclusive; < c0 so already final
-        width = M - mn + 1
-        # candidate p for each c: p in [lo, hi]; gather via a padded 2-D window
-        P = lo[:, None] + np.arange(width)[None, :]
-        valid = P <= hi[:, None]
-        vals = np.where(valid, best[np.minimum(P, n)], NEG)
-        # ties: prefer the latest p (fewer, larger pages)
-        j = width - 1 - np.argmax(vals[:, ::-1], axis=1)
-        v = vals[np.arange(len(cs)), j]
-        add = np.where(cs < n, gain[np.minimum(cs, n - 1)], 0.0)
-        best[cs] = v + add
-        par[cs] = np.where(np.isfinite(v), P[np.arange(len(cs)), j], -1)
-    if not np.isfinite(best[n]):  # cannot happen with mn <= (M+1)//2; be safe
-        return list(range(M, n, M))
-    cuts = []
-    c = n
-    while c > 0:
-        p = int(par[c])
-        if p < 0:
-            return list(range(M, n, M))
-        if p > 0:
-            cuts.append(p)
-        c = p
-    return sorted(cuts)

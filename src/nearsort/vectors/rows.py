@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (index.py): one record per vector row
+ROWS_FILE = "rows.bin"  # beside the model's vectors.f16 (store.py): one record per vector row
 CARD_FILE = "model.json"
 CARD_FORMAT = "nearsort.model"
 NAME_BYTES = 64
@@ -41,7 +41,7 @@ def saved_stores(state_dir: os.PathLike | str) -> Iterator[SavedStore]:
     """Every vector store below ``state_dir``/vectors whose model.json, store.json and rows.bin
     agree; its records cover the rows both the vectors and rows.bin hold. Stores made before
     rows.bin, or damaged, are skipped (featurize embeds those thumbnails again)."""
-    from nearsort.vectors.index import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
+    from nearsort.vectors.store import STORE_FILE, STORE_META, VECTORS_DIR, _read_json
 
     base = Path(state_dir) / VECTORS_DIR
     dtype = row_dtype()
