@@ -388,7 +388,7 @@ def resize(
                 scanning = True
                 while True:
                     if scanner.done:  # every file left is known: a fair share each, so none ends alone
-                        pool.depth = max(2, min(QUEUED, scanner.todo.qsize() // workers))
+                        pool.depth = max(1, min(QUEUED, scanner.todo.qsize() // workers))
                     while scanning and pool.room():
                         try:
                             p = scanner.todo.get_nowait()
