@@ -77,3 +77,19 @@ def nearsort_cache(tmp_path_factory) -> Path:
         os.environ.pop("NEARSORT_CACHE_DIR", None)
     else:
         os.environ["NEARSORT_CACHE_DIR"] = old
+
+
+# The dupes / quality / report tests' library (tests/library.py), resized and featurized once.
+@pytest.fixture(scope="session")
+def featurized(tmp_path_factory):
+    """A real library with near duplicates: resize + featurize (efficientnet-lite0, CPU) once."""
+    from library import make_library
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
+
+    base = tmp_path_factory.mktemp("dupes-lib")
+    paths = make_library(base / "src")
+    thumbs = base / "thumbs"
+    resize(base / "src", thumbs, workers=2)
+    featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
+    return base, paths, thumbs

@@ -67,7 +67,7 @@ CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker
 def _work(args) -> FileResult:
     path, size, quality = args
     crash = os.environ.get(CRASH_HOOK)
-    if crash:  # stands in for a native decoder crashing (tests/test_trust_crash.py)
+    if crash:  # stands in for a native decoder crashing (tests/e2e/test_crash.py)
         signum, _, name = crash.partition(":")
         if os.path.basename(path) == name:
             os.kill(os.getpid(), int(signum))

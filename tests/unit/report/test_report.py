@@ -19,9 +19,9 @@ from nearsort.report import build as R
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog
 
-from test_dupes import EVIL_IMG, featurized  # noqa: F401  (session fixture)
+from library import EVIL_IMG
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts"
 JSON_BLOCK = re.compile(r'<script type="application/json" id="([^"]+)">(.*?)</script>', re.S)
 

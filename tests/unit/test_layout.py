@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Earliest first. A module may import its own package and every layer before its own.
 LAYERS: list[tuple[str, set[str]]] = [
@@ -86,7 +86,7 @@ def _rank() -> dict[str, int]:
 def test_every_module_has_its_place_in_the_layers():
     rank = _rank()
     missing = sorted({_group(m) for m in _graph()} - set(rank))
-    assert not missing, f"give {missing} a layer in LAYERS (tests/test_layout.py)"
+    assert not missing, f"give {missing} a layer in LAYERS (tests/unit/test_layout.py)"
 
 
 def test_no_import_cycles():
