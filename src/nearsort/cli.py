@@ -197,11 +197,17 @@ def export(
 
 
 @app.command()
-def info(thumbs: Path = typer.Argument(..., help="THUMBS folder.")):
+def info(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
     """What the catalog holds."""
     from nearsort import info as do_info
 
     s = _run(do_info, thumbs).to_dict()
+    if as_json:
+        print(json.dumps(s, indent=2, default=str))
+        return
     last = s.pop("last_command"), s.pop("last_status")
     for k, v in s.items():
         out.print(f"{k:>12}: {v}")

@@ -113,6 +113,8 @@ def test_export_errors_info_tags(lib, copy):
     assert r.stdout.startswith(f"{src / 'broken.jpg'}\t") and "1 errors" in r.stderr
     info = cli("info", thumbs).stdout
     assert f"sources: {N + 1}" in info and f"thumbs: {N - 1}" in info and "last run:" in info
+    js = json.loads(cli("info", thumbs, "--json").stdout)
+    assert js["sources"] == N + 1 and js["thumbs"] == N - 1 and js["last_command"]
     assert json.loads(cli("tags", copy, "--json").stdout) == {}
     first = _thumb_files(copy)[0]
     (copy / "cats").mkdir()
