@@ -128,3 +128,47 @@ def test_accept_all_exact_then_apply_is_one_quarantine_that_undo_reverses(lib):
     assert p["resized"].exists()   # a perceptual group not accepted: untouched
     nearsort.undo(thumbs)
     assert {k: sha(v) for k, v in p.items() if v.is_file() and k != "broken"} == before
+
+
+def test_decisions_survive_new_photos_another_model_and_rebuild(lib):
+    """The keeper chosen and the "not duplicates" stick through resize of new photos, featurize
+    with another model, and rebuild from the thumbnails alone (the catalog deleted)."""
+    tmp, p, thumbs = lib
+    nearsort.refresh_groups(thumbs)
+    g = _group_with(nearsort.group_page(thumbs), p["original"])
+    ids = {m["path"]: m["source_id"] for m in g["members"]}
+    nearsort.decide(thumbs, g["id"], "distinct", member=ids[str(p["reencoded"])])
+    nearsort.decide(thumbs, g["id"], "accept", keeper=ids[str(p["exact"])])
+
+    def honoured() -> None:
+        res = nearsort.find_duplicates(thumbs)
+        assert _keeper(res, p["original"]) == str(p["exact"])
+        assert not any(m["path"] == str(p["reencoded"]) for gr in res.groups for m in gr["members"])
+        page = nearsort.group_page(thumbs, pending_only=False)
+        decided = _group_with(page, p["original"])
+        assert decided["decision"]["action"] == "accept" and decided["keeper_source_id"] != decided[
+            "suggested_keeper_source_id"]
+        assert not any(_group_with(page, p["original"]) is not gr and str(p["reencoded"]) in
+                       [m["path"] for m in gr["members"]] for gr in page.groups)
+
+    shutil.copyfile(p["darknet__dog.jpg"], tmp / "src" / "misc" / "new dog.jpg")
+    nearsort.resize(tmp / "src", thumbs, workers=1)
+    honoured()
+    nearsort.featurize(thumbs, model="clip:ViT-S-32/random", device="cpu", log=lambda m: None)
+    honoured()
+    cat = Path(thumbs) / ".nearsort" / "catalog.sqlite"
+    for side in ("", "-wal", "-shm"):
+        Path(str(cat) + side).unlink(missing_ok=True)
+    r = nearsort.rebuild(thumbs)
+    assert r.imported > 0
+    with nearsort.Catalog.open(thumbs) as c:
+        assert c.execute("SELECT count(*) FROM decisions").fetchone()[0] == 2
+    assert nearsort.groups_state(thumbs).stale
+    nearsort.refresh_groups(thumbs)
+    honoured()
+    # undo after the rebuild still reverts the last decision, and the thumbnails forget it
+    nearsort.undo_decision(thumbs)
+    assert _keeper(nearsort.find_duplicates(thumbs), p["original"]) == str(p["original"])
+    from nearsort.store import thumbmeta
+    carried = [d for f in Path(thumbs).rglob("*.jpg") for d in (thumbmeta.read(f) or {}).get("decisions", [])]
+    assert {d["action"] for d in carried} == {"distinct"}
