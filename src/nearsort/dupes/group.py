@@ -963,6 +963,10 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
              f"{s['sources']} photos: {s['duplicates']} files could go, {human_bytes(s['reclaimable_bytes'])} "
              f"reclaimable; {s['mirror_pairs']} mirror-image pairs and {s.get('similar_shots', 0)} similar shots "
              "(kept, not duplicates)."]
+    if s.get("shot_groups"):
+        lines.append(f"{s['shot_groups']} RAW + camera JPEG pairs of one shot are kept together (not duplicates).")
+    if s.get("decisions"):
+        lines.append(f"{s['decisions']} review decisions honoured (chosen keepers, \"not duplicates\").")
     for note in res.notes:
         lines.append(f"note: {term(note)}")
     for g in res.groups[:limit] if limit else res.groups:
@@ -970,7 +974,7 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
         lines.append(f"group {g['id']} [{g['kind']}; evidence: {', '.join(g['evidence'])}] "
                      f"{g['size']} files, {human_bytes(g['reclaimable_bytes'])} reclaimable")
         for m in g["members"]:
-            mark = "★ keep" if m["keeper"] else f"  {m['relation']:<10}"
+            mark = "★ keep" if m["keeper"] else "  same shot" if m["relation"] == "pair" else f"  {m['relation']:<10}"
             date = m["capture_time"] or (m["mtime"] and f"mtime {m['mtime']}") or "?"
             lines.append(f"  {mark:<12} {m['width']}x{m['height']:<6} {human_bytes(m['bytes']):>9}  {term(date):<26} "
                          f"{term(m['path'])}")

@@ -172,3 +172,25 @@ def test_decisions_survive_new_photos_another_model_and_rebuild(lib):
     from nearsort.store import thumbmeta
     carried = [d for f in Path(thumbs).rglob("*.jpg") for d in (thumbmeta.read(f) or {}).get("decisions", [])]
     assert {d["action"] for d in carried} == {"distinct"}
+
+
+def test_the_report_and_dupes_move_to_honour_the_decisions(lib):
+    """A member marked "not a duplicate" is not in the report's groups and stays home when
+    `dupes --move-to` quarantines the rest of its group; a group marked so is not in the report."""
+    tmp, p, thumbs = lib
+    nearsort.refresh_groups(thumbs)
+    before = nearsort.write_report(thumbs, tmp / "before.html")
+    g = _group_with(nearsort.group_page(thumbs), p["original"])
+    ids = {m["path"]: m["source_id"] for m in g["members"]}
+    nearsort.decide(thumbs, g["id"], "distinct", member=ids[str(p["resized"])])
+    eagle = _group_with(nearsort.group_page(thumbs), p["darknet__eagle.jpg"])
+    nearsort.decide(thumbs, eagle["id"], "distinct")
+    after = nearsort.write_report(thumbs, tmp / "after.html")
+    assert after.groups == before.groups - 1 and after.duplicates == before.duplicates - 2
+    assert after.reclaimable == before.reclaimable - p["resized"].stat().st_size - p["evil_copy"].stat().st_size
+    q = tmp / "quarantine"
+    r = subprocess.run([sys.executable, "-m", "nearsort.cli", "dupes", str(thumbs), "--move-to", str(q)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0, r.stderr
+    assert p["resized"].exists() and p["evil_copy"].exists() and p["original"].exists()
+    assert not p["exact"].exists() and not p["reencoded"].exists()   # the rest of the group did move
