@@ -67,10 +67,11 @@ class Rules:
 
 def rules(cat: Catalog) -> Rules:
     r = Rules()
+    chosen: dict[str, str] = {}  # group key -> the keeper of its latest accept (a later one replaces it)
     for d in queries.decisions(cat):
         r.count += d["action"] != "skip"
         if d["action"] == "accept" and d["keeper_path"] is not None:
-            r.keepers.add(os.fsdecode(bytes(d["keeper_path"])))
+            chosen[d["group_key"]] = os.fsdecode(bytes(d["keeper_path"]))
         elif d["action"] == "distinct":
             hs = sorted(set(d["members"]))
             if d["member_hash"]:
@@ -78,6 +79,7 @@ def rules(cat: Catalog) -> Rules:
             else:
                 r.distinct_keys.add(d["group_key"])
                 r.distinct_pairs.update(frozenset((a, b)) for i, a in enumerate(hs) for b in hs[i + 1:])
+    r.keepers = set(chosen.values())
     return r
 
 

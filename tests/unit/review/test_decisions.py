@@ -69,9 +69,20 @@ def test_a_chosen_keeper_sticks_and_undo_reverts_it(lib):
     assert d.action == "accept" and d.keeper_source_id == other["source_id"]
     assert nearsort.group_page(thumbs).total == nearsort.groups_state(thumbs).kinds["copies"]["total"] - 1
     assert _keeper(nearsort.find_duplicates(thumbs), p["original"]) == str(p["exact"])
+    # a second accept with another keeper replaces the first; undo brings the first back
+    g = _group_with(nearsort.group_page(thumbs, pending_only=False), p["original"])
+    small = next(m for m in g["members"] if m["path"] == str(p["resized"]))
+    nearsort.decide(thumbs, g["id"], "accept", keeper=small["source_id"])
+    assert _keeper(nearsort.find_duplicates(thumbs), p["original"]) == str(p["resized"])
+    assert nearsort.undo_decision(thumbs).keeper_source_id is None
+    assert _keeper(nearsort.find_duplicates(thumbs), p["original"]) == str(p["exact"])
+    g = _group_with(nearsort.group_page(thumbs, pending_only=False), p["original"])
+    assert g["keeper_source_id"] == other["source_id"] and g["decision"]["action"] == "accept"
     u = nearsort.undo_decision(thumbs)
     assert u is not None and u.undone and u.id == d.id
     assert _keeper(nearsort.find_duplicates(thumbs), p["original"]) == str(p["original"])
+    g = _group_with(nearsort.group_page(thumbs), p["original"])   # pending again, the suggested keeper back
+    assert g["decision"] is None and g["keeper_source_id"] == g["suggested_keeper_source_id"]
     assert nearsort.undo_decision(thumbs) is None
 
 
