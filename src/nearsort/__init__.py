@@ -17,6 +17,9 @@ Stages (CLI command in brackets):
 * ``undo(thumbs)`` -> UndoResult [undo]: revert the last refresh, reset or quarantine exactly
 * ``find_duplicates(thumbs)`` -> DupesResult [dupes]: duplicate groups, each with its keeper
 * ``quarantine(thumbs, dest)`` -> DupesResult [dupes --move-to]: move the non-keepers' originals aside
+* ``group_page(thumbs)`` -> GroupPage [review]: stored duplicate groups, worst first, page by page;
+  ``decide(thumbs, group_id, action)`` -> Decision, ``undo_decision``, ``accept_all``, ``refresh_groups``,
+  ``groups_state``, ``pending_summary``, ``apply_decisions(thumbs, dest)`` -> QuarantineResult
 * ``assess_quality(thumbs)`` -> QualityResult [quality]: dark, overexposed, blurry photos; unreadable files
 * ``write_report(thumbs, out)`` -> ReportResult [report]: one self-contained HTML page
 * ``export(thumbs, csv_path, json_path)`` -> ExportResult [export]: one row per source file
@@ -49,6 +52,9 @@ from nearsort.pipeline import RunResult, run
 from nearsort.quality import ErrorsResult, QualityResult, Thresholds, assess_quality, list_errors
 from nearsort.refresh import RefreshResult, TagsResult, UndoResult, list_tags, refresh_names, undo
 from nearsort.report.build import ReportResult, write_report
+from nearsort.review.decisions import (Decision, GroupPage, GroupsState, accept_all, apply_decisions, decide,
+                                       get_group, group_page, groups_state, pending_summary, refresh_groups,
+                                       undo_decision)
 from nearsort.stage import Progress, Result
 from nearsort.store.catalog import Catalog, Thumbs
 from nearsort.store.sync import RebuildResult, rebuild
@@ -58,10 +64,13 @@ __all__ = [
     # stages, in pipeline order
     "resize", "rebuild", "featurize", "analyze", "refresh_names", "undo", "find_duplicates", "quarantine",
     "assess_quality", "write_report", "export", "search", "similar", "list_tags", "list_errors", "info", "run",
+    "group_page", "get_group", "groups_state", "refresh_groups", "decide", "undo_decision", "accept_all",
+    "pending_summary", "apply_decisions",
     # their results and options
     "ResizeResult", "RebuildResult", "FeaturizeResult", "AnalyzeResult", "RefreshResult", "UndoResult",
     "DupesResult", "QuarantineResult", "DupesConfig", "QualityResult", "Thresholds", "ReportResult",
     "ExportResult", "SearchResult", "SimilarResult", "TagsResult", "ErrorsResult", "InfoResult", "RunResult",
+    "GroupPage", "GroupsState", "Decision",
     # shared
     "Catalog", "Thumbs", "Progress", "Result", "Interrupted",
     "NearsortError", "CatalogError", "CatalogLocked", "BadArgument", "DupesError", "RefreshError",

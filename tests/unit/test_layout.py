@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("embed", {"embed"}),        # models, embedder, featurize (writes vectors), search
     ("order", {"order"}),        # chain order, pages, analyze
     ("journal", {"journal"}),    # planned, journaled, recoverable moves; knows no kinds
-    ("stages", {"refresh", "dupes", "quality", "report", "export"}),
+    ("stages", {"refresh", "dupes", "quality", "report", "export", "review"}),
     ("api", {"nearsort", "pipeline"}),  # nearsort/__init__.py (the public API), pipeline.run
     ("cli", {"cli"}),            # parses, calls the API, prints
 ]
@@ -31,6 +31,7 @@ PEERS = {
     ("refresh", "dupes"): "undo reverts quarantines: refresh imports dupes.quarantine, which registers its journal kind",
     ("report", "dupes"): "the report shows the duplicate groups",
     ("report", "quality"): "the report shows the quality lists",
+    ("review", "dupes"): "review decides the groups dupes found and stored, and applies them with its quarantine",
     ("nearsort", "pipeline"): "the public API exports pipeline.run",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -19,10 +20,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from nearsort.errors import CatalogError, DupesError
+from nearsort.errors import CatalogError, CatalogLocked, DupesError
 from nearsort.stage import Progress, Result
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, Thumbs, open_catalog, state_dir
+from nearsort.dupes import stored
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
@@ -40,8 +42,10 @@ STRONG_CROP_DISTANCE = 20  # beyond crop_distance, a pair this close is decided 
 STRONG_COSINE = 0.9       # ... or whose embeddings are this close
 PREFETCH_COMPONENT = 64   # components this large have their keeper checks made in worker processes
 FAINT_BLUR = 20.0          # thumbs.blur (variance of Laplacian) at or below which a hash may be noise
-DEFAULT_KEEP = "resolution,metadata,size,oldest"
-KEEP_KEYS = ("resolution", "metadata", "size", "oldest", "newest", "path")
+DEFAULT_KEEP = "resolution,original,metadata,size,oldest"
+KEEP_KEYS = ("resolution", "original", "metadata", "size", "oldest", "newest", "path", "sharpness")
+# what a camera writes (never a conversion's target): a file of these formats is an original
+CAMERA_FORMATS = {"RAW", "HEIF", "HEIC", "DNG"}
 SCALES = (1.0, 0.93, 0.87, 0.81)
 SIG_CACHE = "cropsig-v3.npz"
 
@@ -256,6 +260,7 @@ class Member:
     thumb: str
 
     content_share: float = 1.0   # share of the frame that is picture (letterbox/frame borders excluded)
+    blur: float = 99.0           # its thumbnail's variance of Laplacian (sharpness)
 
     @property
     def pixels(self) -> int:
@@ -269,6 +274,14 @@ class Member:
     def metadata_score(self) -> tuple[int, int]:
         return (int(bool(self.capture_time)) + int(bool(self.make or self.model)) + int(self.gps),
                 self.exif_tags)
+
+    @property
+    def original_score(self) -> int:
+        """2: a camera's own format (RAW, HEIC); 1: a JPEG/TIFF with the camera's EXIF (capture
+        time and make/model); 0: anything else (a conversion, a re-encode that lost its EXIF)."""
+        if (self.format or "").upper() in CAMERA_FORMATS:
+            return 2
+        return int(bool(self.capture_time) and bool(self.make or self.model))
 
     @property
     def date_ts(self) -> float:
@@ -369,14 +382,29 @@ def near_candidates(cat: Catalog, model_id: int, name: str, dim: int, k: int, th
 RESOLUTION_TOLERANCE = 0.03  # picture pixels within 3 % of the best count as "the same resolution"
 
 
-def keeper_key(keys: list[str], members: Optional[list[Member]] = None) -> Callable[[Member], tuple]:
+def same_shot(a: Member, b: Member) -> bool:
+    """A RAW and the camera's JPEG (or HEIC, TIFF) of one shot: the same base name and capture time,
+    one of them RAW. One shot, never a copy to delete against the other."""
+    if not (a.capture_time and a.capture_time == b.capture_time):
+        return False
+    if ((a.format or "").upper() == "RAW") == ((b.format or "").upper() == "RAW"):
+        return False
+    stem = lambda m: os.path.splitext(os.path.basename(m.path))[0].casefold()  # noqa: E731
+    return stem(a) == stem(b)
+
+
+def keeper_key(keys: list[str], members: Optional[list[Member]] = None,
+               chosen: Optional[set] = None) -> Callable[[Member], tuple]:
     """Sort key: the best keeper sorts first. With ``members`` (the group), resolutions within
     RESOLUTION_TOLERANCE of the group's best tie, so that the next keys decide (a trimmed border
-    is measured on a 128 px thumbnail, to within a percent or two)."""
+    is measured on a 128 px thumbnail, to within a percent or two). ``original``: a camera's own
+    file (RAW, HEIC, a JPEG with its camera EXIF) before a conversion or re-encode, however large;
+    ``sharpness``: the sharpest thumbnail first (similar shots). ``chosen``: paths a user chose
+    as keepers (review decisions) sort before everything else."""
     best = max((m.content_pixels for m in members), default=0) if members else 0
 
     def key(m: Member) -> tuple:
-        out = []
+        out = [0 if chosen and m.path in chosen else 1]
         for k in keys:
             if k == "resolution":
                 px = m.content_pixels
@@ -384,6 +412,10 @@ def keeper_key(keys: list[str], members: Optional[list[Member]] = None) -> Calla
                     out.extend((0, 0 if m.content_share >= 0.98 else 1))  # tie: the copy without borders
                 else:
                     out.extend((best - px, 0))
+            elif k == "original":
+                out.append(-m.original_score)
+            elif k == "sharpness":
+                out.append(-m.blur)
             elif k == "metadata":
                 s = m.metadata_score
                 out.extend((-s[0], -s[1]))
@@ -444,11 +476,18 @@ class DupesResult(Result):
     groups: list = field(default_factory=list)
     similar: list = field(default_factory=list)
     quarantine: Optional[QuarantineResult] = None
+    # similar shots (bursts, an edit of the same moment) gathered into groups, the sharpest frame
+    # as keeper (what review shows apart from copies); and the RAW + camera JPEG pairs of one shot
+    # (relation "pair": never offered for deletion against each other)
+    similar_groups: list = field(default_factory=list)
+    shots: list = field(default_factory=list)
 
 
 class _Finder:
     def __init__(self, cat: Catalog, cfg: DupesConfig, log=None, progress: Optional[Progress] = None):
         self.cat, self.cfg = cat, cfg
+        self.state = queries.library_state(cat)  # what the stored result will have been found on
+        self.rules = stored.rules(cat)            # review decisions: chosen keepers, "not duplicates"
         self.log = log or (lambda msg: None)
         self.tick = (lambda phase: progress("dupes", phase, 3)) if progress else (lambda phase: None)
         self.members, self.names, self.rels = load_members(cat)
@@ -463,7 +502,8 @@ class _Finder:
         self.notes: list[str] = []
         self.model_name: Optional[str] = None
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
-                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0}
+                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
+                      "decided_distinct": 0}
         self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
@@ -493,12 +533,17 @@ class _Finder:
         v = self.pixels.compare(e.a, e.b)
         if v.copy:
             return True
-        if v.kind == "shot":
-            self._shot_edges.append(e)
+        if v.kind == "shot" or (v.kind in ("colour", "tone", "different") and self._same_moment(e.a, e.b)):
+            self._shot_edges.append(e)  # a local change, or an edit of the same capture: a similar shot
             self.stats["shot_pairs"] += 1
         else:
             self.stats["pixel_rejected"] += 1
         return False
+
+    def _same_moment(self, a: int, b: int) -> bool:
+        """Thumbnails of originals with one EXIF capture time (an edited version of a photo)."""
+        times = {m.capture_time for m in self.by_thumb[a] if m.capture_time}
+        return any(m.capture_time in times for m in self.by_thumb[b])
 
     def phash_d(self, a: int, b: int) -> int:
         return int(popcount(self.hash[self.pos[a]] ^ self.hash[self.pos[b]]))
@@ -600,7 +645,7 @@ class _Finder:
                 self.sigs.ensure(comp)
                 for m in members:
                     m.content_share = min(1.0, self.sigs.content_share(m.thumb_id))
-            keeper = min(members, key=keeper_key(self.keep_keys, members))
+            keeper = min(members, key=keeper_key(self.keep_keys, members, self.rules.keepers))
             anchor = keeper.thumb_id
             if self.pixels is not None and len(comp) >= PREFETCH_COMPONENT:
                 self.pixels.prefetch([(anchor, t, None) for t in comp if t != anchor], self.cfg.workers)
@@ -666,17 +711,29 @@ class _Finder:
                         groups.append((thumbs, min(ms, key=keeper_key(self.keep_keys, ms)), ms))
                 continue
             groups.append((thumbs, keeper, members))
-        groups.sort(key=lambda g: (-sum(m.bytes or 0 for m in g[2] if m is not g[1]), g[1].path))
-        out_groups = []
-        for gid, (thumbs, keeper, members) in enumerate(groups, 1):
+        if self.rules:
+            groups = self._apply_distinct(groups)
+        built = [(self._group_dict(0, thumbs, keeper, members, adj), thumbs, keeper) for thumbs, keeper, members in groups]
+        built.sort(key=lambda g: (-g[0]["reclaimable_bytes"], g[2].path))
+        out_groups, shots, keepers = [], [], {}
+        for g, thumbs, keeper in built:
+            if all(m["relation"] == "pair" for m in g["members"] if not m["keeper"]):
+                g["kind"] = "shot"  # a RAW and the camera's JPEG of it: one shot, nothing to delete
+                g["id"] = len(shots) + 1
+                shots.append(g)
+                continue
+            g["id"] = gid = len(out_groups) + 1
             for t in thumbs:
                 group_of_thumb[t] = gid
-            out_groups.append(self._group_dict(gid, thumbs, keeper, members, adj))
+            keepers[gid] = keeper
+            out_groups.append(g)
         similar = self._similar(mirrored, group_of_thumb, out_groups)
+        similar_groups = self._similar_groups(group_of_thumb, keepers)
         exact_groups = sum(1 for g in out_groups if g["kind"] == "exact")
         summary = {
             "sources": len(self.members), "thumbnails": n, "groups": len(out_groups),
             "exact_groups": exact_groups, "near_groups": len(out_groups) - exact_groups,
+            "shot_groups": len(shots), "similar_groups": len(similar_groups), "decisions": self.rules.count,
             "duplicates": sum(len(g["members"]) - 1 for g in out_groups),
             "reclaimable_bytes": sum(g["reclaimable_bytes"] for g in out_groups),
             "mirror_pairs": sum(1 for x in similar if x["relation"] == "mirror"),
@@ -688,7 +745,85 @@ class _Finder:
         self.tick(3)
         settings = asdict(cfg)
         settings["model"] = self.model_name
-        return DupesResult(summary=summary, settings=settings, notes=self.notes, groups=out_groups, similar=similar)
+        return DupesResult(summary=summary, settings=settings, notes=self.notes, groups=out_groups, similar=similar,
+                           similar_groups=similar_groups, shots=shots)
+
+    def _apply_distinct(self, groups: list) -> list:
+        """The review decisions "not duplicates": a group marked so as a whole is gone, a member
+        marked so leaves its group (stored.split_distinct)."""
+        out = []
+        for _thumbs, keeper, members in groups:
+            if stored.group_key(m.content_hash for m in members) in self.rules.distinct_keys:
+                self.stats["decided_distinct"] += len(members)
+                continue
+            ranked = sorted(members, key=keeper_key(self.keep_keys, members, self.rules.keepers))
+            kept = 0
+            for head, ms in stored.split_distinct(ranked, keeper, self.rules):
+                if stored.group_key(m.content_hash for m in ms) in self.rules.distinct_keys:
+                    continue
+                out.append((sorted({m.thumb_id for m in ms}), head, ms))
+                kept += len(ms)
+            self.stats["decided_distinct"] += len(members) - kept
+        return out
+
+    def _similar_groups(self, group_of_thumb: dict[int, int], keepers: dict[int, Member]) -> list:
+        """Similar shots joined into groups (components of the "shot" pairs), one member per copy
+        group (its keeper) or photo; the sharpest frame is the suggested keeper."""
+        pairs = {(min(e.a, e.b), max(e.a, e.b)) for e in self._shot_edges}
+        if not pairs:
+            return []
+        blur = self.blur or thumb_blur(self.cat)
+
+        def node(t: int):
+            return ("g", group_of_thumb[t]) if t in group_of_thumb else ("t", t)
+
+        nodes = sorted({node(t) for p in pairs for t in p})
+        idx = {n: i for i, n in enumerate(nodes)}
+        dsu = DSU(len(nodes))
+        for a, b in pairs:
+            na, nb = node(a), node(b)
+            if na != nb and not self._distinct_thumbs(a, b):
+                dsu.union(idx[na], idx[nb])
+        comps: dict[int, list] = {}
+        for n in nodes:
+            comps.setdefault(dsu.find(idx[n]), []).append(n)
+        out = []
+        for comp in comps.values():
+            if len(comp) < 2:
+                continue
+            reps = []
+            for kind, x in comp:
+                if kind == "g":
+                    reps.append(keepers[x])
+                else:
+                    ms = self.by_thumb[x]
+                    reps.append(min(ms, key=keeper_key(self.keep_keys, ms, self.rules.keepers)))
+            for m in reps:
+                m.blur = blur.get(m.thumb_id, 99.0)
+            keys = ["sharpness"] + self.keep_keys
+            ranked = sorted(reps, key=keeper_key(keys, reps, self.rules.keepers))
+            best = min(reps, key=keeper_key(keys, reps, self.rules.keepers))
+            for head, ms in stored.split_distinct(ranked, best, self.rules) if self.rules else [(best, ranked)]:
+                if stored.group_key(m.content_hash for m in ms) in self.rules.distinct_keys:
+                    continue
+                suggested = min(ms, key=keeper_key(keys, ms))
+                rels = [self._member_dict(m, head, m is head) for m in [head] + [m for m in ms if m is not head]]
+                for r in rels[1:]:
+                    r["relation"] = "shot"
+                out.append({"id": 0, "kind": "similar", "evidence": ["shot"], "keeper": head.path, "size": len(ms),
+                            "reclaimable_bytes": sum(r["bytes"] or 0 for r in rels[1:]), "members": rels,
+                            "similar": [], "suggested_source_id": suggested.source_id,
+                            "groups": sorted({group_of_thumb[m.thumb_id] for m in ms
+                                              if m.thumb_id in group_of_thumb})})
+        out.sort(key=lambda g: (-g["reclaimable_bytes"], g["keeper"]))
+        for i, g in enumerate(out, 1):
+            g["id"] = i
+        return out
+
+    def _distinct_thumbs(self, a: int, b: int) -> bool:
+        """Has a decision marked some original of thumbnail a and one of b "not duplicates"?"""
+        return bool(self.rules.distinct_pairs) and any(
+            self.rules.distinct(x.content_hash, y.content_hash) for x in self.by_thumb[a] for y in self.by_thumb[b])
 
     def _member_dict(self, m: Member, keeper: Member, is_keeper: bool) -> dict:
         if is_keeper:
@@ -713,11 +848,18 @@ class _Finder:
         return d
 
     def _group_dict(self, gid, thumbs, keeper, members, adj) -> dict:
-        members = sorted(members, key=keeper_key(self.keep_keys, members))
+        suggested = min(members, key=keeper_key(self.keep_keys, members))  # without the decisions' keepers
+        members = sorted(members, key=keeper_key(self.keep_keys, members, self.rules.keepers))
         members.remove(keeper)
         members.insert(0, keeper)
         rels = [self._member_dict(m, keeper, m is keeper) for m in members]
-        kinds = {r["relation"] for r in rels if r["relation"] != "keeper"}
+        shot, hashes = [keeper], {keeper.content_hash}
+        for m, r in zip(members[1:], rels[1:]):  # the keeper's RAW / camera JPEG: the same shot, kept with it
+            if m.content_hash not in hashes and any(same_shot(m, x) for x in shot):
+                r["relation"] = "pair"
+                shot.append(m)
+                hashes.add(m.content_hash)
+        kinds = {r["relation"] for r in rels if r["relation"] not in ("keeper", "pair")}
         kind = max(kinds, key=lambda k: KIND_RANK[k]) if kinds else "exact"
         tset = set(thumbs)
         evidence = set()
@@ -734,8 +876,8 @@ class _Finder:
         return {
             "id": gid, "kind": kind, "evidence": sorted(evidence, key=lambda k: KIND_RANK[k]),
             "keeper": keeper.path, "size": len(members),
-            "reclaimable_bytes": sum(m.bytes or 0 for m in members if m is not keeper),
-            "members": rels, "similar": [],
+            "reclaimable_bytes": sum(r["bytes"] or 0 for r in rels[1:] if r["relation"] != "pair"),
+            "members": rels, "similar": [], "suggested_source_id": suggested.source_id,
         }
 
     def _similar(self, mirrored, group_of_thumb, out_groups) -> list:
@@ -756,6 +898,8 @@ class _Finder:
             ga, gb = group_of_thumb.get(a), group_of_thumb.get(b)
             if ga is not None and ga == gb:
                 continue  # joined anyway through other evidence (symmetric picture)
+            if self._distinct_thumbs(a, b):
+                continue  # a review decision: "not duplicates"
             key = (relation, ga or ("t", a), gb or ("t", b))
             if key in seen or (relation, key[2], key[1]) in seen:
                 continue
@@ -775,12 +919,30 @@ class _Finder:
 def find_duplicates(thumbs: Thumbs, config: Optional[DupesConfig] = None, *,
                     progress: Optional[Progress] = None, log: Optional[Callable[[str], None]] = None) -> DupesResult:
     """Group the ok sources of THUMBS (a path or an open Catalog) into duplicate groups, each with
-    its keeper (see docs/design.md, "dupes"); read-only. ``progress("dupes", phase, 3)``;
-    ``log(line)`` hears what each phase found."""
+    its keeper (see docs/design.md, "dupes"), honouring the review decisions (a chosen keeper, "not
+    duplicates"). Reads the photos only; the groups found are stored in the catalog for
+    ``review`` (:func:`store_result`). ``progress("dupes", phase, 3)``; ``log(line)`` hears what
+    each phase found."""
     cfg = config or DupesConfig()
     cfg.check()
     with open_catalog(thumbs, write=False) as cat:
-        return _Finder(cat, cfg, log, progress).run()
+        finder = _Finder(cat, cfg, log, progress)
+        res = finder.run()
+        if cat.writable:
+            store_result(cat, res, finder.state)
+    if not isinstance(thumbs, Catalog):
+        try:  # briefly, and only when no other nearsort process writes (dupes never waits for one)
+            with Catalog.open(thumbs) as cat:
+                store_result(cat, res, finder.state)
+        except (CatalogLocked, OSError, sqlite3.Error):
+            pass  # another writer, or a read-only THUMBS: review finds the stored result stale and recomputes
+    return res
+
+
+def store_result(cat: Catalog, res: DupesResult, state: list) -> int:
+    """Keep ``res`` in the catalog (stored.store): copies, similar-shot groups and RAW+JPEG pairs."""
+    return stored.store(cat, {"copies": res.groups, "similar": res.similar_groups, "shot": res.shots},
+                        state, res.settings)
 
 
 # ----------------------------------------------------------------------------- text output
@@ -801,6 +963,10 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
              f"{s['sources']} photos: {s['duplicates']} files could go, {human_bytes(s['reclaimable_bytes'])} "
              f"reclaimable; {s['mirror_pairs']} mirror-image pairs and {s.get('similar_shots', 0)} similar shots "
              "(kept, not duplicates)."]
+    if s.get("shot_groups"):
+        lines.append(f"{s['shot_groups']} RAW + camera JPEG pairs of one shot are kept together (not duplicates).")
+    if s.get("decisions"):
+        lines.append(f"{s['decisions']} review decisions honoured (chosen keepers, \"not duplicates\").")
     for note in res.notes:
         lines.append(f"note: {term(note)}")
     for g in res.groups[:limit] if limit else res.groups:
@@ -808,7 +974,7 @@ def format_text(res: DupesResult, limit: Optional[int] = None) -> str:
         lines.append(f"group {g['id']} [{g['kind']}; evidence: {', '.join(g['evidence'])}] "
                      f"{g['size']} files, {human_bytes(g['reclaimable_bytes'])} reclaimable")
         for m in g["members"]:
-            mark = "★ keep" if m["keeper"] else f"  {m['relation']:<10}"
+            mark = "★ keep" if m["keeper"] else "  same shot" if m["relation"] == "pair" else f"  {m['relation']:<10}"
             date = m["capture_time"] or (m["mtime"] and f"mtime {m['mtime']}") or "?"
             lines.append(f"  {mark:<12} {m['width']}x{m['height']:<6} {human_bytes(m['bytes']):>9}  {term(date):<26} "
                          f"{term(m['path'])}")

@@ -191,7 +191,7 @@ def plan_quarantine(cat: Catalog, res: DupesResult, dest) -> dict:
         keeper = next(m for m in g["members"] if m["keeper"])
         todo = []
         for m in g["members"]:
-            if m["keeper"]:
+            if m["keeper"] or m.get("relation") == "pair":  # the keeper's own RAW / camera JPEG stays
                 continue
             row = queries.source_state(cat, m["source_id"])
             try:

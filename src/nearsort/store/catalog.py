@@ -137,6 +137,56 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY(op_id, seq)
     );
     """,
+    # ---- v2: review decisions, and the stored result of the last dupes (the groups review pages)
+    """
+    CREATE TABLE decisions(
+        id          INTEGER PRIMARY KEY,
+        uid         TEXT NOT NULL UNIQUE,     -- random id: the same decision read back from thumbnails (rebuild)
+        batch       INTEGER NOT NULL,         -- decisions made together (accept_all): one undo
+        group_key   TEXT NOT NULL,            -- dupe_groups.key of the group decided on
+        kind        TEXT NOT NULL,            -- copies | similar | shot
+        action      TEXT NOT NULL,            -- accept | distinct | skip
+        members     TEXT NOT NULL,            -- JSON: the group's sorted content hashes, when decided
+        keeper_hash TEXT,                     -- accept: the keeper's content hash ...
+        keeper_path BLOB,                     -- ... and path (raw OS bytes: byte-identical copies differ by path)
+        member_hash TEXT,                     -- distinct with one member split off: its content hash
+        member_path BLOB,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX decisions_key ON decisions(group_key);
+    CREATE TABLE decision_members(           -- which originals a decision is about (thumbnails carry it)
+        content_hash  TEXT NOT NULL,
+        decision_id   INTEGER NOT NULL REFERENCES decisions(id) ON DELETE CASCADE,
+        PRIMARY KEY(content_hash, decision_id)
+    );
+
+    CREATE TABLE dupe_groups(
+        id                INTEGER PRIMARY KEY,
+        key               TEXT NOT NULL,      -- sha256 of the members' sorted content hashes
+        kind              TEXT NOT NULL,      -- copies | similar | shot
+        relation          TEXT,               -- copies: exact | perceptual | near (dupes' kind); similar: shot
+        keeper_source_id  INTEGER,            -- the keeper in force (a decision's, else the suggested one)
+        suggested_source_id INTEGER,          -- the keeper dupes suggests
+        reclaimable_bytes INTEGER NOT NULL,
+        size              INTEGER NOT NULL,
+        differs           TEXT,               -- JSON: member fields that differ
+        decision_id       INTEGER             -- decisions.id in force on this group, or NULL (pending)
+    );
+    CREATE INDEX dupe_groups_page ON dupe_groups(kind, reclaimable_bytes DESC, id);
+    CREATE INDEX dupe_groups_key ON dupe_groups(key);
+
+    CREATE TABLE dupe_members(
+        group_id      INTEGER NOT NULL REFERENCES dupe_groups(id),
+        pos           INTEGER NOT NULL,       -- keeper first, then in keeper order
+        source_id     INTEGER NOT NULL,
+        thumb_id      INTEGER,
+        content_hash  TEXT NOT NULL,
+        info          TEXT NOT NULL,          -- JSON: path, width, height, bytes, format, dates, camera, relation
+        split_by      INTEGER,                -- decisions.id that split this member off the group, or NULL
+        PRIMARY KEY(group_id, pos)
+    );
+    CREATE INDEX dupe_members_source ON dupe_members(source_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

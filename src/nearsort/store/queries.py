@@ -680,3 +680,215 @@ def quarantine_dst(db: Db, source_id: int) -> Optional[bytes]:
     """Where the latest done quarantine move of a source put its file, or None."""
     return _one(db, "SELECT j.dst FROM journal j JOIN ops o ON o.id=j.op_id WHERE j.kind='original' AND j.ref_id=? "
                     "AND j.state='done' AND o.kind='quarantine' ORDER BY j.op_id DESC LIMIT 1", (source_id,))
+
+
+# ============================================================================ review decisions
+DECISION_COLS = ("id, uid, batch, group_key, kind, action, members, keeper_hash, keeper_path, member_hash,"
+                 " member_path, created")
+
+
+def add_decision(db: Db, d: dict) -> int:
+    """Insert one decision (keys: DECISION_COLS but id) and its members; an ``uid`` already there
+    (read back from a thumbnail) is left alone. Returns its id."""
+    c = _c(db)
+    cur = c.execute(
+        "INSERT OR IGNORE INTO decisions(uid, batch, group_key, kind, action, members, keeper_hash, keeper_path,"
+        " member_hash, member_path, created) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+        (d["uid"], d["batch"], d["group_key"], d["kind"], d["action"], json.dumps(sorted(d["members"])),
+         d.get("keeper_hash"), d.get("keeper_path"), d.get("member_hash"), d.get("member_path"), d["created"]))
+    if not cur.rowcount:
+        return int(_one(db, "SELECT id FROM decisions WHERE uid=?", (d["uid"],)))
+    did = int(cur.lastrowid)
+    c.executemany("INSERT OR IGNORE INTO decision_members(content_hash, decision_id) VALUES(?, ?)",
+                  ((h, did) for h in set(d["members"])))
+    return did
+
+
+def _decision(row) -> dict:
+    d = dict(zip([x.strip() for x in DECISION_COLS.split(",")], tuple(row)))
+    d["members"] = json.loads(d["members"])
+    return d
+
+
+def decisions(db: Db, action: Optional[str] = None) -> list[dict]:
+    """Every decision in force (of one action), oldest first, as dicts (paths raw bytes)."""
+    where, args = ("WHERE action=?", (action,)) if action else ("", ())
+    return [_decision(r) for r in _c(db).execute(f"SELECT {DECISION_COLS} FROM decisions {where} ORDER BY id", args)]
+
+
+def decision(db: Db, decision_id: int) -> Optional[dict]:
+    row = _c(db).execute(f"SELECT {DECISION_COLS} FROM decisions WHERE id=?", (decision_id,)).fetchone()
+    return _decision(row) if row else None
+
+
+def decisions_of_hashes(db: Db, hashes: Iterable[str], *, kept_only: bool = True) -> list[dict]:
+    """Decisions about any of these originals (by content hash), oldest first; ``kept_only``:
+    those a thumbnail carries (not 'skip')."""
+    ids = {r[0] for r in _in_chunks(db, "SELECT decision_id FROM decision_members WHERE content_hash IN (%s)",
+                                    hashes)}
+    out = [_decision(r) for r in _in_chunks(db, f"SELECT {DECISION_COLS} FROM decisions WHERE id IN (%s)", ids)]
+    return sorted((d for d in out if not kept_only or d["action"] != "skip"), key=lambda d: d["id"])
+
+
+def last_decision_batch(db: Db) -> list[dict]:
+    """The decisions of the latest batch (what one undo reverts), or []."""
+    b = _one(db, "SELECT batch FROM decisions ORDER BY id DESC LIMIT 1")
+    if b is None:
+        return []
+    return [_decision(r) for r in _c(db).execute(
+        f"SELECT {DECISION_COLS} FROM decisions WHERE batch=? ORDER BY id", (b,))]
+
+
+def next_decision_batch(db: Db) -> int:
+    return int(_one(db, "SELECT coalesce(max(batch), 0) + 1 FROM decisions"))
+
+
+def delete_decisions(db: Db, ids: Sequence[int]) -> None:
+    _c(db).executemany("DELETE FROM decision_members WHERE decision_id=?", ((i,) for i in ids))
+    _c(db).executemany("DELETE FROM decisions WHERE id=?", ((i,) for i in ids))
+
+
+def count_decisions(db: Db) -> int:
+    return _one(db, "SELECT count(*) FROM decisions")
+
+
+def thumbs_of_hashes(db: Db, hashes: Iterable[str]) -> set[int]:
+    """Thumbnail ids of the originals with these content hashes."""
+    return {r[0] for r in _in_chunks(db, "SELECT thumb_id FROM originals WHERE content_hash IN (%s)", hashes)
+            if r[0] is not None}
+
+
+# ============================================================================ stored dupes groups (review pages them)
+def library_state(db: Db) -> list:
+    """A cheap fingerprint of what dupes reads (sources and their status, originals, thumbnails,
+    embeddings): the stored groups are stale when it changed. Plain lists (JSON). Decisions are
+    not in it: deciding updates the stored groups in place."""
+    c = _c(db)
+    sqls = ["SELECT count(*), coalesce(max(id), 0), coalesce(sum(size), 0), coalesce(sum(mtime_ns % 1000000007), 0)"
+            " FROM sources WHERE status IN ('ok', 'quarantined')",
+            "SELECT status, count(*) FROM sources GROUP BY status ORDER BY status",
+            "SELECT count(*), coalesce(max(id), 0) FROM originals",
+            "SELECT count(*), coalesce(max(id), 0) FROM thumbs",
+            "SELECT model_id, count(*), coalesce(max(row), 0) FROM embeddings GROUP BY model_id ORDER BY model_id"]
+    return [[list(r) for r in c.execute(q).fetchall()] for q in sqls]
+
+
+def clear_groups(db: Db) -> None:
+    _c(db).execute("DELETE FROM dupe_members")
+    _c(db).execute("DELETE FROM dupe_groups")
+
+
+def add_group(db: Db, g: dict) -> int:
+    """One stored group (keys: key, kind, relation, keeper_source_id, suggested_source_id,
+    reclaimable_bytes, size, differs, decision_id); its id."""
+    cur = _c(db).execute(
+        "INSERT INTO dupe_groups(key, kind, relation, keeper_source_id, suggested_source_id, reclaimable_bytes,"
+        " size, differs, decision_id) VALUES(?,?,?,?,?,?,?,?,?)",
+        (g["key"], g["kind"], g.get("relation"), g["keeper_source_id"], g["suggested_source_id"],
+         g["reclaimable_bytes"], g["size"], json.dumps(g.get("differs") or []), g.get("decision_id")))
+    return int(cur.lastrowid)
+
+
+def add_group_members(db: Db, rows: Iterable[tuple]) -> None:
+    """(group id, pos, source id, thumb id, content hash, info dict) rows."""
+    _c(db).executemany(
+        "INSERT INTO dupe_members(group_id, pos, source_id, thumb_id, content_hash, info) VALUES(?,?,?,?,?,?)",
+        ((g, p, s, t, h, json.dumps(info, sort_keys=True)) for g, p, s, t, h, info in rows))
+
+
+GROUP_COLS = ("id, key, kind, relation, keeper_source_id, suggested_source_id, reclaimable_bytes, size, differs,"
+              " decision_id")
+
+
+def _group(row) -> dict:
+    g = dict(zip([x.strip() for x in GROUP_COLS.split(",")], tuple(row)))
+    g["differs"] = json.loads(g["differs"] or "[]")
+    return g
+
+
+def count_groups(db: Db, kind: Optional[str] = None, pending_only: bool = False) -> int:
+    where, args = _group_where(kind, pending_only)
+    return _one(db, f"SELECT count(*) FROM dupe_groups {where}", args)
+
+
+def _group_where(kind: Optional[str], pending_only: bool, relation: Optional[str] = None) -> tuple[str, tuple]:
+    conds, args = [], []
+    if kind:
+        conds.append("kind=?")
+        args.append(kind)
+    if relation:
+        conds.append("relation=?")
+        args.append(relation)
+    if pending_only:
+        conds.append("decision_id IS NULL")
+    return ("WHERE " + " AND ".join(conds)) if conds else "", tuple(args)
+
+
+def groups_page(db: Db, kind: Optional[str], offset: int, limit: int, pending_only: bool) -> list[dict]:
+    """Stored groups worst first (most reclaimable bytes, then id), ``limit`` from ``offset``."""
+    where, args = _group_where(kind, pending_only)
+    return [_group(r) for r in _c(db).execute(
+        f"SELECT {GROUP_COLS} FROM dupe_groups {where} ORDER BY reclaimable_bytes DESC, id LIMIT ? OFFSET ?",
+        (*args, int(limit), int(offset)))]
+
+
+def group_ids(db: Db, kind: Optional[str] = None, pending_only: bool = False,
+              relation: Optional[str] = None) -> list[int]:
+    where, args = _group_where(kind, pending_only, relation)
+    return [r[0] for r in _c(db).execute(f"SELECT id FROM dupe_groups {where} ORDER BY reclaimable_bytes DESC, id",
+                                         args)]
+
+
+def stored_group(db: Db, group_id: int) -> Optional[dict]:
+    row = _c(db).execute(f"SELECT {GROUP_COLS} FROM dupe_groups WHERE id=?", (group_id,)).fetchone()
+    return _group(row) if row else None
+
+
+def groups_by_key(db: Db, keys: Iterable[str]) -> list[dict]:
+    return [_group(r) for r in _in_chunks(db, f"SELECT {GROUP_COLS} FROM dupe_groups WHERE key IN (%s)", keys)]
+
+
+def groups_decided(db: Db, decision_ids: Iterable[int]) -> list[dict]:
+    return [_group(r) for r in _in_chunks(db, f"SELECT {GROUP_COLS} FROM dupe_groups WHERE decision_id IN (%s)",
+                                          decision_ids)]
+
+
+def group_members(db: Db, group_ids: Iterable[int], *, with_split: bool = False) -> dict[int, list[dict]]:
+    """{group id: its members in order}: the stored info plus source_id, thumb_id, content_hash,
+    split_by, ``thumb`` (the thumbnail's relpath now) and ``status`` (the source's, now)."""
+    out: dict[int, list[dict]] = {}
+    split = "" if with_split else " AND m.split_by IS NULL"
+    for gid, _pos, sid, tid, h, info, sb, rel, status in _in_chunks(
+            db, "SELECT m.group_id, m.pos, m.source_id, m.thumb_id, m.content_hash, m.info, m.split_by, t.relpath,"
+                " s.status FROM dupe_members m LEFT JOIN thumbs t ON t.id = m.thumb_id"
+                " LEFT JOIN sources s ON s.id = m.source_id"
+                f" WHERE m.group_id IN (%s){split} ORDER BY m.group_id, m.pos", group_ids):
+        d = json.loads(info)
+        d.update(source_id=sid, thumb_id=tid, content_hash=h, split_by=sb, thumb=rel, status=status)
+        out.setdefault(gid, []).append(d)
+    return out
+
+
+def update_group(db: Db, group_id: int, **fields) -> None:
+    """Set some columns of one stored group (``differs`` a list)."""
+    if "differs" in fields:
+        fields["differs"] = json.dumps(fields["differs"])
+    cols = ", ".join(f"{k}=?" for k in fields)
+    _c(db).execute(f"UPDATE dupe_groups SET {cols} WHERE id=?", (*fields.values(), group_id))
+
+
+def set_groups_decision(db: Db, group_ids: Iterable[int], decision_id: Optional[int]) -> None:
+    _c(db).executemany("UPDATE dupe_groups SET decision_id=? WHERE id=?", ((decision_id, g) for g in group_ids))
+
+
+def set_member_split(db: Db, group_id: int, source_id: int, decision_id: Optional[int]) -> None:
+    _c(db).execute("UPDATE dupe_members SET split_by=? WHERE group_id=? AND source_id=?",
+                   (decision_id, group_id, source_id))
+
+
+def unsplit_members(db: Db, decision_ids: Iterable[int]) -> list[int]:
+    """Members split off by these decisions come back; the group ids concerned."""
+    ids = list(decision_ids)
+    gids = sorted({r[0] for r in _in_chunks(db, "SELECT group_id FROM dupe_members WHERE split_by IN (%s)", ids)})
+    _c(db).executemany("UPDATE dupe_members SET split_by=NULL WHERE split_by=?", ((i,) for i in ids))
+    return gids

@@ -50,11 +50,32 @@ def thumb_meta(cat: Catalog, thumb_id: int) -> dict:
             }
         )
     tags = queries.tags_of_thumb(cat, thumb_id)
-    return {
+    meta = {
         "v": 1, "name": t["name"], "thumb": [t["tw"], t["th"]],
         "quality": {"brightness": t["brightness"], "contrast": t["contrast"], "blur": t["blur"]},
         "originals": originals, "tags": tags,
     }
+    decided = queries.decisions_of_hashes(cat, [o["content_hash"] for o in originals])
+    if decided:  # review decisions about its originals travel with it (rebuild reads them back)
+        meta["decisions"] = [decision_doc(d) for d in decided]
+    return meta
+
+
+def decision_doc(d: dict) -> dict:
+    """A decision as a thumbnail carries it (paths as text; os.fsencode gives the bytes back)."""
+    out = {k: d[k] for k in ("uid", "batch", "group_key", "kind", "action", "members", "keeper_hash",
+                             "member_hash", "created")}
+    for k in ("keeper_path", "member_path"):
+        out[k] = os.fsdecode(bytes(d[k])) if d[k] is not None else None
+    return out
+
+
+def import_decision(cat: Catalog, doc: dict) -> int:
+    """A decision read back from a thumbnail into the catalog (one already there is left alone)."""
+    d = dict(doc)
+    for k in ("keeper_path", "member_path"):
+        d[k] = os.fsencode(d[k]) if d.get(k) is not None else None
+    return queries.add_decision(cat, d)
 
 
 def write_thumb_meta(cat: Catalog, thumb_id: int) -> None:
@@ -87,6 +108,8 @@ def import_meta(cat: Catalog, relpath: str, meta: dict, run_id: int | None = Non
             queries.import_source(cat, os.fsencode(s["path"]), oid, s.get("size"), s.get("mtime_ns"),
                                   s.get("status") or "ok", run_id)
     queries.add_tags(cat, [(thumb_id, tag) for tag in meta.get("tags") or []])
+    for d in meta.get("decisions") or []:
+        import_decision(cat, d)
     return thumb_id
 
 
