@@ -588,6 +588,15 @@ def count_ranks(db: Db, ordering: str) -> int:
     return _one(db, "SELECT count(*) FROM ranks WHERE ordering=?", (ordering,))
 
 
+def rank_page(db: Db, ordering: str, offset: int, limit: int) -> list[tuple[int, int, Optional[float], str, Optional[bytes]]]:
+    """One page of an ordering in chain order: (thumb id, rank, jump, thumbnail relpath, the smallest
+    of its ok sources' paths or None); by the ``ranks_rank`` index, never the whole chain."""
+    return [tuple(r) for r in _c(db).execute(
+        "SELECT r.thumb_id, r.rank, r.jump, t.relpath, (SELECT min(s.path) FROM originals o JOIN sources s "
+        "ON s.original_id=o.id WHERE o.thumb_id=t.id AND s.status='ok') FROM ranks r JOIN thumbs t ON t.id=r.thumb_id "
+        "WHERE r.ordering=? ORDER BY r.rank, r.thumb_id LIMIT ? OFFSET ?", (ordering, int(limit), int(offset)))]
+
+
 def replace_ranks(db: Db, ordering: str, rows: Iterable[tuple[int, int, Optional[float]]]) -> None:
     """The ordering's ranks become ``rows``: (thumb id, rank, jump)."""
     c = _c(db)
