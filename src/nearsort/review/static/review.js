@@ -64,6 +64,10 @@ async function api(path, body) {
 }
 function fail(e) { toast(e.message || String(e), true); }
 
+// Actions run one after another, in the order of the keys pressed (none is dropped while one is busy).
+let queue = Promise.resolve();
+function serial(fn) { queue = queue.then(fn).catch(fail); return queue; }
+
 function confirmBox(message) {
   return new Promise(resolve => {
     const m = $("#confirm");
@@ -106,9 +110,8 @@ class Groups {
     this.host = $(".group-host", this.view);
     this.pos = $(".pos", this.view);
     this.showDecided = $(".show-decided", this.view);
-    this.showDecided.addEventListener("change", () => this.reload());
+    this.showDecided.addEventListener("change", () => { this.showDecided.blur(); serial(() => this.reload()); });
     this.items = []; this.total = 0; this.cur = 0; this.keeper = {}; this.loaded = false; this.exhausted = false;
-    this.busy = false;
   }
   pendingMode() { return !this.showDecided.checked; }
   isPending(g) { return !g.decision || g.decision.action === "skip"; }
@@ -158,8 +161,7 @@ class Groups {
     this.keeper[g.id] = m.source_id; this.render();
   }
   async decide(action, extra) {
-    const g = this.group(); if (!g || this.busy) return;
-    this.busy = true;
+    const g = this.group(); if (!g) return;
     if (document.activeElement && document.activeElement.tagName === "BUTTON") document.activeElement.blur();
     try {
       const body = {group_id: g.id, action, ...extra};
@@ -176,7 +178,7 @@ class Groups {
         await this.advance();
       }
       loadSummary();
-    } catch (e) { fail(e); } finally { this.busy = false; }
+    } catch (e) { fail(e); }
   }
   async refresh(g) {  // re-read one group from the server (after a split or an undo)
     const off = Math.max(0, this.items.indexOf(g));
@@ -190,8 +192,6 @@ class Groups {
     return false;
   }
   async undo() {
-    if (this.busy) return;
-    this.busy = true;
     try {
       const r = await api("/api/undo-decision", {});
       if (!r.decision) { toast("nothing to undo"); return; }
@@ -206,7 +206,7 @@ class Groups {
       toast("undone: the last decision");
       this.render();
       loadSummary();
-    } catch (e) { fail(e); } finally { this.busy = false; }
+    } catch (e) { fail(e); }
   }
   async acceptAllExact() {
     const ok = await confirmBox("Accept every remaining pending group of exact copies (byte-identical files), " +
@@ -275,15 +275,15 @@ class Groups {
       if (split) tags.push(el("span", {class: "rel split"}, "split off"));
       row.append(el("figure", {class: "member" + (isKeeper ? " keeper" : "") + (split ? " split" : ""),
                                "data-n": n, "data-source": m.source_id, title: "click: keep this one (" + n + ")",
-                               onclick: () => this.choose(n)},
+                               onclick: () => serial(() => this.choose(n))},
         el("div", {class: "imgbox"}, el("span", {class: "num"}, String(n)), thumbImg(m.thumb_url, basename(m.path))),
         el("figcaption", {}, el("div", {class: "tags"}, tags), table)));
     });
     const actions = el("div", {class: "actions"},
-      el("button", {class: "primary", onclick: () => this.decide("accept")}, "Accept, keep ★ (a)"),
-      el("button", {onclick: () => this.decide("distinct")}, "Not duplicates (n)"),
-      el("button", {onclick: () => this.decide("skip")}, "Skip (s)"),
-      el("button", {onclick: () => this.undo()}, "Undo (u)"),
+      el("button", {class: "primary", onclick: () => serial(() => this.decide("accept"))}, "Accept, keep ★ (a)"),
+      el("button", {onclick: () => serial(() => this.decide("distinct"))}, "Not duplicates (n)"),
+      el("button", {onclick: () => serial(() => this.decide("skip"))}, "Skip (s)"),
+      el("button", {onclick: () => serial(() => this.undo())}, "Undo (u)"),
       el("span", {class: "hint"}, "1–9 choose the keeper · ⇧1–9 split one off"));
     return el("article", {class: "group", "data-id": g.id, "data-decision": d ? d.action : "pending"}, head, row, actions);
   }
@@ -447,16 +447,16 @@ function onKey(e) {
   if (e.key === "g") { pendingKey = "g"; return; }
   const G = groups[current];
   if (G) {
-    if (pendingKey === "m") { pendingKey = null; if (digit) { split(G, +digit); e.preventDefault(); } return; }
-    if (digit && e.shiftKey) { split(G, +digit); e.preventDefault(); return; }
-    if (digit) { G.choose(+digit); e.preventDefault(); return; }
+    if (pendingKey === "m") { pendingKey = null; if (digit) { serial(() => split(G, +digit)); e.preventDefault(); } return; }
+    if (digit && e.shiftKey) { serial(() => split(G, +digit)); e.preventDefault(); return; }
+    if (digit) { serial(() => G.choose(+digit)); e.preventDefault(); return; }
     switch (e.key) {
-      case "j": case "ArrowDown": case "ArrowRight": G.go(1); break;
-      case "k": case "ArrowUp": case "ArrowLeft": G.go(-1); break;
-      case "a": case "Enter": G.decide("accept"); break;
-      case "n": G.decide("distinct"); break;
-      case "s": G.decide("skip"); break;
-      case "u": G.undo(); break;
+      case "j": case "ArrowDown": case "ArrowRight": serial(() => G.go(1)); break;
+      case "k": case "ArrowUp": case "ArrowLeft": serial(() => G.go(-1)); break;
+      case "a": case "Enter": serial(() => G.decide("accept")); break;
+      case "n": serial(() => G.decide("distinct")); break;
+      case "s": serial(() => G.decide("skip")); break;
+      case "u": serial(() => G.undo()); break;
       case "m": pendingKey = "m"; break;
       default: return;
     }
@@ -477,7 +477,7 @@ function onKey(e) {
 function split(G, n) {
   const g = G.group(); if (!g) return;
   const m = G.member(g, n); if (!m) return;
-  G.decide("distinct", {member: m.source_id});
+  return G.decide("distinct", {member: m.source_id});
 }
 
 function init() {
