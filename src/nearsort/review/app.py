@@ -266,24 +266,32 @@ def create_app(thumbs: Thumbs, token: str, *, loopback: bool = True, move_to: Op
         with rv.read() as cat:
             counts = queries.counts(cat)
             ordering = queries.current_ordering(cat)
+            state = D.groups_state(cat)
             out = {"root": str(rv.root), "name": rv.root.name, "photos": counts["sources_ok"],
                    "thumbnails": queries.count_thumbs(cat), "ordering": ordering,
                    "chain": queries.count_ranks(cat, ordering) if ordering else 0,
-                   "move_to": rv.move_to or "",
-                   "copies": D.group_page(cat, kind="copies", limit=0).total,
-                   "similar": D.group_page(cat, kind="similar", limit=0).total,
-                   "pending": D.pending_summary(cat)}
+                   "move_to": rv.move_to or "", "stale": state.stale, "stored": state.stored,
+                   "copies": state.kinds.get("copies", {}).get("pending", 0),
+                   "similar": state.kinds.get("similar", {}).get("pending", 0),
+                   "kinds": state.kinds, "pending": D.pending_summary(cat)}
         return _json(out)
 
     def groups(request: Request) -> Response:
         kind = request.query_params.get("kind", "copies")
-        if kind not in ("copies", "similar"):
-            raise BadArgument(f"kind must be copies or similar, not {kind!r}")
+        if kind not in D.KINDS:
+            raise BadArgument(f"kind must be one of {', '.join(D.KINDS)}, not {kind!r}")
         pending = request.query_params.get("pending", "1") != "0"
         with rv.read() as cat:
             page = D.group_page(cat, kind=kind, offset=_int(request, "offset", 0),
                                 limit=_int(request, "limit", 20, 1, PAGE_MAX), pending_only=pending).to_dict()
         return _json(_members_with_urls(page))
+
+    def group(request: Request) -> Response:
+        with rv.read() as cat:
+            g = D.get_group(cat, _int(request, "id", -1))
+        if g is None:
+            raise BadArgument("no such group (the groups were found again since: reload the page)")
+        return _json(_members_with_urls({"groups": [g]})["groups"][0])
 
     def chain(request: Request) -> Response:
         offset, limit = _int(request, "offset", 0), _int(request, "limit", 200, 1, PAGE_MAX)
@@ -341,17 +349,26 @@ def create_app(thumbs: Thumbs, token: str, *, loopback: bool = True, move_to: Op
             return _json(D.pending_summary(cat))
 
     # ---- writing (POST, token in the header, one at a time)
+    def _group_out(group_id: Optional[int]) -> Optional[dict]:
+        g = D.get_group(rv.root, group_id) if group_id is not None else None
+        return None if g is None else _members_with_urls({"groups": [g]})["groups"][0]
+
     def decide(data: dict) -> dict:
         action = data.get("action")
         if action not in ("accept", "distinct", "skip"):
             raise BadArgument(f"action must be accept, distinct or skip, not {action!r}")
-        d = D.decide(rv.root, int(data["group_id"]), action, keeper=_opt_int(data.get("keeper")),
-                     member=_opt_int(data.get("member")))
-        return {"decision": d.to_dict()}
+        gid = _opt_int(data.get("group_id"))
+        if gid is None:
+            raise BadArgument("decide needs group_id")
+        d = D.decide(rv.root, gid, action, keeper=_opt_int(data.get("keeper")), member=_opt_int(data.get("member")))
+        return {"decision": d.to_dict(), "group": _group_out(gid)}
 
     def undo_decision(data: dict) -> dict:
         d = D.undo_decision(rv.root)
-        return {"decision": None if d is None else d.to_dict()}
+        return {"decision": None if d is None else d.to_dict(), "group": _group_out(d.group_id) if d else None}
+
+    def refresh_groups(data: dict) -> dict:
+        return {"state": D.refresh_groups(rv.root).to_dict()}
 
     def accept_all(data: dict) -> dict:
         kind = data.get("kind", "copies")
@@ -383,6 +400,7 @@ def create_app(thumbs: Thumbs, token: str, *, loopback: bool = True, move_to: Op
         Route(THUMB_PREFIX + "{rel:path}", guarded(thumb)),
         Route("/api/summary", guarded(summary)),
         Route("/api/groups", guarded(groups)),
+        Route("/api/group", guarded(group)),
         Route("/api/chain", guarded(chain)),
         Route("/api/search", guarded(search)),
         Route("/api/similar", guarded(similar)),
@@ -390,6 +408,7 @@ def create_app(thumbs: Thumbs, token: str, *, loopback: bool = True, move_to: Op
         Route("/api/pending", guarded(pending)),
         Route("/api/decide", writing(decide), methods=["POST"]),
         Route("/api/undo-decision", writing(undo_decision), methods=["POST"]),
+        Route("/api/refresh-groups", writing(refresh_groups), methods=["POST"]),
         Route("/api/accept-all", writing(accept_all), methods=["POST"]),
         Route("/api/apply", writing(apply), methods=["POST"]),
         Route("/api/undo", writing(undo), methods=["POST"]),
@@ -421,9 +440,11 @@ def serve(thumbs: Thumbs, *, host: str = "127.0.0.1", port: int = 0, open_browse
     root = thumbs.root if isinstance(thumbs, Catalog) else Path(thumbs)
     with Catalog.open(root, write=False):  # a missing or damaged catalog: its one-line error, now
         pass
-    if D.needs_refresh(root):
+    state = D.groups_state(root)
+    if not state.stored or state.stale:
         if log:
-            log("finding the duplicate groups (once; the next start reuses them) ...")
+            log("finding the duplicate groups (" + ("the library changed since they were found" if state.stored
+                else "once: the next start reuses them") + ") ...")
         D.refresh_groups(root)
     token = secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -10,11 +10,13 @@ const FIELDS = [  // [key the server names in "differs", label, how to show a me
   ["bytes", "bytes", m => bytes(m.bytes)],
   ["format", "format", m => m.format || "?"],
   ["capture_time", "taken", m => (m.capture_time || "").replace("T", " ").slice(0, 19) || "—"],
+  ["mtime", "file date", m => (m.mtime || "").replace("T", " ").slice(0, 19) || "—"],
   ["camera", "camera", m => m.camera || "—"],
   ["path", "path", m => m.path],
 ];
-const DIFF_ALIASES = {width: "resolution", height: "resolution", size: "bytes", date: "capture_time",
-                      capture: "capture_time", folder: "path", name: "path", mtime: "capture_time"};
+const DIFF_ALIASES = {width: "resolution", height: "resolution", folder: "path", name: "path"};
+const RELATION = {exact: "exact copy", perceptual: "re-encoded / resized", near: "crop / re-framed", copy: "copy",
+                  pair: "same shot (RAW + JPEG): kept", shot: "similar shot", mirror: "mirror image"};
 
 // ---------------------------------------------------------------- small helpers
 function el(tag, attrs, ...kids) {
@@ -96,7 +98,8 @@ async function loadSummary() {
     $("#libname").textContent = `— ${s.name || s.root} · ${s.photos} photos`;
     $("#n-copies").textContent = s.copies;
     $("#n-similar").textContent = s.similar;
-    $("#n-apply").textContent = s.pending.count ? `${s.pending.count} · ${bytes(s.pending.bytes)}` : "";
+    $("#n-apply").textContent = s.pending.files ? `${s.pending.files} · ${bytes(s.pending.bytes)}` : "";
+    $("#stale").hidden = !s.stale;
     if (s.move_to && !$("#apply-dest").value) $("#apply-dest").value = s.move_to;
     if (current === "apply") showApplySummary();
   } catch (e) { fail(e); }
@@ -114,7 +117,7 @@ class Groups {
     this.items = []; this.total = 0; this.cur = 0; this.keeper = {}; this.loaded = false; this.exhausted = false;
   }
   pendingMode() { return !this.showDecided.checked; }
-  isPending(g) { return !g.decision || g.decision.action === "skip"; }
+  isPending(g) { return !g.decision; }
   nextOffset() {  // the groups of this list still pending are a prefix of the server's pending list
     return this.pendingMode() ? this.items.filter(g => this.isPending(g)).length : this.items.length;
   }
@@ -151,10 +154,9 @@ class Groups {
   }
   chosenKeeper(g) {
     if (this.keeper[g.id] !== undefined) return this.keeper[g.id];
-    if (g.decision && g.decision.action === "accept" && g.decision.keeper != null) return g.decision.keeper;
     return g.keeper_source_id ?? g.suggested_keeper_source_id;
   }
-  member(g, n) { const live = g.members.filter(m => !m.split_off); return live[n - 1] || g.members[n - 1]; }
+  member(g, n) { return g.members[n - 1]; }
   choose(n) {
     const g = this.group(); if (!g) return;
     const m = this.member(g, n); if (!m) return;
@@ -167,43 +169,30 @@ class Groups {
       const body = {group_id: g.id, action, ...extra};
       if (action === "accept") body.keeper = this.chosenKeeper(g);
       const r = await api("/api/decide", body);
-      if (extra && extra.member !== undefined) {
-        await this.refresh(g);  // a member split off: the group as the server now has it
-        toast("split off: that member is not a copy of the others");
+      if (r.group) Object.assign(g, r.group); else g.decision = {action};   // the group as the server has it now
+      delete this.keeper[g.id];
+      if (extra && extra.member !== undefined && !g.decision) {
+        toast("split off: that file is not a copy of the others");   // the rest of the group is still to decide
         this.render();
       } else {
-        g.decision = r.decision;
-        delete this.keeper[g.id];
         toast(action === "accept" ? "accepted" : action === "distinct" ? "marked: not duplicates" : "skipped");
         await this.advance();
       }
       loadSummary();
     } catch (e) { fail(e); }
   }
-  async refresh(g) {  // re-read one group from the server (after a split or an undo)
-    const off = Math.max(0, this.items.indexOf(g));
-    const mode = this.pendingMode();
-    for (const pend of mode ? [1, 0] : [0]) {
-      const offset = pend ? this.items.slice(0, off).filter(x => this.isPending(x)).length : off;
-      const p = await api(`/api/groups?kind=${this.kind}&offset=${Math.max(0, offset - 2)}&limit=${GROUP_PAGE}&pending=${pend}`);
-      const found = p.groups.find(x => x.id === g.id || x.key === g.key);
-      if (found) { Object.assign(g, found); return true; }
-    }
-    return false;
-  }
+  async refresh(g) { Object.assign(g, await api(`/api/group?id=${g.id}`)); }
   async undo() {
     try {
       const r = await api("/api/undo-decision", {});
       if (!r.decision) { toast("nothing to undo"); return; }
-      const gid = r.decision.group_id;
-      let i = this.items.findIndex(g => g.id === gid);
+      const i = r.group ? this.items.findIndex(g => g.id === r.group.id) : -1;
       if (i >= 0) {
-        const g = this.items[i];
-        g.decision = null;
-        await this.refresh(g);
+        Object.assign(this.items[i], r.group);
+        delete this.keeper[r.group.id];
         this.cur = i;
-      } else { await this.reload(); }
-      toast("undone: the last decision");
+      } else { await this.reload(); }   // a bulk accept undone, or a group not on this list
+      toast(r.decision.count > 1 ? `undone: ${r.decision.count} decisions (one bulk accept)` : "undone: the last decision");
       this.render();
       loadSummary();
     } catch (e) { fail(e); }
@@ -249,7 +238,7 @@ class Groups {
     const d = g.decision;
     const status = !d ? el("span", {class: "badge pending"}, "pending")
       : d.action === "accept" ? el("span", {class: "badge accepted"}, "accepted")
-      : d.action === "distinct" ? el("span", {class: "badge distinct"}, d.member != null ? "one split off" : "not duplicates")
+      : d.action === "distinct" ? el("span", {class: "badge distinct"}, "not duplicates")
       : el("span", {class: "badge skipped"}, "skipped");
     const rel = g.relation || (this.kind === "similar" ? "similar shots" : "copies");
     const head = el("div", {class: "ghead"},
@@ -261,7 +250,8 @@ class Groups {
       const n = i + 1;
       const isKeeper = m.source_id === keeper;
       const suggested = m.source_id === g.suggested_keeper_source_id;
-      const split = m.split_off || (d && d.action === "distinct" && d.member === m.source_id);
+      const pair = m.relation === "pair";
+      const gone = m.status && m.status !== "ok";   // quarantined, missing since
       const table = el("table", {class: "fields"}, FIELDS.map(([key, lab, fn]) => {
         const v = fn(m);
         return el("tr", {class: differs.has(key) ? "differs" : ""}, el("th", {}, lab),
@@ -271,9 +261,9 @@ class Groups {
       const tags = [];
       if (isKeeper) tags.push(el("span", {class: "keep"}, "★ keep"));
       if (suggested) tags.push(el("span", {class: "sugg"}, this.kind === "similar" ? "sharpest · suggested" : "suggested"));
-      if (m.relation && m.relation !== "keeper") tags.push(el("span", {class: "rel"}, m.relation));
-      if (split) tags.push(el("span", {class: "rel split"}, "split off"));
-      row.append(el("figure", {class: "member" + (isKeeper ? " keeper" : "") + (split ? " split" : ""),
+      if (m.relation && m.relation !== "keeper") tags.push(el("span", {class: "rel" + (pair ? " pair" : "")}, RELATION[m.relation] || m.relation));
+      if (gone) tags.push(el("span", {class: "rel split"}, m.status));
+      row.append(el("figure", {class: "member" + (isKeeper ? " keeper" : "") + (gone ? " split" : ""),
                                "data-n": n, "data-source": m.source_id, title: "click: keep this one (" + n + ")",
                                onclick: () => serial(() => this.choose(n))},
         el("div", {class: "imgbox"}, el("span", {class: "num"}, String(n)), thumbImg(m.thumb_url, basename(m.path))),
@@ -368,8 +358,8 @@ async function loadQuality(kind, offset) {
 function showApplySummary() {
   const s = summary.data; if (!s) return;
   const p = s.pending;
-  $("#apply-summary").textContent = p.count
-    ? `${p.count} files (${bytes(p.bytes)}) of the accepted groups will be moved to the quarantine; their keepers stay.`
+  $("#apply-summary").textContent = p.files
+    ? `${p.files} files (${bytes(p.bytes)}) of ${p.groups} accepted groups will be moved to the quarantine; their keepers stay.`
     : "No accepted group yet: accept groups in Duplicates (or Similar shots) first.";
 }
 function showQuarantine(q, dry) {
@@ -387,7 +377,7 @@ async function apply(dry) {
   if (!dest) { toast("choose the quarantine folder first", true); $("#apply-dest").focus(); return; }
   const p = summary.data && summary.data.pending;
   if (!dry) {
-    const ok = await confirmBox(`Move ${p ? p.count : "the"} duplicate originals (${p ? bytes(p.bytes) : "?"}) into ${dest}? ` +
+    const ok = await confirmBox(`Move ${p ? p.files : "the"} duplicate originals (${p ? bytes(p.bytes) : "?"}) into ${dest}? ` +
       "One journaled move: Undo (or nearsort undo) puts every file back.");
     if (!ok) return;
   }
@@ -496,6 +486,13 @@ function init() {
   $("#apply-dry").addEventListener("click", () => apply(true));
   $("#apply-go").addEventListener("click", () => apply(false));
   $("#apply-undo").addEventListener("click", undoQuarantine);
+  $("#stale button").addEventListener("click", () => serial(async () => {
+    toast("finding the duplicate groups again …");
+    await api("/api/refresh-groups", {});
+    for (const g of Object.values(groups)) g.loaded = false;
+    await loadSummary();
+    show(current);
+  }));
   document.addEventListener("keydown", onKey);
   loadSummary();
   const tab = location.hash.slice(1);
