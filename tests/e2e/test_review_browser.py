@@ -108,7 +108,14 @@ def test_review_flow_in_chromium(served, browser):
     page.screenshot(path=str(ARTIFACTS / "review-groups.png"))
     page.keyboard.press("a")
     g2 = _next_group(page, g1["id"])
-    # 2: accept the suggested keeper (Enter)
+    # 2 (the dog: original, exact copy, half-size copy): split the half-size copy off (shift+digit),
+    # then accept the suggested keeper (Enter)
+    half = next(i for i, p in enumerate(g2["paths"]) if "half-size" in p)
+    page.keyboard.press(f"Shift+Digit{half + 1}")
+    page.wait_for_function("n => document.querySelectorAll('#view-copies figure.member').length === n",
+                           arg=len(g2["paths"]) - 1)
+    g2 = _group(page)
+    assert not any("half-size" in p for p in g2["paths"]) and g2["decision"] == "pending"
     page.keyboard.press("Enter")
     g3 = _next_group(page, g2["id"])
     # 3: not duplicates
