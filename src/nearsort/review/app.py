@@ -266,14 +266,12 @@ def create_app(thumbs: Thumbs, token: str, *, loopback: bool = True, move_to: Op
         with rv.read() as cat:
             counts = queries.counts(cat)
             ordering = queries.current_ordering(cat)
-            state = D.groups_state(cat)
             out = {"root": str(rv.root), "name": rv.root.name, "photos": counts["sources_ok"],
                    "thumbnails": queries.count_thumbs(cat), "ordering": ordering,
                    "chain": queries.count_ranks(cat, ordering) if ordering else 0,
-                   "move_to": rv.move_to or "", "stale": state.stale, "stored": state.stored,
-                   "copies": state.kinds.get("copies", {}).get("pending", 0),
-                   "similar": state.kinds.get("similar", {}).get("pending", 0),
-                   "kinds": state.kinds, "pending": D.pending_summary(cat)}
+                   "move_to": rv.move_to or "",
+                   "copies": queries.count_groups(cat, "copies", True),
+                   "similar": queries.count_groups(cat, "similar", True), "pending": D.pending_summary(cat)}
         return _json(out)
 
     def groups(request: Request) -> Response:
@@ -453,6 +451,9 @@ def serve(thumbs: Thumbs, *, host: str = "127.0.0.1", port: int = 0, open_browse
     except OSError as e:
         raise BadArgument(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
                           "(0: a free one) or --host") from None
+    # every answer goes out at once: without this a response written in two parts (headers, then
+    # body) waits ~40 ms for the client's delayed ACK (Nagle), on every request (accepted sockets inherit it)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/?token={token}"
     app = create_app(root, token, loopback=is_loopback(host), move_to=move_to)
     if ready:

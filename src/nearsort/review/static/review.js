@@ -99,7 +99,6 @@ async function loadSummary() {
     $("#n-copies").textContent = s.copies;
     $("#n-similar").textContent = s.similar;
     $("#n-apply").textContent = s.pending.files ? `${s.pending.files} · ${bytes(s.pending.bytes)}` : "";
-    $("#stale").hidden = !s.stale;
     if (s.move_to && !$("#apply-dest").value) $("#apply-dest").value = s.move_to;
     if (current === "apply") showApplySummary();
   } catch (e) { fail(e); }
@@ -131,6 +130,7 @@ class Groups {
     if (this.exhausted) return false;
     const p = await api(`/api/groups?kind=${this.kind}&offset=${this.nextOffset()}&limit=${GROUP_PAGE}&pending=${this.pendingMode() ? 1 : 0}`);
     this.total = p.total;
+    $("#stale").hidden = !p.stale;   // the catalog changed since the groups were found
     const have = new Set(this.items.map(g => g.id));
     const fresh = p.groups.filter(g => !have.has(g.id));
     this.items.push(...fresh);
