@@ -193,3 +193,44 @@ def test_review_flow_in_chromium(served, browser):
     for p in all_files:
         assert _digest(p) == before[p], p
     assert not errors, errors
+
+
+def _library(tmp_path) -> Path:
+    thumbs = tmp_path / "thumbs"
+    make_review_library(tmp_path / "src")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run([sys.executable, "-m", "nearsort.cli", "resize", str(tmp_path / "src"), "--out", str(thumbs)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return thumbs
+
+
+def test_review_cli_refusals_are_one_line(tmp_path):
+    """A port in use, a folder without a catalog: one line each, no traceback; a host that is not
+    loopback is served with a warning."""
+    import socket
+
+    thumbs = _library(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "nearsort.cli", "review"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(cmd + [str(thumbs), "--no-browser", "--port", str(port)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+    r = subprocess.run(cmd + [str(tmp_path / "src"), "--no-browser"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "no nearsort catalog" in r.stderr and "Traceback" not in r.stderr
+
+    p = subprocess.Popen(cmd + [str(thumbs), "--no-browser", "--port", "0", "--host", "0.0.0.0"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert URL.search(line), line
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert "warning: --host 0.0.0.0 is not a loopback address" in " ".join(err.split())

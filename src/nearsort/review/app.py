@@ -37,6 +37,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from nearsort.errors import BadArgument, NearsortError
+from nearsort.quality import QualityResult
 from nearsort.review import decisions as D
 from nearsort.store import queries
 from nearsort.store.catalog import STATE_DIR, Catalog, Thumbs
@@ -92,11 +93,12 @@ class Review:
         self.loopback = loopback
         self.move_to = move_to
         self.writing = threading.Lock()   # one write at a time (the catalog's writer lock is per file)
-        self._quality = None              # the quality lists, found once (the library does not change under us)
+        self._quality: Optional[QualityResult] = None  # the quality lists, found once (again after apply/undo)
 
     # ---- who asks
     def _token_ok(self, value: Optional[str]) -> bool:
-        return bool(value) and hmac.compare_digest(value.encode("utf-8", "replace"), self.token.encode())
+        return value is not None and value != "" and hmac.compare_digest(value.encode("utf-8", "replace"),
+                                                                           self.token.encode())
 
     def refusal(self, request: Request, post: bool, token_in_url: bool = False) -> Optional[Response]:
         """None when the request may go on, else the response that refuses it. ``token_in_url``:
