@@ -311,7 +311,7 @@ async function loadChain(offset) {
 async function runSearch(q) {
   if (!q.trim()) return;
   $("#search-what").textContent = `searching “${q}” …`;
-  try { showHits(await api(`/api/search?q=${encodeURIComponent(q)}&k=60`), `“${q}”`); } catch (e) { fail(e); $("#search-what").textContent = ""; }
+  try { showHits(await api(`/api/search?q=${encodeURIComponent(q)}&k=60`), `results for “${q}”`); } catch (e) { fail(e); $("#search-what").textContent = ""; }
 }
 async function moreLike(item) {
   show("search");
@@ -329,7 +329,7 @@ function showHits(r, what, like) {
   $("#search-note").textContent = notes.join(" · ");
   if (like) grid.append(el("figure", {class: "tile query"}, thumbImg(like.thumb_url, ""), el("figcaption", {}, "this photo")));
   for (const h of r.results) grid.append(tile(h, h.score !== undefined ? h.score.toFixed(3) : ""));
-  $("#search-what").textContent = `${r.results.length} ${what}${like ? "" : ""} · ${r.model}`;
+  $("#search-what").textContent = `${r.results.length} ${what} · ${r.model}`;
 }
 
 const quality = {kind: "dark", offset: 0, total: 0, loaded: false};
