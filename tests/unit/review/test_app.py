@@ -230,3 +230,19 @@ def test_search_and_more_like_this(featurized):
         assert like["in_library"] and like["results"]
         assert top["thumb_id"] not in {h["thumb_id"] for h in like["results"]}
         assert c.get("/api/search", params={"q": ""}).status_code == 400
+
+
+def test_the_page_works_offline_and_builds_no_markup_from_data():
+    """Every resource the page loads is the app's own (no CDN: it works offline), and the script
+    never turns a string into markup (names go in as text)."""
+    import re
+    from importlib import resources
+
+    static = resources.files("nearsort.review").joinpath("static")
+    page = static.joinpath("index.html").read_text(encoding="utf-8")
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert refs and all(r.startswith("/static/") for r in refs), refs
+    script = static.joinpath("review.js").read_text(encoding="utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+    assert not re.search(r"https?://", script + static.joinpath("review.css").read_text(encoding="utf-8"))
