@@ -234,3 +234,31 @@ def test_review_cli_refusals_are_one_line(tmp_path):
         p.terminate()
         _, err = p.communicate(timeout=20)
     assert "warning: --host 0.0.0.0 is not a loopback address" in " ".join(err.split())
+
+
+def test_bulk_accept_of_exact_copies_in_chromium(served, browser):
+    """One confirmation accepts every pending group of byte-identical copies (never the group with
+    a resized copy, never similar shots); one `u` undoes the whole bulk accept."""
+    url, files, quarantine, thumbs = served
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("#view-copies article.group")
+    exact = sum(1 for copies in REVIEW_GROUPS.values() if not any("half-size" in c for c in copies))
+    page.click("#bulk-exact")
+    assert "exact copies" in page.inner_text("#confirm .msg")
+    page.click("#confirm .no")                                 # cancelled: nothing decided
+    assert page.inner_text("#n-copies") == str(len(REVIEW_GROUPS))
+    page.click("#bulk-exact")
+    page.click("#confirm .yes")
+    page.wait_for_function("n => document.querySelector('#n-copies').textContent === String(n)",
+                           arg=len(REVIEW_GROUPS) - exact)
+    g = _group(page)
+    assert any("half-size" in p for p in g["paths"]) and g["decision"] == "pending"   # the one left
+    page.wait_for_function("n => document.querySelector('#n-apply').textContent.startsWith(n + ' ·')", arg=exact)
+    page.keyboard.press("u")
+    page.wait_for_function("n => document.querySelector('#n-copies').textContent === String(n)",
+                           arg=len(REVIEW_GROUPS))
+    assert page.inner_text("#n-apply") == ""
+    assert not errors, errors

@@ -107,6 +107,12 @@ def test_a_post_needs_the_token_header_and_the_same_origin(authed, built):
     r = post(authed, "/api/decide", body, origin=BASE)
     assert r.status_code == 200 and r.json()["decision"]["action"] == "skip"
     assert post(authed, "/api/undo-decision").status_code == 200
+    # similar shots are never accepted in bulk; a bad request is one line, nothing stored
+    r = post(authed, "/api/accept-all", {"kind": "similar"})
+    assert r.status_code == 400 and "bulk" in r.json()["error"]
+    assert post(authed, "/api/decide", {"group_id": g["id"], "action": "delete"}).status_code == 400
+    assert post(authed, "/api/decide", {"group_id": 10 ** 9, "action": "skip"}).status_code == 400
+    assert authed.get("/api/summary").json()["pending"]["files"] == 0
 
 
 def test_a_host_that_is_not_loopback_is_refused(built):
