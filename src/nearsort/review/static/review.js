@@ -219,6 +219,7 @@ class Groups {
       return;
     }
     const g = this.group();
+    if (this.shown !== g.id && !this.view.hidden) { window.scrollTo(0, 0); this.shown = g.id; }  // a new group: from its top
     const label = this.pendingMode() ? "pending" : "in all";
     this.pos.textContent = `group ${this.cur + 1} of ${this.total} ${label}`;
     host.append(this.card(g));
