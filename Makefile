@@ -23,7 +23,7 @@ test: install
 
 # The report is tested in a real headless browser; tests skip with the reason where it cannot be installed.
 chromium:
-	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 || echo "chromium could not be installed: report browser tests will be skipped"
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser tests (report, review) will be skipped"
 
 
 demo: install

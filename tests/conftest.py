@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,3 +94,41 @@ def featurized(tmp_path_factory):
     resize(base / "src", thumbs, workers=2)
     featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
     return base, paths, thumbs
+
+
+# The browser tests (report, review): Debian's chromium.
+def _find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium; installed with apt-get when missing (root + apt only), else skipped."""
+    exe = _find_chromium()
+    if exe:
+        return exe
+    why = "chromium is not installed"
+    if os.environ.get("NEARSORT_NO_APT"):
+        pytest.skip(f"{why} and NEARSORT_NO_APT is set (install it: apt-get install -y chromium)")
+    if not shutil.which("apt-get"):
+        pytest.skip(f"{why} and there is no apt-get here (install chromium to run the browser tests)")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        pytest.skip(f"{why}; run `sudo apt-get install -y chromium` (or `make chromium`) to enable this test")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log = []
+    for cmd in (["apt-get", "install", "-y", "-q", "chromium"],
+                ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.append(f"{' '.join(cmd)}: {e}")
+            continue
+        log.append(f"{' '.join(cmd)}: rc {r.returncode} {r.stderr.strip()[-300:]}")
+        exe = _find_chromium()
+        if exe:
+            return exe
+    pytest.skip(f"{why} and could not be installed: {' | '.join(log)}")

@@ -83,3 +83,32 @@ def make_library(src: Path, with_near: bool = True) -> dict[str, Path]:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# The review tests' library: four groups of copies of real sample photos (three exact pairs, one
+# with a half-size copy too) beside three photos without a copy; a name that tries HTML injection.
+REVIEW_GROUPS = {  # sample -> the copies' names (folder 'copies/')
+    "darknet__giraffe.jpg": ["giraffe copy " + EVIL_IMG],
+    "darknet__dog.jpg": ["dog copy.jpg", "copy-of-darknet__dog-half-size.jpg"],
+    "darknet__eagle.jpg": ["eagle copy.jpg"],
+    "opencv-doc__fruits.jpg": ["fruits copy.jpg"],
+}
+REVIEW_SINGLES = ["darknet__horses.jpg", "python3-skimage__coffee.png", "python3-sklearn__china.jpg"]
+
+
+def make_review_library(src: Path) -> dict[str, list[Path]]:
+    """{sample: [its original, its copies...]} under ``src`` (originals in 'photos/', copies in 'copies/')."""
+    out: dict[str, list[Path]] = {}
+    (src / "photos").mkdir(parents=True, exist_ok=True)
+    (src / "copies").mkdir(parents=True, exist_ok=True)
+    for name in list(REVIEW_GROUPS) + REVIEW_SINGLES:
+        orig = src / "photos" / name
+        shutil.copyfile(SAMPLES / name, orig)
+        _touch(orig, 1_500_000_000)
+        out[name] = [orig]
+        for k, copy in enumerate(REVIEW_GROUPS.get(name, [])):
+            dst = src / "copies" / copy
+            shutil.copyfile(SAMPLES / copy if (SAMPLES / copy).exists() else SAMPLES / name, dst)
+            _touch(dst, 1_500_000_000 + 86400 * (k + 1))   # newer: the original is the suggested keeper
+            out[name].append(dst)
+    return out

@@ -394,6 +394,31 @@ def report(
               markup=False, highlight=False)
 
 
+@app.command()
+def review(
+    thumbs: Path = typer.Argument(..., help="THUMBS folder."),
+    port: int = typer.Option(0, "--port", "-p", min=0, max=65535, help="Port to listen on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    move_to: Optional[str] = typer.Option(None, "--move-to", help="Quarantine folder the Apply page proposes."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL; do not open a browser."),
+):
+    """Decide the duplicate groups in a local web app (keyboard-driven), browse the chain, search, apply."""
+    from nearsort.review import serve
+    from nearsort.review.app import is_loopback
+
+    if not is_loopback(host):
+        err.print(f"[bold yellow]warning:[/] --host {escape(term(host))} is not a loopback address: anyone who "
+                  "can reach this machine and learns the URL (with its token) can decide and move your "
+                  "photos, and the traffic is not encrypted.", highlight=False)
+
+    def ready(url: str) -> None:
+        print(f"nearsort review: {url}", flush=True)
+        print("(Ctrl-C stops the server)", file=sys.stderr, flush=True)
+
+    _run(serve, thumbs, host=host, port=port, open_browser=not no_browser, move_to=move_to, ready=ready,
+         log=lambda m: print(term(m), file=sys.stderr, flush=True))
+
+
 # --------------------------------------------------------------------------- analyze / run
 def _print_analyze(s) -> None:
     out.print(f"[green]Ordered[/] {s.thumbnails} thumbnails by {_name(s.ordering)} in {s.seconds} s.")

@@ -32,6 +32,8 @@ PEERS = {
     ("report", "dupes"): "the report shows the duplicate groups",
     ("report", "quality"): "the report shows the quality lists",
     ("review", "dupes"): "review decides the groups dupes found and stored, and applies them with its quarantine",
+    ("review", "quality"): "the review app lists the quality outliers",
+    ("review", "refresh"): "the review app's undo button is refresh.undo",
     ("nearsort", "pipeline"): "the public API exports pipeline.run",
 }
 

@@ -588,6 +588,17 @@ def count_ranks(db: Db, ordering: str) -> int:
     return _one(db, "SELECT count(*) FROM ranks WHERE ordering=?", (ordering,))
 
 
+def rank_page(db: Db, ordering: str, offset: int, limit: int) -> list[tuple[int, int, Optional[float], str, Optional[bytes]]]:
+    """One page of an ordering in chain order: (thumb id, rank, jump, thumbnail relpath, the smallest
+    of its ok sources' paths or None). The page is cut on the ``ranks_rank`` index first (ranks are
+    unique positions), so only its own rows are joined: a few ms anywhere in a chain of 10^5."""
+    return [tuple(r) for r in _c(db).execute(
+        "SELECT r.thumb_id, r.rank, r.jump, t.relpath, (SELECT min(s.path) FROM originals o JOIN sources s "
+        "ON s.original_id=o.id WHERE o.thumb_id=t.id AND +s.status='ok') "
+        "FROM (SELECT thumb_id, rank, jump FROM ranks WHERE ordering=? ORDER BY rank LIMIT ? OFFSET ?) r "
+        "JOIN thumbs t ON t.id=r.thumb_id ORDER BY r.rank", (ordering, int(limit), int(offset)))]
+
+
 def replace_ranks(db: Db, ordering: str, rows: Iterable[tuple[int, int, Optional[float]]]) -> None:
     """The ordering's ranks become ``rows``: (thumb id, rank, jump)."""
     c = _c(db)

@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
 from nearsort.report import build as R
 from nearsort.store import queries
@@ -24,44 +23,6 @@ from library import EVIL_IMG
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts"
 JSON_BLOCK = re.compile(r'<script type="application/json" id="([^"]+)">(.*?)</script>', re.S)
-
-
-# ----------------------------------------------------------------------------- chromium
-def _find_chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """Debian's chromium; installed with apt-get when missing (root + apt only), else skipped."""
-    exe = _find_chromium()
-    if exe:
-        return exe
-    why = "chromium is not installed"
-    if os.environ.get("NEARSORT_NO_APT"):
-        pytest.skip(f"{why} and NEARSORT_NO_APT is set (install it: apt-get install -y chromium)")
-    if not shutil.which("apt-get"):
-        pytest.skip(f"{why} and there is no apt-get here (install chromium to run the browser tests)")
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        pytest.skip(f"{why}; run `sudo apt-get install -y chromium` (or `make chromium`) to enable this test")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    log = []
-    for cmd in (["apt-get", "install", "-y", "-q", "chromium"],
-                ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        try:
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.append(f"{' '.join(cmd)}: {e}")
-            continue
-        log.append(f"{' '.join(cmd)}: rc {r.returncode} {r.stderr.strip()[-300:]}")
-        exe = _find_chromium()
-        if exe:
-            return exe
-    pytest.skip(f"{why} and could not be installed: {' | '.join(log)}")
 
 
 def run_chromium(exe: str, url: str, *args: str) -> subprocess.CompletedProcess:
