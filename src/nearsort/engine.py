@@ -90,7 +90,23 @@ def connect(address: str | None = None):
         else:
             why = _one_line(e)
         raise EngineError(f"cannot connect to the Ray cluster {where}: {why}") from e
+    _errors_to_stderr(ray)
     return ray
+
+
+def _errors_to_stderr(ray) -> None:
+    """Ray's driver prints what the cluster reports (a worker that died on a file ...) on stdout, where
+    ``--json`` goes: on stderr instead. (With log_to_driver off, this is all its printer prints.)"""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    printer = getattr(module, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "nearsort", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        return printer({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.nearsort = True  # type: ignore[attr-defined]
+    module.print_to_stdstream = to_stderr
 
 
 def get(refs):
