@@ -73,11 +73,9 @@ def connect(address: str | None = None):
     address = address or None
     if address and "://" not in address:
         _reachable(address)
-    import nearsort
-
+    package = os.path.dirname(os.path.abspath(__file__))  # this nearsort, shipped to the workers with the job
     try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"py_modules": [os.path.dirname(os.path.abspath(nearsort.__file__))]})
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False, runtime_env={"py_modules": [package]})
     except Exception as e:  # ConnectionError, version mismatch (RuntimeError), bad token ...
         where = f"at {address}" if address else "(RAY_ADDRESS, or a new one on this machine)"
         chain, c = [], e
