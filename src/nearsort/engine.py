@@ -18,9 +18,17 @@ Ray is imported here only, and only when engine == "ray".
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import socket
-from typing import Callable
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Callable, Iterator
 
 from nearsort.errors import BadArgument, EngineError
 from nearsort.workers import Died
@@ -247,3 +255,43 @@ class RayWorkers:
             except Exception:  # noqa: BLE001 - finished or gone meanwhile
                 pass
         self.pending.clear()
+
+
+@contextlib.contextmanager
+def local_head(num_cpus: int = 2, env: dict | None = None, timeout: float = 180.0) -> Iterator[tuple[str, dict]]:
+    """A Ray head on this machine for a test or a benchmark: ``ray start --head --block`` with
+    ``num_cpus`` CPUs, a temp dir and an authentication token of its own, stopped on leaving (by its
+    pid, never ``ray stop``, which stops every cluster on the machine). Yields (address, the
+    environment a driver needs to reach it: ``env`` + RAY_AUTH_MODE and RAY_AUTH_TOKEN)."""
+    tmp = tempfile.mkdtemp(prefix="nsray", dir="/tmp" if os.path.isdir("/tmp") else None)  # socket paths: short
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**(os.environ if env is None else env), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    log = os.path.join(tmp, "ray-start.log")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                                 "--num-cpus", str(num_cpus), "--port", str(port), "--include-dashboard", "false",
+                                 "--disable-usage-stats", "--temp-dir", os.path.join(tmp, "ray")],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log, errors="replace") as fh:
+                text = fh.read()
+            if "block forever" in text:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise EngineError("the local Ray head did not start: " + " ".join(text[-600:].split()))
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", dict(env)
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its session is left
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

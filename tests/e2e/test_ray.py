@@ -12,9 +12,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 
 from conftest import PY, SAMPLES, make_photo
 from nearsort.embed import featurize as F
+from nearsort.engine import local_head
 from nearsort.ingest.resize import resize
 from nearsort.store.catalog import Catalog, state_dir
 from nearsort.vectors.index import VectorIndex
@@ -37,38 +36,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A 2-CPU Ray head on this machine; yields (address, env for the CLI that reaches it)."""
+    """A 2-CPU Ray head on this machine (engine.local_head); yields (address, env for the CLI that
+    reaches it). Its workers die (SIGSEGV) on files named CRASH_NAME."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'nearsort[ray]'; `make test` installs it)")
-    tmp = Path(tempfile.mkdtemp(prefix="nsray", dir="/tmp"))  # short: Ray's socket paths live below it
-    port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-           "NEARSORT_TEST_CRASH": f"{int(signal.SIGSEGV)}:{CRASH_NAME}"}
-    log = tmp / "ray-start.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
-                                 "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats",
-                                 "--temp-dir", str(tmp / "ray")], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while "block forever" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the Ray head did not start:\n" + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        cli_env = {k: v for k, v in env.items() if k != "NEARSORT_TEST_CRASH"}
-        yield f"127.0.0.1:{port}", cli_env
-    finally:
-        proc.terminate()  # `ray start --block` stops what it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of its session still there
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    env = {**os.environ, "NEARSORT_TEST_CRASH": f"{int(signal.SIGSEGV)}:{CRASH_NAME}"}
+    with local_head(2, env) as (address, head_env):
+        yield address, {k: v for k, v in head_env.items() if k != "NEARSORT_TEST_CRASH"}
 
 
 def nearsort(env: dict, *args, ok: bool = True) -> subprocess.CompletedProcess:
