@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 test: install
@@ -36,13 +36,13 @@ demo: install
 	@echo "Look in $(DEMO)/thumbs/p0001 (similar photos side by side), $(DEMO)/report.html and $(DEMO)/library.csv"
 
 bench: install
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,bench]'
 	$(BIN)/python bench/ingest.py
 
 # Peer tools for bench/peers.py: imagededup in .venv (the bench extra), fastdup in its own
 # .venv-fastdup (it needs numpy < 2). Then: nice $(BIN)/python bench/peers.py BENCH...
 peers: install
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,bench]'
 	$(BIN)/python -c 'import sys; sys.path.insert(0, "bench"); import peers; peers.ensure_fastdup()'
 
 clean:

@@ -43,8 +43,8 @@ from nearsort.dupes.group import DupesConfig, DupesResult, QuarantineResult, fin
 from nearsort.dupes.quarantine import quarantine
 from nearsort.embed.featurize import FeaturizeResult, featurize
 from nearsort.embed.search import SearchResult, SimilarResult, search, similar
-from nearsort.errors import (BadArgument, CatalogError, CatalogLocked, DupesError, Interrupted, NearsortError,
-                             RefreshError)
+from nearsort.errors import (BadArgument, CatalogError, CatalogLocked, DupesError, EngineError, Interrupted,
+                             NearsortError, RefreshError)
 from nearsort.export import ExportResult, InfoResult, export, info
 from nearsort.ingest.resize import ResizeResult, resize
 from nearsort.order.analyze import AnalyzeResult, analyze
@@ -73,5 +73,5 @@ __all__ = [
     "GroupPage", "GroupsState", "Decision",
     # shared
     "Catalog", "Thumbs", "Progress", "Result", "Interrupted",
-    "NearsortError", "CatalogError", "CatalogLocked", "BadArgument", "DupesError", "RefreshError",
+    "NearsortError", "CatalogError", "CatalogLocked", "BadArgument", "DupesError", "RefreshError", "EngineError",
 ]

@@ -103,6 +103,11 @@ def _run(fn, *args, **kwargs):
         fail(msg)
 
 
+ENGINE_HELP = "Where the per-file work runs: local (this machine) | ray (a Ray cluster; see --address)."
+ADDRESS_HELP = ("Ray cluster HOST:PORT (what `ray start --head` prints); default: $RAY_ADDRESS, else the cluster "
+                "started on this machine, else a Ray of its own.")
+
+
 # --------------------------------------------------------------------------- resize
 @app.command()
 def resize(
@@ -110,7 +115,10 @@ def resize(
     out_dir: Path = typer.Option(..., "--out", "-o", help="THUMBS folder (local disk) for thumbnails + catalog."),
     size: int = typer.Option(256, "--size", help="Long side of the thumbnails, in pixels."),
     layout: str = typer.Option("week", "--layout", help="Folders: 'week' (YYYY/Www by capture date) or 'hash'."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoder processes (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoder processes (default: all cores; "
+                                                                         "ray: at most this many tasks at once)."),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP + " Every Ray worker must see SRC at the same path."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Make a thumbnail of every new or changed photo under SRC, named {W}x{H}_{phash}."""
@@ -119,7 +127,8 @@ def resize(
     interrupted = False
     with _Progress(not as_json) as prog:
         try:
-            s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, progress=prog)
+            s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, progress=prog, engine=engine,
+                     address=address)
         except Interrupted as e:
             s, interrupted = e.result, True
     if as_json:
@@ -226,6 +235,9 @@ def featurize(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
     batch: int = typer.Option(32, "--batch", help="Images per batch."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP + " The model runs in Ray actors, on the "
+                                                                     "cluster's GPUs if it has any."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Embed every thumbnail that has no vector for the model yet (resumable)."""
@@ -235,7 +247,8 @@ def featurize(
     with _Progress(not as_json) as prog:
         try:
             s = _run(do_featurize, thumbs, model=model, weights=weights, device=device, batch=batch,
-                     backend=backend, progress=prog, log=lambda msg: err.print(_name(msg), highlight=False))
+                     backend=backend, progress=prog, log=lambda msg: err.print(_name(msg), highlight=False),
+                     engine=engine, address=address)
         except Interrupted as e:
             s, interrupted = e.result, True
     if as_json:
@@ -464,6 +477,8 @@ def run(
     dupes: bool = typer.Option(True, "--dupes/--no-dupes", help="Look for duplicates (nothing is moved)."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Look for dark, bright and blurry photos."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP + " (resize and featurize)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ):
     """resize → featurize → analyze → dupes + quality → refresh, in one go (refresh is a dry run unless --apply)."""
     from nearsort import Interrupted, run as do_run
@@ -473,7 +488,7 @@ def run(
     with _Progress(True) as prog:
         try:
             r = _run(do_run, src, out_dir, model=model, fast=fast, apply=apply, layout=layout, per_page=per_page,
-                     dupes=dupes, quality=quality, backend=backend, progress=prog)
+                     dupes=dupes, quality=quality, backend=backend, progress=prog, engine=engine, address=address)
         except Interrupted as e:
             r, interrupted = e.result, True
     s, f = r.resize, r.featurize

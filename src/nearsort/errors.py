@@ -60,6 +60,11 @@ class ModelUnavailable(CatalogError):
     """A model cannot be loaded (unknown name, weights missing / offline)."""
 
 
+class EngineError(CatalogError):
+    """The ``ray`` engine cannot run: Ray is not installed, the cluster cannot be reached, or its
+    workers cannot do the work (everything committed before is kept; the message says what to do)."""
+
+
 class BadArgument(CatalogError, ValueError):
     """An argument out of range; the message names the option. Raised before anything is opened
     or written (a ValueError too, for callers of the Python API)."""

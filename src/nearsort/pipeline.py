@@ -37,22 +37,24 @@ class RunResult(Result):
 def run(src: str | os.PathLike, thumbs: Thumbs, *, model: str = "auto", device: str = "auto",
         workers: Optional[int] = None, layout: str = "week", fast: bool = False, dupes: bool = True,
         quality: bool = True, apply: bool = False, per_page: int = DEFAULT_PER_PAGE, backend: str = "auto",
-        progress: Optional[Progress] = None) -> RunResult:
+        progress: Optional[Progress] = None, engine: str = "local", address: Optional[str] = None) -> RunResult:
     """``nearsort run``: thumbnails of every new or changed photo under ``src`` in THUMBS (a path,
     created if needed, or an open Catalog), their embeddings (``model``), one similarity chain,
     the duplicate groups and quality lists (``dupes``, ``quality``: find only), then the refresh
     plan -- applied (thumbnails renamed into page folders) only with ``apply``. ``backend``: see
-    :func:`~nearsort.embed.featurize.featurize`.
+    :func:`~nearsort.embed.featurize.featurize`; ``engine``, ``address``: where resize and featurize
+    run their per-file work (:mod:`nearsort.engine`; the other stages run here).
     ``progress(stage, done, total)`` hears every stage."""
     res = RunResult()
     stage = "resize"  # the stage running (an Interrupted one leaves its partial result there)
     try:
-        res.resize = resize(src, thumbs, layout=layout, workers=workers, progress=progress)
+        res.resize = resize(src, thumbs, layout=layout, workers=workers, progress=progress, engine=engine,
+                            address=address)
         root = thumbs if isinstance(thumbs, Catalog) else res.resize.out
         with open_catalog(root, write=True) as cat:
             stage = "featurize"
             res.featurize = featurize(cat, model=model, device=device, backend=backend, progress=progress,
-                                      workers=workers)
+                                      workers=workers, engine=engine, address=address)
             res.analyze = analyze(cat, model=res.featurize.model, fast=fast, progress=progress)
             if dupes:
                 res.dupes = find_duplicates(cat, DupesConfig(model=res.featurize.model, workers=workers),

@@ -66,9 +66,12 @@ class Died(NamedTuple):
     """The result of a task whose worker process died on it every time it was tried."""
 
     exitcode: int  # -N: killed by signal N (Process.exitcode)
+    reason: str = ""  # what else said how it died (a Ray worker: engine.RayWorkers)
 
     def describe(self) -> str:
         """'crashed (signal 11, SIGSEGV)', 'was killed (signal 9, SIGKILL: out of memory?)', ..."""
+        if self.reason:
+            return self.reason
         if self.exitcode < 0:
             n = -self.exitcode
             try:

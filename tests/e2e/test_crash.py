@@ -116,7 +116,7 @@ def test_only_a_task_that_kills_its_worker_twice_is_blamed(tmp_path):
     assert len(answers) == 90
     for i in range(90):
         name = f"t{i:03d}"
-        assert answers[name] == ("Died(exitcode=-11)" if i % 9 == 4 else name.upper()), (name, answers[name])
+        assert answers[name] == ("Died(exitcode=-11, reason='')" if i % 9 == 4 else name.upper()), (name, answers[name])
 
 
 def _children(pid: int) -> list[tuple[int, bytes]]:

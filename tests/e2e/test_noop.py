@@ -1,5 +1,6 @@
 """Nothing to do costs nothing: featurize, analyze, dupes and run on an up-to-date library decide
-from the catalog that there is no work, import no torch / ONNX Runtime and stay small. The real
+from the catalog that there is no work, import no torch / ONNX Runtime / Ray and stay small (also
+with ``--engine ray``: no cluster is contacted). The real
 CLI runs in a subprocess under a tiny wrapper that reports what the process imported and its peak
 RSS (VmHWM); no timed assertions."""
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _report():
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(os.environ["NEARSORT_NOOP_REPORT"], "w") as f:
         json.dump({"torch": "torch" in sys.modules, "onnxruntime": "onnxruntime" in sys.modules,
-                   "open_clip": "open_clip" in sys.modules, "rss_mb": kb / 1024}, f)
+                   "open_clip": "open_clip" in sys.modules, "ray": "ray" in sys.modules, "rss_mb": kb / 1024}, f)
 atexit.register(_report)
 sys.argv = ["nearsort"] + sys.argv[1:]
 from nearsort.cli import main
@@ -59,14 +60,16 @@ def library(tmp_path_factory):
     return base, src, thumbs
 
 
-@pytest.mark.parametrize("cmd", ["featurize", "analyze", "dupes", "run"])
+@pytest.mark.parametrize("cmd", ["featurize", "analyze", "dupes", "run", "featurize-ray"])
 def test_nothing_to_do_imports_no_torch(library, cmd):
     base, src, thumbs = library
     args = ["run", src, "--out", thumbs] if cmd == "run" else [cmd, thumbs]
+    if cmd == "featurize-ray":  # nothing listens at that address: it is never contacted
+        args = ["featurize", thumbs, "--engine", "ray", "--address", "127.0.0.1:1"]
     p, rep = nearsort(base, *args)
-    assert not rep["torch"] and not rep["onnxruntime"] and not rep["open_clip"], (cmd, rep)
+    assert not rep["torch"] and not rep["onnxruntime"] and not rep["open_clip"] and not rep["ray"], (cmd, rep)
     assert rep["rss_mb"] < RSS_LIMIT_MB, (cmd, rep)
-    if cmd == "featurize":
+    if cmd.startswith("featurize"):
         assert "0 thumbnails embedded" in p.stdout and "nothing to embed" in p.stdout
     if cmd == "run":
         assert "0 new vectors" in p.stdout and "0 processed" in p.stdout

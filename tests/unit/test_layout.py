@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # Earliest first. A module may import its own package and every layer before its own.
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "fsio", "frames", "stage", "textsafe", "workers"}),  # usable by all; import no nearsort module
+    ("engine", {"engine"}),      # where per-file work runs: here (workers) or on a Ray cluster; imports only base
     ("vectors", {"vectors"}),    # float16 vector stores + FAISS on disk; know nothing of the catalog
     ("store", {"store"}),        # the catalog (schema, lock, SQL), the thumbnail file format, THUMBS <-> catalog
     ("ingest", {"ingest"}),      # SRC -> thumbnails + catalog (scan, decode, thumbs, resize)

@@ -5,18 +5,25 @@ Decoding and preprocessing run in threads while the model runs the previous batc
 in flight (a stream of 10^7 paths is fine); unreadable files are reported (``on_error``) and skipped.
 ``embed_files`` yields batches with ``indices`` (positions in the input), L2-normalised float32
 ``vectors`` and ImageNet ``topk`` (CNNs). docs/design.md, "Embedder".
+
+On the ``ray`` engine (:mod:`nearsort.engine`) the same ``embed_files`` runs inside Ray actors
+(:class:`RemoteEmbedder`, each loading the model once), fed the thumbnails' bytes by
+:class:`RayEmbedders` in this process, which yields the same ``EmbeddedBatch`` stream.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from nearsort.embed.models import Model, TOPK
+from nearsort.errors import BadArgument, EngineError
 from nearsort.textsafe import term
 
 ProgressFn = Callable[[int, "int | None"], None]      # (done, total or None)
@@ -116,6 +123,149 @@ def embed_files(
         finally:
             for _, _, fut in pending:
                 fut.cancel()
+
+
+class _Bytes(io.BytesIO):
+    """A thumbnail's bytes, named by its path in a decoder's error message (as a local run names it)."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self._name = name
+
+    def __repr__(self) -> str:
+        return repr(self._name)
+
+
+class ModelCard(NamedTuple):
+    """What featurize records of a model loaded elsewhere (in Ray actors): the fields of ``Model`` it reads."""
+
+    name: str
+    kind: str
+    dim: int
+    info: dict
+    has_labels: bool
+    device: str
+
+
+class RemoteEmbedder:
+    """A Ray actor's model: loaded once, on the backend featurize would pick here (``backends.select``,
+    its ONNX check on ``check``: (name, bytes) of real thumbnails); ``embed`` turns thumbnails' bytes
+    into vectors with :func:`embed_files`, in the batches a local run makes."""
+
+    def __init__(self, model: str, weights, device: str, backend: str, check: list, batch: int):
+        from nearsort.embed import backends
+        from nearsort.embed.models import load_model
+
+        self.notes: list[str] = []
+        self.batch = batch
+        self.failure: Exception | None = None
+        try:
+            self.model = load_model(model, weights=weights, device=device, log=self.notes.append)
+            self.runner = backends.select(self.model, backend, [_Bytes(d, n) for n, d in check],
+                                          log=self.notes.append)
+        except Exception as e:  # noqa: BLE001 - raised again by card(), as one line on the driver
+            self.failure = e
+
+    def card(self) -> tuple[ModelCard, str, list[str]]:
+        if self.failure is not None:
+            raise self.failure
+        m = self.model
+        return ModelCard(m.name, m.kind, m.dim, m.info, m.has_labels, str(m.device)), self.runner.name, self.notes
+
+    def embed(self, items: list[tuple[int, str, bytes]]) -> tuple[list[EmbeddedBatch], list[tuple[int, Exception]]]:
+        """(position, name, bytes) of thumbnails -> their batches (``indices``: the positions) and the
+        (position, exception) of the unreadable ones."""
+        errors: list[tuple[int, Exception]] = []
+        out = [EmbeddedBatch([items[i][0] for i in b.indices], b.vectors, b.topk)
+               for b in embed_files(self.model, [_Bytes(d, n) for _, n, d in items], batch=self.batch,
+                                    on_error=lambda i, _p, e: errors.append((items[i][0], e)), backend=self.runner)]
+        return out, errors
+
+
+class RayEmbedders:
+    """featurize's model on a Ray cluster: :class:`RemoteEmbedder` actors (``engine.start_actors``: one
+    per GPU if the cluster has GPUs and ``device`` allows, else one per node), ``card`` and ``backend``
+    say what they loaded; :meth:`embed` is ``embed_files`` over them. Use as a context manager (the
+    actors are stopped on leaving)."""
+
+    def __init__(self, model: str, weights, device: str, backend: str, check: list, batch: int,
+                 address: str | None = None, log: Callable[[str], None] | None = None):
+        from nearsort import engine
+
+        if device == "mps":
+            raise BadArgument("--engine ray runs the model on cpu or cuda (--device cpu|cuda|auto)")
+        engine.connect(address)
+        gpu = device.startswith("cuda") or (device == "auto" and engine.gpus() > 0)
+        # a GPU actor sees its one GPU as cuda:0 (Ray sets CUDA_VISIBLE_DEVICES)
+        self.actors = engine.start_actors(RemoteEmbedder, (model, None if weights is None else os.fspath(weights),
+                                                           "cuda" if gpu else "cpu", backend, check, batch), gpu=gpu)
+        self.batch = batch
+        try:
+            answers = engine.get([a.card.remote() for a in self.actors])
+        except BaseException:
+            engine.stop_actors(self.actors)
+            raise
+        loaded = sorted({(c.name, c.dim) for c, _, _ in answers})
+        if len(loaded) > 1:
+            engine.stop_actors(self.actors)
+            raise EngineError(f"the Ray workers loaded different models for {model!r} "
+                              f"({', '.join(n for n, _ in loaded)}): name one with --model, and give every "
+                              "machine its weights")
+        for note in dict.fromkeys(n for _, _, notes in answers for n in notes):
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(note)
+        c = answers[0][0]
+        n = len(self.actors)
+        self.card = c._replace(device=f"{c.device} ({n} Ray actor{'s' if n != 1 else ''})")
+        self.backend = "+".join(sorted({b for _, b, _ in answers}))
+
+    def __enter__(self) -> "RayEmbedders":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        from nearsort import engine
+
+        engine.stop_actors(self.actors)
+
+    def embed(self, paths: Iterable, progress: ProgressFn | None = None, on_error: ErrorFn | None = None,
+              chunk: int = 4) -> Iterator[EmbeddedBatch]:
+        """``embed_files`` on the actors: this process reads each thumbnail (THUMBS need not be shared)
+        and sends ``chunk`` batches' worth to an actor at a time, two per actor in flight."""
+        from nearsort.engine import RayWorkers
+
+        on_error = on_error or _default_on_error
+        it = iter(enumerate(paths))
+        size = self.batch * max(1, chunk)
+        done = 0
+        exhausted = False
+        with RayWorkers(actors=self.actors, method="embed", depth=2) as pool:
+            while True:
+                while not exhausted and pool.room():
+                    items = []
+                    for pos, path in it:
+                        try:
+                            items.append((pos, os.fspath(path), Path(path).read_bytes()))
+                        except OSError as e:
+                            on_error(pos, path, e)
+                            done += 1
+                        if len(items) >= size:
+                            break
+                    else:
+                        exhausted = True
+                    if items:
+                        pool.submit(items)
+                if not pool.busy():
+                    return
+                for items, (batches, errors) in pool.results(0.5):
+                    names = {pos: name for pos, name, _ in items}
+                    for pos, exc in errors:
+                        on_error(pos, names[pos], exc)
+                    done += len(items)
+                    yield from batches
+                    if progress:
+                        progress(done, None)
 
 
 def embed_pil(model: Model, images: Sequence, batch: int = 32, topk: int = TOPK):

@@ -13,10 +13,11 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
+from nearsort import engine as engines
 from nearsort.errors import BadArgument, Interrupted
 from nearsort.stage import Progress, Result
 from nearsort.store import queries, sync
@@ -206,6 +207,8 @@ def featurize(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
     backend: str = "auto",
+    engine: str = "local",
+    address: str | None = None,
 ) -> FeaturizeResult:
     """Embed every thumbnail of THUMBS (a path or an open Catalog) that has no vector for
     ``model`` yet (docs/design.md, "embed"). ``progress("featurize", done, todo)``; ``log(line)``
@@ -217,6 +220,10 @@ def featurize(
     Returns a :class:`FeaturizeResult` (``model`` is the resolved name -- ``auto`` says which it
     picked). Raises :class:`~nearsort.errors.Interrupted` on Ctrl-C, after keeping everything
     committed so far.
+
+    ``engine``: ``local`` (the model here) or ``ray`` (the model in Ray actors on the cluster at
+    ``address``, on its GPUs if it has any, fed the thumbnails by this process, which writes every
+    vector as a local run does): see :mod:`nearsort.engine`.
     """
     from nearsort.embed.backends import BACKENDS
 
@@ -224,6 +231,7 @@ def featurize(
         raise BadArgument("--device must be auto, cpu, cuda or mps")
     if batch < 1:
         raise BadArgument("--batch must be >= 1")
+    engine = engines.check(engine, address)
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise BadArgument(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
@@ -231,25 +239,34 @@ def featurize(
         device = "cpu"  # ONNX Runtime runs on the CPU here
     t0 = time.monotonic()
     with open_catalog(thumbs, write=True) as cat:  # fails fast (no catalog / locked) before loading a model
-        return _featurize(cat, t0, model, weights, device, batch, progress, workers, log, backend)
+        return _featurize(cat, t0, model, weights, device, batch, progress, workers, log, backend, engine, address)
 
 
 def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress, workers, log,
-               backend) -> FeaturizeResult:
+               backend, engine="local", address=None) -> FeaturizeResult:
     from nearsort.embed.embedder import embed_files
     from nearsort.embed.models import known_name
     from nearsort.vectors.index import VectorIndex
 
     root = cat.root
-    vi = rowlog = None
+    vi = rowlog = remote = None
     try:
         m = None
         qname = known_name(model, weights)
         known = queries.model(cat, qname) if qname else None
         if known is None or queries.count_unembedded(cat, known.id) > 0:
-            from nearsort.embed.models import load_model
+            if engine == "ray":  # the model is loaded in the actors: this process gets its card
+                from nearsort.embed.embedder import RayEmbedders
 
-            m = load_model(model, weights=weights, device=device, log=log)
+                # the first thumbnails to embed (all are, for a model the catalog does not know) for the
+                # actors' ONNX check, as their bytes: THUMBS need not be shared with the workers
+                check = [(os.fspath(p), p.read_bytes()) for p in _check_images(cat, known.id if known else -1, 16)]
+                remote = RayEmbedders(model, weights, device, backend, check, batch, address, log)
+                m = remote.card
+            else:
+                from nearsort.embed.models import load_model
+
+                m = load_model(model, weights=weights, device=device, log=log)
             model_id, name, dim = _register_model(cat, m), m.name, m.dim
             info = _model_info(m)
         else:  # nothing to embed: no model is loaded
@@ -309,15 +326,19 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
         status = "done"
         t_run = time.monotonic()
         try:
-            runner = None
-            if m is not None and todo:
+            batches: Iterable = ()
+            if remote is not None and todo:
+                summary.backend = remote.backend
+                batches = remote.embed(todo_paths(), progress=on_progress, on_error=on_error)
+            elif m is not None and todo:
                 from nearsort.embed import backends
 
                 runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
                 summary.backend = runner.name
+                batches = embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
+                                      on_error=on_error, backend=runner)
             t_run = time.monotonic()  # images/s: embedding only (not loading, exporting, checking)
-            for b in (embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
-                                  on_error=on_error, backend=runner) if runner is not None else ()):
+            for b in batches:
                 tids = [ids_by_pos.pop(p) for p in b.indices]
                 rows = vi.append(b.vectors)  # durable before the catalog references it
                 keys = _row_keys(cat, tids)
@@ -352,6 +373,8 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
         summary.images_per_second = round(summary.embedded / secs, 2) if secs > 0 else 0.0
         queries.finish_run(cat, run_id, status, json.dumps(summary.to_dict()))
     finally:
+        if remote is not None:
+            remote.close()  # the actors end
         if rowlog is not None:
             rowlog.close()
         if vi is not None:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nearsort import engine as engines
 from nearsort.errors import BadArgument, Interrupted
 from nearsort.store import queries, thumbmeta
 from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, catalog_path, check_thumbs_folder, is_disk_full
@@ -343,6 +344,8 @@ def resize(
     workers: int | None = None,
     quality: int = 85,
     progress: Progress | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> ResizeResult:
     """Make a thumbnail in THUMBS (a path, created if needed, or an open Catalog) of every new or
     changed photo under ``src``; return a :class:`ResizeResult`.
@@ -350,7 +353,13 @@ def resize(
     ``progress("resize", done, total)`` is called as results arrive (``total`` is None until the
     scan has finished). Raises :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on
     Ctrl-C after committing everything finished so far.
+
+    ``engine``: ``local`` (``workers`` processes here, default all cores) or ``ray`` (a Ray task per
+    file on the cluster at ``address``, at most ``workers`` at a time, default one per CPU of the
+    cluster; every worker must see ``src`` at the same path): see :mod:`nearsort.engine`. This
+    process writes every thumbnail and the catalog either way.
     """
+    engine = engines.check(engine, address)
     if layout not in ("week", "hash"):
         raise BadArgument("--layout must be 'week' or 'hash'")
     if not 16 <= size <= 4096:
@@ -365,7 +374,10 @@ def resize(
     check_thumbs_folder(out)
     _check_apart(src_abs, out)
     out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers or os.cpu_count() or 1)
+    if engine == "local":
+        workers = max(1, workers or os.cpu_count() or 1)
+    elif workers is not None and workers < 1:
+        raise BadArgument("--workers must be >= 1")
     summary = ResizeResult(src=src_abs, out=str(out))
     t0 = time.monotonic()
     cat = given if given is not None else _open_or_import(out)
@@ -382,13 +394,15 @@ def resize(
             # The workers are forked before the scanner thread starts (fork with no other thread
             # running is safe), so they start instantly with every module already loaded. A worker
             # killed by a crashing decoder (or the OOM killer) is replaced; its file is retried once,
-            # then recorded as an error.
-            with stop, Workers(workers, _work, depth=QUEUED) as pool:
+            # then recorded as an error (on Ray: a task whose Ray worker dies, likewise).
+            pool = (engines.RayWorkers(_work, n=workers, depth=QUEUED, address=address) if engine == "ray"
+                    else Workers(workers or 1, _work, depth=QUEUED))
+            with stop, pool:
                 scanner.start()
                 scanning = True
                 while True:
                     if scanner.done:  # every file left is known: a fair share each, so none ends alone
-                        pool.depth = max(1, min(QUEUED, scanner.todo.qsize() // workers))
+                        pool.depth = max(1, min(QUEUED, scanner.todo.qsize() // (pool.n or 1)))
                     while scanning and pool.room():
                         try:
                             p = scanner.todo.get_nowait()
