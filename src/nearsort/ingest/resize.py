@@ -29,11 +29,12 @@ from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, rea
 from nearsort.frames import pixel_print, prints_agree, still
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
-from nearsort.workers import Died, Workers
+from nearsort.workers import Died, Hung, Workers
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
 QUEUED = 16  # files queued per worker: none waits while this process commits or is not scheduled
+FILE_TIMEOUT = 60.0  # seconds a decoder may spend on one file before its worker is killed (--timeout)
 PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
 
 
@@ -62,29 +63,34 @@ def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return p, p[:-1] + b"0"  # '0' is '/' + 1
 
 
-CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker on files named NAME
+CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker on files named NAME,
+# "hang:NAME" makes it loop forever on them
 
 
 def _work(args) -> FileResult:
     path, size, quality = args
     crash = os.environ.get(CRASH_HOOK)
-    if crash:  # stands in for a native decoder crashing (tests/e2e/test_crash.py)
+    if crash:  # stands in for a native decoder crashing or hanging (tests/e2e/test_crash.py)
         signum, _, name = crash.partition(":")
         if os.path.basename(path) == name:
+            while signum == "hang":
+                pass
             os.kill(os.getpid(), int(signum))
     return process_file(path, size, quality)
 
 
-def _lost(path: str, died: Died) -> FileResult:
-    """The error recorded for a file whose decoder process died on it (twice)."""
+def _lost(path: str, lost: Died | Hung) -> FileResult:
+    """The error recorded for a file whose decoder process died on it (twice) or hung on it."""
     try:
         st = os.stat(path)
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         size = mtime_ns = 0
+    what = f"{lost.describe()}, twice" if isinstance(lost, Died) else lost.describe()
+    more = "" if isinstance(lost, Died) else ", or give it more time with --timeout"
     return FileResult(path, size, mtime_ns, error=(
-        f"the decoder {died.describe()} on this file, twice: skipped, the rest of the run is kept; the next "
-        "resize tries it again (convert it with another program to add it sooner)"))
+        f"the decoder {what}: skipped, the rest of the run is kept; the next "
+        f"resize tries it again (convert it with another program to add it sooner{more})"))
 
 
 class _Scanner(threading.Thread):
@@ -343,6 +349,7 @@ def resize(
     layout: str = "week",
     workers: int | None = None,
     quality: int = 85,
+    timeout: float | None = FILE_TIMEOUT,
     progress: Progress | None = None,
     engine: str = "local",
     address: str | None = None,
@@ -351,8 +358,10 @@ def resize(
     changed photo under ``src``; return a :class:`ResizeResult`.
 
     ``progress("resize", done, total)`` is called as results arrive (``total`` is None until the
-    scan has finished). Raises :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on
-    Ctrl-C after committing everything finished so far.
+    scan has finished). A local decoder that spends more than ``timeout`` seconds on one file
+    (None: no limit) is killed: the file is recorded as an error and the run goes on. Raises
+    :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on Ctrl-C after committing
+    everything finished so far.
 
     ``engine``: ``local`` (``workers`` processes here, default all cores) or ``ray`` (a Ray task per
     file on the cluster at ``address``, at most ``workers`` at a time, default one per CPU of the
@@ -364,6 +373,8 @@ def resize(
         raise BadArgument("--layout must be 'week' or 'hash'")
     if not 16 <= size <= 4096:
         raise BadArgument("--size must be between 16 and 4096")
+    if timeout is not None and not timeout > 0:
+        raise BadArgument("--timeout must be a positive number of seconds")
     given = thumbs if isinstance(thumbs, Catalog) else None
     if given is not None and not given.writable:
         raise CatalogError(f"resize writes to the catalog of {given.root}: open it with Catalog.open(THUMBS)")
@@ -394,9 +405,11 @@ def resize(
             # The workers are forked before the scanner thread starts (fork with no other thread
             # running is safe), so they start instantly with every module already loaded. A worker
             # killed by a crashing decoder (or the OOM killer) is replaced; its file is retried once,
-            # then recorded as an error (on Ray: a task whose Ray worker dies, likewise).
+            # then recorded as an error (on Ray: a task whose Ray worker dies, likewise); a local
+            # worker stuck on a file for ``timeout`` seconds is killed and replaced, and that file is
+            # an error at once.
             pool = (engines.RayWorkers(_work, n=workers, depth=QUEUED, address=address) if engine == "ray"
-                    else Workers(workers or 1, _work, depth=QUEUED))
+                    else Workers(workers or 1, _work, depth=QUEUED, timeout=timeout))
             with stop, pool:
                 scanner.start()
                 scanning = True
@@ -417,7 +430,7 @@ def resize(
                     # a short wait while workers could take more than the scanner has found yet
                     answers = pool.results(0.02 if scanning and pool.room() else 0.5)
                     for (path, _, _), res in answers:
-                        writer.add(_lost(path, res) if isinstance(res, Died) else res)
+                        writer.add(_lost(path, res) if isinstance(res, (Died, Hung)) else res)
                         done += 1
                     _drain(scanner, writer)
                     if answers and progress:
