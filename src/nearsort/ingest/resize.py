@@ -26,7 +26,8 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import pixel_print, prints_agree, still
+from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, originals_motion, pixel_print, prints_agree, still
+from nearsort.ingest.decode import decode_bytes
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
 from nearsort.workers import Died, Hung, Workers
@@ -233,7 +234,7 @@ class _Writer:
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
             mine = pixel_print(r.jpeg) if mine is None else mine
-            if self._same_picture(tid, mine, r.jpeg):
+            if self._same_picture(tid, mine, r.jpeg, r.path):
                 thumb_id = tid
                 break
         if thumb_id is not None:
@@ -262,11 +263,12 @@ class _Writer:
                                    r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
 
-    def _same_picture(self, thumb_id: int, mine, jpeg: bytes) -> bool:
+    def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose
-        thumbnail is ``jpeg`` (``pixel_print`` ``mine``)? The prints first (cached), then, when they
-        agree, whether a part moved (``still``: two frames of a video share size, phash and
-        print). A thumbnail that cannot be read proves nothing: False."""
+        thumbnail is ``jpeg`` (``pixel_print`` ``mine``, original at ``path``)? The prints first
+        (cached), then, when they agree, whether a part moved (``still``: two frames of a video
+        share size, phash and print), then the same on the two originals (:meth:`_originals_still`).
+        A thumbnail or original that cannot be read proves nothing: False."""
         def data() -> bytes | None:
             if thumb_id in self.pending:
                 return self.pending[thumb_id][0]
@@ -292,9 +294,30 @@ class _Writer:
             return False
         theirs = data() if theirs is None else theirs
         try:
-            return theirs is not None and still(theirs, jpeg)
+            return theirs is not None and still(theirs, jpeg) and self._originals_still(thumb_id, path)
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
             return False
+
+    def _originals_still(self, thumb_id: int, path: str) -> bool:
+        """Did no part move between the original at ``path`` and one of thumbnail ``thumb_id``'s
+        (:func:`frames.originals_motion`)? Consecutive video frames whose motion is sub-pixel at
+        thumbnail size differ here. Paid only when size, phash and prints agree (a few ms per
+        collision, two decodes at ORIGINAL_DECODE px); an original that cannot be read (it moved,
+        the disk is gone) proves nothing: the new file gets a name of its own."""
+        def image(p: bytes | str):
+            with open(p, "rb") as fh:
+                return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
+
+        mine = image(path)
+        for other, status in queries.sources_of_thumb(self.cat, thumb_id):
+            if status != "ok" or bytes(other) == os.fsencode(path):
+                continue
+            try:
+                theirs = image(bytes(other))
+            except Exception:  # noqa: BLE001 - try its next copy
+                continue
+            return originals_motion(theirs, mine) <= MAX_MOTION
+        return False
 
     def mark_unchanged(self, ids: list[int]) -> None:
         if ids:
