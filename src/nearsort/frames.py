@@ -34,6 +34,7 @@ MOTION_EDGE = 0.03         # ... or, for its larger eigenvalue only, the shift a
 MOTION_DAMP = 0.0005       # added to the flow's normal equations: a direction without structure stays put
 ORIGINAL_SIDE = 256        # px: motion measured again on the originals at this side (dupes.pixels too)
 ORIGINAL_DECODE = 320      # long side (px) the originals are decoded to for it
+ORIGINAL_SCREEN = 0.25     # px (ORIGINAL_SIDE): thumbnails moving more than this are measured on their originals
 MOTION_ROBUST = 0.3        # px: Cauchy scale of the robust affine fit (blocks that move alone barely pull it)
 PRINT_SIDE = 32
 SAME_MEAN = 4.0
@@ -213,11 +214,15 @@ def scaled_affine(coef: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if coef is None else coef * np.array([[s], [1.0], [1.0]])
 
 
-def originals_motion(a: Image.Image, b: Image.Image) -> float:
-    """:func:`local_motion` of two originals of one size whose thumbnails' prints agree and that
-    seem still (:func:`still`), decoded larger (ORIGINAL_DECODE): whole frames aligned at
-    MOTION_SIDE, then measured at ORIGINAL_SIDE, where a video frame's 1-px pan or drift (a fifth
-    of a pixel at MOTION_SIDE) shows; in pixels of the smaller one when it has fewer."""
+def fine_motion(a: Image.Image, b: Image.Image) -> float:
+    """:func:`local_motion` of two whole frames of one picture size (two thumbnails, or two
+    originals decoded at ORIGINAL_DECODE) aligned at MOTION_SIDE, then measured at ORIGINAL_SIDE,
+    where a video frame's 1-px drift (a fifth of a pixel at MOTION_SIDE) shows; in pixels of the
+    smaller one when it has fewer. A pair is a different shot only when its thumbnails move by more
+    than ORIGINAL_SCREEN here *and* its originals by more than MAX_MOTION: on the originals alone,
+    the fine grain of a noisy floor that a WebP copy smoothed away looks like motion (2.5 px, a
+    tiles-bench pair whose thumbnails move 0.17), while consecutive frames move on both (vtest,
+    Megamind: thumbnails 0.4-1, originals more)."""
     def at(im, side):
         return normalise(np.asarray(im.convert("L").resize((side, side), Image.BILINEAR), np.float32))
 

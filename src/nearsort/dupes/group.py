@@ -63,6 +63,7 @@ class DupesConfig:
     mirror_margin: int = DEFAULT_MIRROR_MARGIN
     keep: str = DEFAULT_KEEP
     verify: bool = True                  # confirm every copy pair on the thumbnails' pixels (pixels.py)
+    originals: bool = True               # ... and a copy pair of one size on its originals' motion (reads them)
     workers: Optional[int] = None        # processes for thumbnail signatures (None: all cores)
     cache: bool = True                   # keep crop-aware signatures in THUMBS/.nearsort
 
@@ -504,7 +505,8 @@ class _Finder:
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
                       "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
                       "decided_distinct": 0}
-        sources = {t: ((ms[0].width, ms[0].height), [m.path for m in ms]) for t, ms in self.by_thumb.items()}
+        sources = {t: ((ms[0].width, ms[0].height), [m.path for m in ms]) for t, ms in self.by_thumb.items()} \
+            if cfg.originals else None
         self.pixels = PixelVerifier(cat.root, self.rels, sources=sources) if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []

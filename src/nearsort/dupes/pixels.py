@@ -16,8 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, ORIGINAL_DECODE, ORIGINAL_SIDE,
-                             UNIFORM_STD, global_affine, local_motion, normalise as _norm, originals_motion,
+from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, ORIGINAL_DECODE, ORIGINAL_SCREEN,
+                             ORIGINAL_SIDE,
+                             UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
 
 SIDE = 64                  # alignment resolution
@@ -38,9 +39,8 @@ PARALLEL_ABOVE = 256       # pairs above which prefetch uses worker processes
 PARALLEL_CHUNK = 128
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
 # Motion on the originals: a copy's motion is measured again at ORIGINAL_SIDE on the thumbnails
-# (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE
-# px, where a 1-px pan or drift of a video frame is a pixel, not a fifth of one (docs/design.md).
-ORIGINAL_SCREEN = 0.1
+# (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE px,
+# where a 1-px drift of a video frame is a pixel, not a fifth of one (docs/design.md).
 ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
 
 
@@ -418,9 +418,9 @@ class PixelVerifier:
     def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict) -> Verdict:
         """A copy verdict between two originals of one size (two frames of a video always are; a
         re-encode or an edit of tone often is) checked for motion at a higher resolution: on the
-        thumbnails at ORIGINAL_SIDE (a screen: most copies stop here), then on both originals
-        (:func:`frames.originals_motion`, as resize's name collisions). A part that moved there
-        makes the pair a ``shot``. Originals of two sizes are not checked (a crop or resize maps
+        thumbnails at ORIGINAL_SIDE (most copies stop here), then, above ORIGINAL_SCREEN there, on both
+        originals (:func:`frames.fine_motion`, as resize's name collisions). A part that moved on
+        both makes the pair a ``shot``. Originals of two sizes are not checked (a crop or resize maps
         them to each other only as well as the thumbnails' alignment, not to a fraction of a
         pixel); originals that cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
         da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
@@ -434,7 +434,7 @@ class PixelVerifier:
         if oa is None or ob is None:
             m["unconfirmed"] = True
             return v
-        m["motion_original"] = originals_motion(oa, ob)
+        m["motion_original"] = fine_motion(oa, ob)
         return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m) if m["motion_original"] > MAX_MOTION else v
 
     def original_checks(self) -> tuple[int, int]:

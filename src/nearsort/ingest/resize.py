@@ -10,6 +10,7 @@ one stopped.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from nearsort import engine as engines
 from nearsort.errors import BadArgument, Interrupted
 from nearsort.store import queries, thumbmeta
@@ -26,7 +29,7 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, originals_motion, pixel_print, prints_agree, still
+from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, pixel_print, prints_agree, still
 from nearsort.ingest.decode import decode_bytes
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
@@ -294,16 +297,21 @@ class _Writer:
             return False
         theirs = data() if theirs is None else theirs
         try:
-            return theirs is not None and still(theirs, jpeg) and self._originals_still(thumb_id, path)
+            if theirs is None or not still(theirs, jpeg):
+                return False
+            with Image.open(io.BytesIO(theirs)) as a, Image.open(io.BytesIO(jpeg)) as b:
+                if fine_motion(a, b) <= ORIGINAL_SCREEN:
+                    return True
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
             return False
+        return self._originals_still(thumb_id, path)
 
     def _originals_still(self, thumb_id: int, path: str) -> bool:
         """Did no part move between the original at ``path`` and one of thumbnail ``thumb_id``'s
-        (:func:`frames.originals_motion`)? Consecutive video frames whose motion is sub-pixel at
-        thumbnail size differ here. Paid only when size, phash and prints agree (a few ms per
-        collision, two decodes at ORIGINAL_DECODE px); an original that cannot be read (it moved,
-        the disk is gone) proves nothing: the new file gets a name of its own."""
+        (:func:`frames.fine_motion`)? Asked when the two thumbnails seem to move at ORIGINAL_SIDE:
+        consecutive video frames whose motion is sub-pixel at thumbnail size differ here. Two
+        decodes at ORIGINAL_DECODE px per such collision; an original that cannot be read (it
+        moved, the disk is gone) proves nothing: the new file gets a name of its own."""
         def image(p: bytes | str):
             with open(p, "rb") as fh:
                 return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
@@ -316,7 +324,7 @@ class _Writer:
                 theirs = image(bytes(other))
             except Exception:  # noqa: BLE001 - try its next copy
                 continue
-            return originals_motion(theirs, mine) <= MAX_MOTION
+            return fine_motion(theirs, mine) <= MAX_MOTION
         return False
 
     def mark_unchanged(self, ids: list[int]) -> None:

@@ -82,7 +82,7 @@ def test_on_the_originals_two_frames_are_a_shot_and_copies_stay_copies(generated
         assert pv.compare(0, names.index(copy)).kind == "copy", copy
     # the other frame is not a copy of the first one's copies either
     assert pv.compare(1, names.index("frame0-q40")).kind == "shot"
-    assert pv.original_checks() == (2, 0)  # only the frame pairs got past the thumbnail screen
+    assert pv.original_checks() == (2, 0)  # only the frame pairs moved on the thumbnails
 
 
 def test_without_the_originals_the_verdict_stands_and_is_counted(generated, tmp_path):
