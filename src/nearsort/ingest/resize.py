@@ -90,7 +90,7 @@ def _lost(path: str, lost: Died | Hung) -> FileResult:
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         size = mtime_ns = 0
-    what = f"{lost.describe()}, twice" if isinstance(lost, Died) else lost.describe()
+    what = f"{lost.describe()} on this file, twice" if isinstance(lost, Died) else lost.describe()
     more = "" if isinstance(lost, Died) else ", or give it more time with --timeout"
     return FileResult(path, size, mtime_ns, error=(
         f"the decoder {what}: skipped, the rest of the run is kept; the next "
