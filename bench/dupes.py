@@ -7,6 +7,7 @@
     nice .venv/bin/python bench/dupes.py /tmp/devbench --pipeline      # + end-to-end images/s (fresh THUMBS)
     nice .venv/bin/python bench/dupes.py /tmp/tilesbench --peers       # + fastdup, imagededup in the same run
     nice .venv/bin/python bench/dupes.py /tmp/realshots --motion       # + local motion of copies vs different shots
+    nice .venv/bin/python bench/dupes.py /tmp/vidbench --originals     # + what the motion check on the originals costs
 
 Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
 Extra counts: "different shots paired" (pairs of two shots of one scene in one group: must be 0),
@@ -186,6 +187,26 @@ def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
           + ", ".join(f"{m:.2f} ({x} / {y})" for m, x, y, _ in sho[:6]))
 
 
+def originals_cost(thumbs: Path, bench: Path, truth: dict, rounds: int = 3) -> None:
+    """dupes with and without the motion check on the originals (DupesConfig.originals), alternating,
+    best of ``rounds`` wall and CPU seconds each: what reading and measuring the originals costs."""
+    best: dict[bool, tuple[float, float]] = {}
+    out: dict[bool, dict] = {}
+    for _ in range(rounds):
+        for on in (True, False):
+            t0, c0 = time.monotonic(), time.process_time()
+            out[on] = run(thumbs, originals=on, workers=1)
+            dt, dc = time.monotonic() - t0, time.process_time() - c0
+            best[on] = min(best.get(on, (dt, dc)), (dt, dc))
+    s = out[True]["summary"]
+    print(f"\n# the motion check on the originals (1 process, best of {rounds}, alternating): "
+          f"with {best[True][0]:.2f} s wall / {best[True][1]:.2f} s CPU, without {best[False][0]:.2f} s / "
+          f"{best[False][1]:.2f} s -> x{best[True][1] / max(best[False][1], 1e-9):.2f} CPU; "
+          f"{s['original_checks']} pairs measured on their originals of {s['pixel_checks']} pixel checks, "
+          f"{s['originals_unreadable']} unreadable")
+    print("  without:", fmt(score(out[False], bench, truth)))
+
+
 def sweep(thumbs: Path, bench: Path, truth: dict) -> None:
     d = DupesConfig()
     print("\n# phash only (no embeddings): phash_distance d")
@@ -220,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", action="store_true", help="time resize + featurize + dupes from scratch")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
+    ap.add_argument("--originals", action="store_true",
+                    help="also time dupes with and without the motion check on the originals (alternating, best of 3)")
     ap.add_argument("--motion", action="store_true",
                     help="also print pixels.local_motion of the labelled copy pairs and of different shots")
     a = ap.parse_args(argv)
@@ -263,6 +286,8 @@ def main(argv=None) -> int:
             print(f"{tool:<17} {fmt(s)}  [{secs:.2f} s]  {describe(tool, s)}")
     if a.motion:
         motion_report(thumbs, bench, truth)
+    if a.originals:
+        originals_cost(thumbs, bench, truth)
     if a.sweep:
         sweep(thumbs, bench, truth)
     return 0

@@ -119,6 +119,8 @@ def resize(
                                                                          "ray: at most this many tasks at once)."),
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP + " Every Ray worker must see SRC at the same path."),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a decoder may spend on one file before it is "
+                                  "stopped and the file recorded as an error (retried by the next resize; local engine)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ):
     """Make a thumbnail of every new or changed photo under SRC, named {W}x{H}_{phash}."""
@@ -127,8 +129,8 @@ def resize(
     interrupted = False
     with _Progress(not as_json) as prog:
         try:
-            s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, progress=prog, engine=engine,
-                     address=address)
+            s = _run(do_resize, src, out_dir, size=size, layout=layout, workers=workers, timeout=timeout, progress=prog,
+                     engine=engine, address=address)
         except Interrupted as e:
             s, interrupted = e.result, True
     if as_json:

@@ -32,6 +32,9 @@ MOTION_BLOCK = 8           # block side (MOTION_SIDE px) of the local-motion che
 MOTION_TEXTURE = 0.02      # structure tensor eigenvalue (per px, normalised image): a block pins a shift down
 MOTION_EDGE = 0.03         # ... or, for its larger eigenvalue only, the shift across its edge
 MOTION_DAMP = 0.0005       # added to the flow's normal equations: a direction without structure stays put
+ORIGINAL_SIDE = 256        # px: motion measured again on the originals at this side (dupes.pixels too)
+ORIGINAL_DECODE = 320      # long side (px) the originals are decoded to for it
+ORIGINAL_SCREEN = 0.25     # px (ORIGINAL_SIDE): thumbnails moving more than this are measured on their originals
 MOTION_ROBUST = 0.3        # px: Cauchy scale of the robust affine fit (blocks that move alone barely pull it)
 PRINT_SIDE = 32
 SAME_MEAN = 4.0
@@ -129,7 +132,33 @@ def _warp(z: np.ndarray, coef: np.ndarray, ctr: np.ndarray) -> np.ndarray:
     return np.asarray(im.transform(im.size, Image.AFFINE, data, Image.BILINEAR))
 
 
-def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> float:
+def _flows(a: np.ndarray, bb: np.ndarray, n: int, ctr: np.ndarray, ring: int = 1):
+    """Block flows of a and bb, the blocks that count (not the outer ``ring`` rings), and their
+    robust affine fit (None when fewer than 6 blocks have 2-D texture)."""
+    f = _block_flow(a, bb, n)
+    inner = np.zeros(f["vals"].shape[:2], bool)
+    inner[ring:-ring, ring:-ring] = True
+    textured = inner & (f["vals"][..., 0] > MOTION_TEXTURE)
+    X = np.concatenate([np.ones(inner.shape + (1,)), f["xy"] - ctr], -1)
+    w = np.minimum(f["vals"][..., 0], 0.2) * textured
+    return f, inner, textured, X, (_affine_fit(f["flow"], X, w) if textured.sum() >= 6 else None)
+
+
+def global_affine(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> np.ndarray | None:
+    """The affine flow (:func:`_affine_fit` coefficients, about the centre) that maps zb onto za,
+    in two passes as :func:`local_motion` finds it; None without enough texture. Scaled up, it
+    aligns the same pair at a higher resolution (:func:`local_motion`'s ``init``)."""
+    a, b = _smooth(za), _smooth(zb)
+    ctr = np.array([a.shape[1] / 2, a.shape[0] / 2])
+    coef = _flows(a, b, n, ctr)[4]
+    if coef is None:
+        return None
+    more = _flows(a, _warp(b, -coef, ctr), n, ctr)[4]
+    return coef if more is None else coef + more
+
+
+def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK, init: np.ndarray | None = None,
+                 ring: int = 1) -> float:
     """How far (pixels) some part of the picture moved on its own between two aligned images.
 
     Block flows (:func:`_block_flow`) of the blocks with 2-D texture are fitted with one affine
@@ -139,24 +168,19 @@ def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> float
     without 2-D texture: its part across the edge, the only one an edge shows), times the share
     of the block's difference that this local motion explains: JPEG noise, resampling and
     aliasing differ from a shift and are explained by little of it, an object that moved by most.
-    The outer ring of blocks is left out (a border trim or a crop's edge is not motion). 0 when
-    fewer than 6 blocks have 2-D texture."""
+    The outer ``ring`` rings of blocks are left out (a border trim or a crop's edge is not motion:
+    measured at k times MOTION_SIDE, leave k rings out). 0 when
+    fewer than 6 blocks have 2-D texture. ``init``: an affine flow (:func:`global_affine`, in
+    za's pixels) b is warped by first, so that a pair measured at a high resolution, where a
+    small misalignment is many pixels, starts aligned."""
     a, b = _smooth(za), _smooth(zb)
     ctr = np.array([a.shape[1] / 2, a.shape[0] / 2])
-
-    def flows(bb):
-        f = _block_flow(a, bb, n)
-        inner = np.zeros(f["vals"].shape[:2], bool)
-        inner[1:-1, 1:-1] = True
-        textured = inner & (f["vals"][..., 0] > MOTION_TEXTURE)
-        X = np.concatenate([np.ones(inner.shape + (1,)), f["xy"] - ctr], -1)
-        w = np.minimum(f["vals"][..., 0], 0.2) * textured
-        return f, inner, textured, X, (_affine_fit(f["flow"], X, w) if textured.sum() >= 6 else None)
-
-    f, inner, textured, X, coef = flows(b)
+    if init is not None:
+        b = _warp(b, -init, ctr)
+    f, inner, textured, X, coef = _flows(a, b, n, ctr, ring)
     if coef is None:
         return 0.0
-    f, inner, textured, X, coef = flows(_warp(b, -coef, ctr))  # b(x) ~ a(x + d): b at x - d lies on a
+    f, inner, textured, X, coef = _flows(a, _warp(b, -coef, ctr), n, ctr, ring)  # b(x) ~ a(x + d): b at x - d lies on a
     if coef is None:
         return 0.0
     pred = X @ coef
@@ -182,6 +206,30 @@ def frame_motion(a: Image.Image, b: Image.Image) -> float:
 
     px = min((a.width * a.height) ** 0.5, (b.width * b.height) ** 0.5)
     return local_motion(fine(a), fine(b)) * min(1.0, px / MOTION_SIDE)
+
+
+def scaled_affine(coef: np.ndarray | None, s: float) -> np.ndarray | None:
+    """An affine flow (:func:`global_affine`) for the same pair s times larger: the translation
+    scales, the linear part does not."""
+    return None if coef is None else coef * np.array([[s], [1.0], [1.0]])
+
+
+def fine_motion(a: Image.Image, b: Image.Image) -> float:
+    """:func:`local_motion` of two whole frames of one picture size (two thumbnails, or two
+    originals decoded at ORIGINAL_DECODE) aligned at MOTION_SIDE, then measured at ORIGINAL_SIDE,
+    where a video frame's 1-px drift (a fifth of a pixel at MOTION_SIDE) shows; in pixels of the
+    smaller one when it has fewer. A pair is a different shot only when its thumbnails move by more
+    than ORIGINAL_SCREEN here *and* its originals by more than MAX_MOTION: on the originals alone,
+    the fine grain of a noisy floor that a WebP copy smoothed away looks like motion (2.5 px, a
+    tiles-bench pair whose thumbnails move 0.17), while consecutive frames move on both (vtest,
+    Megamind: thumbnails 0.4-1, originals more)."""
+    def at(im, side):
+        return normalise(np.asarray(im.convert("L").resize((side, side), Image.BILINEAR), np.float32))
+
+    init = scaled_affine(global_affine(at(a, MOTION_SIDE), at(b, MOTION_SIDE)), ORIGINAL_SIDE / MOTION_SIDE)
+    px = min((a.width * a.height) ** 0.5, (b.width * b.height) ** 0.5)
+    return local_motion(at(a, ORIGINAL_SIDE), at(b, ORIGINAL_SIDE), init=init, ring=ORIGINAL_SIDE // MOTION_SIDE) \
+        * min(1.0, px / ORIGINAL_SIDE)
 
 
 def still(jpeg_a: bytes, jpeg_b: bytes) -> bool:

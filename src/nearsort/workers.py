@@ -8,7 +8,8 @@ the caller's script needs the guard, as for any multiprocessing code.
 ``Workers`` runs a function in worker processes that may die at any moment (a native decoder
 crashing with SIGSEGV, the OOM killer's SIGKILL) without ever hanging the caller: each worker has
 a pipe of its own, so no lock is shared that a dying process could take with it, and each does its
-tasks in order, so the task a dead worker was on is known exactly.
+tasks in order, so the task a dead worker was on is known exactly. A worker that spends more than
+``timeout`` seconds on one task (a decoder stuck in a loop) is killed and replaced the same way.
 """
 from __future__ import annotations
 
@@ -84,6 +85,15 @@ class Died(NamedTuple):
         return f"ended abruptly (exit code {self.exitcode})"
 
 
+class Hung(NamedTuple):
+    """The result of a task its worker spent more than ``seconds`` on: the worker was killed."""
+
+    seconds: float
+
+    def describe(self) -> str:
+        return f"hung on this file for {self.seconds:g} s"
+
+
 class WorkerError(RuntimeError):
     """Worker processes could not run at all (they die before doing anything)."""
 
@@ -113,12 +123,14 @@ def _serve(conn, fn: Callable, parent: int | None, inherited: list) -> None:
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "tasks", "done")
+    __slots__ = ("proc", "conn", "tasks", "done", "since", "hung")
 
     def __init__(self, proc, conn):
         self.proc, self.conn = proc, conn
         self.tasks: deque[list] = deque()  # [task, deaths] sent to it, oldest (the one it is on) first
         self.done = 0
+        self.since = 0.0        # monotonic time it began the oldest task (at the latest)
+        self.hung: list | None = None  # the task it was killed for taking too long on
 
 
 class Workers:
@@ -128,15 +140,18 @@ class Workers:
     come, in any order. A worker that dies is replaced; the task it was on is tried once more
     (``tries`` times in all: the OOM killer may have picked it for another's sake), the tasks
     queued behind it are handed out again, and a task its worker died on every time comes back
-    with a ``Died`` answer. Up to ``depth`` tasks are queued per worker, so none waits while the
+    with a ``Died`` answer. A worker that has been on one task for more than ``timeout`` seconds
+    (None: no limit) is killed and replaced, that task comes back at once with a ``Hung`` answer
+    (a hang is not retried: it would cost the timeout again), the others are handed out again.
+    Up to ``depth`` tasks are queued per worker, so none waits while the
     parent is busy (a commit) or not scheduled; lower ``depth`` towards the end of the work, so
     that no worker is left with a queue while the others are idle.
     An exception raised by ``fn`` is raised again by ``results``. Use as a context manager: on
     leaving, idle workers are told to stop, the rest are killed.
     """
 
-    def __init__(self, n: int, fn: Callable, *, depth: int = 4, tries: int = 2):
-        self.n, self.fn, self.depth, self.tries = max(1, n), fn, depth, tries
+    def __init__(self, n: int, fn: Callable, *, depth: int = 4, tries: int = 2, timeout: float | None = None):
+        self.n, self.fn, self.depth, self.tries, self.timeout = max(1, n), fn, depth, tries, timeout
         self.workers: list[_Worker] = []
         self.again: deque[list] = deque()  # tasks to hand out before any new one
         self.failed_starts = 0
@@ -193,6 +208,8 @@ class Workers:
                 w.tasks.extend([None] * (self.depth - len(w.tasks)))  # full until then; blames nobody
                 w.proc.kill()
                 continue
+            if not w.tasks:
+                w.since = time.monotonic()
             w.tasks.append(entry)
 
     def results(self, timeout: float | None) -> list[tuple]:
@@ -204,10 +221,16 @@ class Workers:
             by_key[w.proc.sentinel] = w
         out: list[tuple] = []
         dead: list[_Worker] = []
+        if self.timeout is not None:  # wake up when the first worker's time on its task runs out
+            ends = [w.since + self.timeout - time.monotonic() for w in self.workers if w.tasks and w.tasks[0]]
+            if ends:
+                timeout = max(0.0, min(ends)) if timeout is None else max(0.0, min(timeout, *ends))
         for key in _wait_ready(list(by_key), timeout):
             w = by_key[key]
             if w not in dead and (not self._take(w, out) or key is not w.conn):
                 dead.append(w)
+        if self.timeout is not None:
+            dead += self._stuck(out, dead)
         for w in dead:
             out += self._bury(w)
         self._hand_out()
@@ -220,6 +243,7 @@ class Workers:
                 ok, answer = w.conn.recv()
                 entry = w.tasks.popleft()
                 w.done += 1
+                w.since = time.monotonic()  # it began the next one when it sent this answer, or later
                 self.failed_starts = 0
                 if not ok:
                     break
@@ -229,6 +253,23 @@ class Workers:
         except (EOFError, OSError):  # it died (maybe in the middle of an answer)
             return False
         raise answer  # fn raised it in the worker
+
+    def _stuck(self, out: list, dead: list[_Worker]) -> list[_Worker]:
+        """Kill the workers that have been on one task for more than ``timeout`` seconds (after
+        taking any answer they sent meanwhile: only the task still unanswered is blamed)."""
+        stuck = []
+        now = time.monotonic()
+        for w in self.workers:
+            if w in dead or not w.tasks or w.tasks[0] is None or now - w.since <= self.timeout:
+                continue
+            if not self._take(w, out):
+                dead.append(w)
+                continue
+            if w.tasks and w.tasks[0] is not None and now - w.since > self.timeout:
+                w.hung = w.tasks[0]
+                w.proc.kill()
+                stuck.append(w)
+        return stuck
 
     def _bury(self, w: _Worker) -> list[tuple]:
         """A worker died: take the answers it sent before, blame the task it was on (the oldest
@@ -243,7 +284,10 @@ class Workers:
         self.workers.remove(w)
         code = w.proc.exitcode
         tasks = [e for e in w.tasks if e is not None]
-        if tasks:
+        if w.hung is not None:  # killed for taking too long: that task (if still unanswered) is blamed
+            if tasks and tasks[0] is w.hung:
+                out.append((tasks.pop(0)[0], Hung(self.timeout or 0.0)))
+        elif tasks:
             culprit = tasks.pop(0)
             culprit[1] += 1
             if culprit[1] >= self.tries:

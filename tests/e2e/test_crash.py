@@ -3,7 +3,8 @@ hangs resize: the run finishes, every good file is kept, the file the worker die
 is an error with the reason, and the next resize tries it again. Real signals, real subprocesses.
 
 The crash is made by the test-only hook ``NEARSORT_TEST_CRASH="SIGNUM:NAME"`` (nearsort.ingest.resize.CRASH_HOOK):
-a worker given a file named NAME kills itself with SIGNUM, where a crashing decoder would."""
+a worker given a file named NAME kills itself with SIGNUM, where a crashing decoder would; with
+``"hang:NAME"`` it loops forever instead, as a decoder stuck in a loop would (resize's --timeout)."""
 from __future__ import annotations
 
 import json
@@ -64,6 +65,35 @@ def test_resize_finishes_when_a_decoder_kills_its_worker(tmp_path, signum, says)
     s = json.loads(cli("resize", src, "--out", out, "-j", "2", "--json", env=env).stdout)
     assert (s["status"], s["unchanged"], s["processed"], s["errors"]) == ("done", 10, 0, 1)
     # once the decoder copes with it (here: no more crash), it gets its thumbnail
+    s = json.loads(cli("resize", src, "--out", out, "--json").stdout)
+    assert (s["unchanged"], s["processed"], s["errors"]) == (10, 1, 0)
+    assert _errors(out) == {}
+
+
+def test_resize_goes_on_when_a_decoder_hangs(tmp_path):
+    """A decoder stuck in a loop (not crashing) on one file: after --timeout seconds its worker is
+    killed and replaced, the file is an error naming the hang and the way out, every other file
+    (those queued behind it on that worker too) gets its thumbnail, and the next resize tries it again."""
+    src = tmp_path / "src"
+    good = [make_photo(src / f"p{i:02d}.jpg", seed=i, size=(400, 300)).name for i in range(10)]
+    make_photo(src / "p03-hang.jpg", seed=98, size=(400, 300))  # early: files are queued behind it
+    out = tmp_path / "thumbs"
+    env = dict(os.environ, NEARSORT_TEST_CRASH="hang:p03-hang.jpg")
+    r = cli("resize", src, "--out", out, "-j", "2", "--timeout", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and not r.stderr.strip(), r.stderr
+    assert "10 processed" in r.stdout and "1 errors" in r.stdout, r.stdout
+    named = [ln for ln in r.stdout.splitlines() if "p03-hang.jpg" in ln]
+    assert len(named) == 1 and "the decoder hung on this file for 3 s: skipped" in named[0], r.stdout
+    assert "tries it again" in named[0] and "--timeout" in named[0], r.stdout
+    with Catalog.open(out, write=False) as cat:
+        ok = {os.path.basename(os.fsdecode(bytes(p))) for (p,) in
+              cat.execute("SELECT path FROM sources WHERE status='ok'")}
+    assert ok == set(good)
+    assert list(_errors(out)) == ["p03-hang.jpg"]
+    # retried by the next resize; once the decoder copes (no more hang), it gets its thumbnail
+    s = json.loads(cli("resize", src, "--out", out, "--timeout", "3", "--json", env=env).stdout)
+    assert (s["unchanged"], s["processed"], s["errors"]) == (10, 0, 1)
     s = json.loads(cli("resize", src, "--out", out, "--json").stdout)
     assert (s["unchanged"], s["processed"], s["errors"]) == (10, 1, 0)
     assert _errors(out) == {}

@@ -63,6 +63,7 @@ class DupesConfig:
     mirror_margin: int = DEFAULT_MIRROR_MARGIN
     keep: str = DEFAULT_KEEP
     verify: bool = True                  # confirm every copy pair on the thumbnails' pixels (pixels.py)
+    originals: bool = True               # ... and a copy pair of one size on its originals' motion (reads them)
     workers: Optional[int] = None        # processes for thumbnail signatures (None: all cores)
     cache: bool = True                   # keep crop-aware signatures in THUMBS/.nearsort
 
@@ -504,7 +505,9 @@ class _Finder:
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
                       "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
                       "decided_distinct": 0}
-        self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
+        sources = {t: ((ms[0].width, ms[0].height), [m.path for m in ms]) for t, ms in self.by_thumb.items()} \
+            if cfg.originals else None
+        self.pixels = PixelVerifier(cat.root, self.rels, sources=sources) if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
         self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
@@ -729,6 +732,11 @@ class _Finder:
             out_groups.append(g)
         similar = self._similar(mirrored, group_of_thumb, out_groups)
         similar_groups = self._similar_groups(group_of_thumb, keepers)
+        originals = self.pixels.original_checks() if self.pixels else (0, 0)
+        if originals[1]:
+            self.notes.append(f"{originals[1]} pairs could not be checked for motion on their originals (not "
+                              "readable: is the library mounted?); their groups may hold consecutive video frames: "
+                              "review them before --move-to, or run dupes again with the originals in place")
         exact_groups = sum(1 for g in out_groups if g["kind"] == "exact")
         summary = {
             "sources": len(self.members), "thumbnails": n, "groups": len(out_groups),
@@ -739,6 +747,7 @@ class _Finder:
             "mirror_pairs": sum(1 for x in similar if x["relation"] == "mirror"),
             "similar_shots": sum(1 for x in similar if x["relation"] == "shot"),
             "model": self.model_name, **self.stats, "pixel_checks": self.pixels.compared if self.pixels else 0,
+            "original_checks": originals[0], "originals_unreadable": originals[1],
             "signatures_computed": self.sigs.computed,
         }
         self.sigs.save()

@@ -16,8 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, UNIFORM_STD, local_motion, normalise as _norm,
-                             residual_std as _residual_std, trim_box)
+from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, ORIGINAL_DECODE, ORIGINAL_SCREEN,
+                             ORIGINAL_SIDE,
+                             UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
+                             residual_std as _residual_std, scaled_affine, trim_box)
 
 SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
@@ -36,6 +38,10 @@ STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brig
 PARALLEL_ABOVE = 256       # pairs above which prefetch uses worker processes
 PARALLEL_CHUNK = 128
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
+# Motion on the originals: a copy's motion is measured again at ORIGINAL_SIDE on the thumbnails
+# (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE px,
+# where a 1-px drift of a video frame is a pixel, not a fifth of one (docs/design.md).
+ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
 
 
 @dataclass
@@ -132,11 +138,15 @@ class _Picture:
 
     __slots__ = ("gray", "rgb", "views", "std", "info", "blank")
 
-    def __init__(self, path: Path):
+    def __init__(self, src):
+        """``src``: a thumbnail's path, or an image (an original decoded larger)."""
         from PIL import Image
 
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
+        if isinstance(src, Image.Image):
+            rgb = src.convert("RGB")
+        else:
+            with Image.open(src) as im:
+                rgb = im.convert("RGB")
         self.rgb = rgb
         self.gray = rgb.convert("L")
         a = np.asarray(self.gray, dtype=np.float32)
@@ -185,23 +195,24 @@ def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
     return np.maximum(m1, m2)
 
 
-def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float) -> float:
+def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float, res: int = FINE, init=None, n: int = MOTION_BLOCK) -> float:
     """:func:`local_motion` of two aligned FINE grey images, in pixels of the smaller picture when
     it has fewer than FINE (``px``: its side; an upscaled small thumbnail's resampling is not
     motion, and it cannot show a sub-pixel one). Above MAX_MOTION it is measured again with the
     more colourful side's RGB (``rgb()``: the aligned FINE RGB pair) mapped linearly onto the
     other's grey: a black-and-white copy with its own channel mix (an average, a red filter) or a
     saturation edit changes the contrast of coloured edges, which is not motion."""
-    k = min(1.0, px / FINE)
+    k = min(1.0, px / res)
     ga, gb = _norm(xa), _norm(yb)
-    motion = local_motion(ga, gb) * k
+    ring = max(1, res // FINE)
+    motion = local_motion(ga, gb, n, init, ring) * k
     if motion > MAX_MOTION:
         xc, yc = rgb()
         if np.abs(_chroma(xc)).mean() >= np.abs(_chroma(yc)).mean():
             ga = _norm(_mix_like(xc, yb))
         else:
             gb = _norm(_mix_like(yc, xa))
-        motion = min(motion, local_motion(ga, gb) * k)
+        motion = min(motion, local_motion(ga, gb, n, init, ring) * k)
     return motion
 
 
@@ -291,7 +302,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     grey = min(float(np.abs(ka).mean()), float(np.abs(kb).mean()))
     chd = float(np.abs(ka - kb).mean())
     chmag = max(float(np.abs(ka).mean()), float(np.abs(kb).mean()))
-    m = {"diff": diff, "local": local, "chroma": chd, "scale": f, "rotation": rot, "side": side}
+    m = {"diff": diff, "local": local, "chroma": chd, "scale": f, "rotation": rot, "side": side,
+         "views": (pa.views.index(va), pb.views.index(vb))}
     if diff > MAX_DIFF:
         kind = "different"
     elif local > MAX_LOCAL:
@@ -308,12 +320,56 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     return Verdict(kind, diff, local, f, rot, m)
 
 
+def _pair_at(va: _View, vb: _View, side: str, f: float, rot: float, res: int, rgb: bool = False):
+    """The two crops of an alignment (``side``'s view cropped at scale f, rotated), at res x res."""
+    return (va.crop(f, rot, res, rgb) if side == "a" else va.crop(1.0, 0.0, res, rgb),
+            vb.crop(f, rot, res, rgb) if side == "b" else vb.crop(1.0, 0.0, res, rgb))
+
+
+def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_BLOCK) -> float:
+    """:func:`_motion` at ``res`` px (a multiple of FINE) of two pictures (the originals, decoded
+    larger than their thumbnails) on the alignment ``v`` found for their thumbnails, refined at
+    FINE first (:func:`global_affine`, scaled up: coarse to fine), in pixels of ``res`` (of the
+    smaller picture when it has fewer)."""
+    m = v.metrics
+    va = pa.views[min(m["views"][0], len(pa.views) - 1)]
+    vb = pb.views[min(m["views"][1], len(pb.views) - 1)]
+    side, f, rot = m["side"], m["scale"], m["rotation"]
+    s = res // FINE
+    ca, cb = _pair_at(va, vb, side, f, rot, FINE)
+    dy, dx = _phase_shift(_norm(ca), _norm(cb), max(1, int(FINE * MAX_SHIFT)))
+    init = scaled_affine(global_affine(*(_norm(z) for z in _overlap(ca, cb, dy, dx))), s)
+    xa, yb = _overlap(*_pair_at(va, vb, side, f, rot, res), dy * s, dx * s)
+    px = min(va.side_px(f if side == "a" else 1.0), vb.side_px(f if side == "b" else 1.0))
+    return _motion(xa, yb, lambda: _overlap(*_pair_at(va, vb, side, f, rot, res, True), dy * s, dx * s), px, res,
+                   init, n)
+
+
+def _decode_original(paths):
+    """The first of ``paths`` (an original's copies) that decodes, at ORIGINAL_DECODE px (a PIL
+    image); None if none does (gone, unreadable: it is only read)."""
+    from nearsort.ingest.decode import decode_bytes
+
+    for p in paths:
+        try:
+            with open(p, "rb") as fh:
+                return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
+        except Exception:  # noqa: BLE001 - an unreadable original proves nothing
+            continue
+    return None
+
+
 class PixelVerifier:
     """Compares thumbnails by id; decoded pictures are kept in a bounded LRU cache and verdicts
-    are remembered (both orders)."""
+    are remembered (both orders). With ``sources`` (thumbnail id -> ((W, H) of its original, the
+    original's paths)), a copy verdict between two originals of one size is checked for motion on
+    them (:meth:`_on_originals`)."""
 
-    def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 128):
+    def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 128,
+                 sources: Optional[dict[int, tuple[tuple[int, int], list[str]]]] = None):
         self.root, self.relpaths, self.cap = Path(root), relpaths, cache
+        self.sources = sources or {}
+        self._originals: OrderedDict[int, object] = OrderedDict()
         self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
         self._verdicts: dict[tuple[int, int], Verdict] = {}
         self._screened: dict[tuple[int, int], Verdict] = {}
@@ -344,9 +400,47 @@ class PixelVerifier:
         if v is None:
             pa, pb = self._pic(key[0]), self._pic(key[1])
             v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb, screen)
+            if v.copy and self.sources and "motion" in v.metrics:
+                v = self._on_originals(key, pa, pb, v)
             self.compared += 1
             self._keep(key, v)
         return v
+
+    def _original(self, tid: int):
+        if tid in self._originals:
+            self._originals.move_to_end(tid)
+            return self._originals[tid]
+        p = self._originals[tid] = _decode_original(self.sources[tid][1])
+        if len(self._originals) > ORIGINALS_KEPT:
+            self._originals.popitem(last=False)
+        return p
+
+    def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict) -> Verdict:
+        """A copy verdict between two originals of one size (two frames of a video always are; a
+        re-encode or an edit of tone often is) checked for motion at a higher resolution: on the
+        thumbnails at ORIGINAL_SIDE (most copies stop here), then, above ORIGINAL_SCREEN there, on both
+        originals (:func:`frames.fine_motion`, as resize's name collisions). A part that moved on
+        both makes the pair a ``shot``. Originals of two sizes are not checked (a crop or resize maps
+        them to each other only as well as the thumbnails' alignment, not to a fraction of a
+        pixel); originals that cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
+        da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
+        if da != db:
+            return v
+        m = v.metrics
+        m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE)
+        if m["motion_thumb"] <= ORIGINAL_SCREEN:
+            return v
+        oa, ob = self._original(key[0]), self._original(key[1])
+        if oa is None or ob is None:
+            m["unconfirmed"] = True
+            return v
+        m["motion_original"] = fine_motion(oa, ob)
+        return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m) if m["motion_original"] > MAX_MOTION else v
+
+    def original_checks(self) -> tuple[int, int]:
+        """(pairs measured on their originals, pairs whose originals could not be read)."""
+        vs = list(self._verdicts.values()) + list(self._screened.values())
+        return sum("motion_original" in v.metrics for v in vs), sum("unconfirmed" in v.metrics for v in vs)
 
     def _keep(self, key: tuple[int, int], v: Verdict) -> None:
         if "screened" in v.metrics:  # a screened-out answer is not the full verdict
@@ -369,8 +463,8 @@ class PixelVerifier:
         from nearsort.workers import pool_context
 
         chunks = [todo[i:i + PARALLEL_CHUNK] for i in range(0, len(todo), PARALLEL_CHUNK)]
-        jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c])
-                for c in chunks]
+        jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c],
+                 {t: self.sources[t] for (a, b), _ in c for t in (a, b) if t in self.sources}) for c in chunks]
         with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
             for out in ex.map(_compare_chunk, jobs):
                 for a, b, v in out:
@@ -380,11 +474,11 @@ class PixelVerifier:
 
 def _compare_chunk(job) -> list[tuple[int, int, Verdict]]:
     """Worker: verdicts for a chunk of pairs sorted by their first thumbnail (cache-friendly)."""
-    root, items = job
+    root, items, sources = job
     rel = {}
     for a, b, ra, rb, _ in items:
         rel[a], rel[b] = ra, rb
-    pv = PixelVerifier(Path(root), rel)
+    pv = PixelVerifier(Path(root), rel, sources=sources)
     return [(a, b, pv.compare(a, b, sc)) for a, b, _, _, sc in items]
 
 

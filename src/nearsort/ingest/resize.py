@@ -10,6 +10,7 @@ one stopped.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from nearsort import engine as engines
 from nearsort.errors import BadArgument, Interrupted
 from nearsort.store import queries, thumbmeta
@@ -26,14 +29,16 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import pixel_print, prints_agree, still
+from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, pixel_print, prints_agree, still
+from nearsort.ingest.decode import decode_bytes
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
-from nearsort.workers import Died, Workers
+from nearsort.workers import Died, Hung, Workers
 
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
 QUEUED = 16  # files queued per worker: none waits while this process commits or is not scheduled
+FILE_TIMEOUT = 60.0  # seconds a decoder may spend on one file before its worker is killed (--timeout)
 PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
 
 
@@ -62,29 +67,34 @@ def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return p, p[:-1] + b"0"  # '0' is '/' + 1
 
 
-CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker on files named NAME
+CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker on files named NAME,
+# "hang:NAME" makes it loop forever on them
 
 
 def _work(args) -> FileResult:
     path, size, quality = args
     crash = os.environ.get(CRASH_HOOK)
-    if crash:  # stands in for a native decoder crashing (tests/e2e/test_crash.py)
+    if crash:  # stands in for a native decoder crashing or hanging (tests/e2e/test_crash.py)
         signum, _, name = crash.partition(":")
         if os.path.basename(path) == name:
+            while signum == "hang":
+                pass
             os.kill(os.getpid(), int(signum))
     return process_file(path, size, quality)
 
 
-def _lost(path: str, died: Died) -> FileResult:
-    """The error recorded for a file whose decoder process died on it (twice)."""
+def _lost(path: str, lost: Died | Hung) -> FileResult:
+    """The error recorded for a file whose decoder process died on it (twice) or hung on it."""
     try:
         st = os.stat(path)
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         size = mtime_ns = 0
+    what = f"{lost.describe()} on this file, twice" if isinstance(lost, Died) else lost.describe()
+    more = "" if isinstance(lost, Died) else ", or give it more time with --timeout"
     return FileResult(path, size, mtime_ns, error=(
-        f"the decoder {died.describe()} on this file, twice: skipped, the rest of the run is kept; the next "
-        "resize tries it again (convert it with another program to add it sooner)"))
+        f"the decoder {what}: skipped, the rest of the run is kept; the next "
+        f"resize tries it again (convert it with another program to add it sooner{more})"))
 
 
 class _Scanner(threading.Thread):
@@ -227,7 +237,7 @@ class _Writer:
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
             mine = pixel_print(r.jpeg) if mine is None else mine
-            if self._same_picture(tid, mine, r.jpeg):
+            if self._same_picture(tid, mine, r.jpeg, r.path):
                 thumb_id = tid
                 break
         if thumb_id is not None:
@@ -256,11 +266,12 @@ class _Writer:
                                    r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
 
-    def _same_picture(self, thumb_id: int, mine, jpeg: bytes) -> bool:
+    def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose
-        thumbnail is ``jpeg`` (``pixel_print`` ``mine``)? The prints first (cached), then, when they
-        agree, whether a part moved (``still``: two frames of a video share size, phash and
-        print). A thumbnail that cannot be read proves nothing: False."""
+        thumbnail is ``jpeg`` (``pixel_print`` ``mine``, original at ``path``)? The prints first
+        (cached), then, when they agree, whether a part moved (``still``: two frames of a video
+        share size, phash and print), then the same on the two originals (:meth:`_originals_still`).
+        A thumbnail or original that cannot be read proves nothing: False."""
         def data() -> bytes | None:
             if thumb_id in self.pending:
                 return self.pending[thumb_id][0]
@@ -286,9 +297,35 @@ class _Writer:
             return False
         theirs = data() if theirs is None else theirs
         try:
-            return theirs is not None and still(theirs, jpeg)
+            if theirs is None or not still(theirs, jpeg):
+                return False
+            with Image.open(io.BytesIO(theirs)) as a, Image.open(io.BytesIO(jpeg)) as b:
+                if fine_motion(a, b) <= ORIGINAL_SCREEN:
+                    return True
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
             return False
+        return self._originals_still(thumb_id, path)
+
+    def _originals_still(self, thumb_id: int, path: str) -> bool:
+        """Did no part move between the original at ``path`` and one of thumbnail ``thumb_id``'s
+        (:func:`frames.fine_motion`)? Asked when the two thumbnails seem to move at ORIGINAL_SIDE:
+        consecutive video frames whose motion is sub-pixel at thumbnail size differ here. Two
+        decodes at ORIGINAL_DECODE px per such collision; an original that cannot be read (it
+        moved, the disk is gone) proves nothing: the new file gets a name of its own."""
+        def image(p: bytes | str):
+            with open(p, "rb") as fh:
+                return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
+
+        mine = image(path)
+        for other, status in queries.sources_of_thumb(self.cat, thumb_id):
+            if status != "ok" or bytes(other) == os.fsencode(path):
+                continue
+            try:
+                theirs = image(bytes(other))
+            except Exception:  # noqa: BLE001 - try its next copy
+                continue
+            return fine_motion(theirs, mine) <= MAX_MOTION
+        return False
 
     def mark_unchanged(self, ids: list[int]) -> None:
         if ids:
@@ -343,6 +380,7 @@ def resize(
     layout: str = "week",
     workers: int | None = None,
     quality: int = 85,
+    timeout: float | None = FILE_TIMEOUT,
     progress: Progress | None = None,
     engine: str = "local",
     address: str | None = None,
@@ -351,8 +389,10 @@ def resize(
     changed photo under ``src``; return a :class:`ResizeResult`.
 
     ``progress("resize", done, total)`` is called as results arrive (``total`` is None until the
-    scan has finished). Raises :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on
-    Ctrl-C after committing everything finished so far.
+    scan has finished). A local decoder that spends more than ``timeout`` seconds on one file
+    (None: no limit) is killed: the file is recorded as an error and the run goes on. Raises
+    :class:`~nearsort.errors.Interrupted` (a KeyboardInterrupt) on Ctrl-C after committing
+    everything finished so far.
 
     ``engine``: ``local`` (``workers`` processes here, default all cores) or ``ray`` (a Ray task per
     file on the cluster at ``address``, at most ``workers`` at a time, default one per CPU of the
@@ -364,6 +404,8 @@ def resize(
         raise BadArgument("--layout must be 'week' or 'hash'")
     if not 16 <= size <= 4096:
         raise BadArgument("--size must be between 16 and 4096")
+    if timeout is not None and not timeout > 0:
+        raise BadArgument("--timeout must be a positive number of seconds")
     given = thumbs if isinstance(thumbs, Catalog) else None
     if given is not None and not given.writable:
         raise CatalogError(f"resize writes to the catalog of {given.root}: open it with Catalog.open(THUMBS)")
@@ -394,9 +436,11 @@ def resize(
             # The workers are forked before the scanner thread starts (fork with no other thread
             # running is safe), so they start instantly with every module already loaded. A worker
             # killed by a crashing decoder (or the OOM killer) is replaced; its file is retried once,
-            # then recorded as an error (on Ray: a task whose Ray worker dies, likewise).
+            # then recorded as an error (on Ray: a task whose Ray worker dies, likewise); a local
+            # worker stuck on a file for ``timeout`` seconds is killed and replaced, and that file is
+            # an error at once.
             pool = (engines.RayWorkers(_work, n=workers, depth=QUEUED, address=address) if engine == "ray"
-                    else Workers(workers or 1, _work, depth=QUEUED))
+                    else Workers(workers or 1, _work, depth=QUEUED, timeout=timeout))
             with stop, pool:
                 scanner.start()
                 scanning = True
@@ -417,7 +461,7 @@ def resize(
                     # a short wait while workers could take more than the scanner has found yet
                     answers = pool.results(0.02 if scanning and pool.room() else 0.5)
                     for (path, _, _), res in answers:
-                        writer.add(_lost(path, res) if isinstance(res, Died) else res)
+                        writer.add(_lost(path, res) if isinstance(res, (Died, Hung)) else res)
                         done += 1
                     _drain(scanner, writer)
                     if answers and progress:

@@ -1,0 +1,171 @@
+"""Consecutive video frames are never copies, even where the motion between them is a fraction of a
+pixel at thumbnail size (a subject drifting, a slow pan with parallax): the pair the thumbnails
+call a copy is measured again on the originals, decoded larger. Copies of a frame (re-encoded,
+black and white) stay copies, and resize gives each frame its own thumbnail. Frames generated here
+(a subject drifting by 2 px in a 768x576 frame: a third of a pixel at thumbnail size) and, when
+installed, the real frames of opencv-doc's videos (decoded with OpenCV, the bench extra)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from conftest import SAMPLES
+from nearsort.dupes.group import DupesConfig, find_duplicates
+from nearsort.dupes.pixels import MAX_MOTION, PixelVerifier, compare_files
+from nearsort.ingest.thumbs import process_file
+from nearsort.store.catalog import Catalog
+
+SIZE = (768, 576)  # a PAL video frame: its 256-px thumbnail is 3x smaller, its 128-px motion image 6x
+
+
+def _noise(im: Image.Image, seed: int) -> Image.Image:
+    a = np.asarray(im, np.float32) + np.random.default_rng(seed).normal(0, 2.0, (im.height, im.width, 3))
+    return Image.fromarray(a.clip(0, 255).astype(np.uint8))
+
+
+def _frame(dx: float, seed: int) -> Image.Image:
+    """A scene with a subject drifted right by dx px (drawn 4x larger, then reduced: sub-pixel)."""
+    k = 4
+    bg = Image.open(SAMPLES / "python3-sklearn__china.jpg").convert("RGB").resize((SIZE[0] * k, SIZE[1] * k),
+                                                                                   Image.BICUBIC)
+    sub = Image.open(SAMPLES / "darknet__dog.jpg").convert("RGB")
+    sub = sub.resize((sub.width // 2, sub.height // 2), Image.LANCZOS).crop((40, 40, 340, 300))
+    sub = sub.resize((sub.width * k, sub.height * k), Image.BICUBIC)
+    mask = Image.new("L", sub.size, 0)
+    ImageDraw.Draw(mask).ellipse((8, 8, sub.width - 8, sub.height - 8), fill=255)
+    bg.paste(sub, (int((200 + dx) * k), 150 * k), mask.filter(ImageFilter.GaussianBlur(6)))
+    return _noise(bg.resize(SIZE, Image.LANCZOS), seed)
+
+
+def _library(d: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    f0 = _frame(0, 1)
+    ims = {"frame0": (f0, 92), "frame1": (_frame(2.0, 2), 92), "frame0-q40": (f0, 40),
+           "frame0-grey": (f0.convert("L").convert("RGB"), 88)}
+    out = {}
+    for name, (im, q) in ims.items():
+        out[name] = d / f"{name}.jpg"
+        im.save(out[name], quality=q)
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    d = tmp_path_factory.mktemp("video")
+    files = _library(d / "library")
+    names = list(files)
+    rel, sources = {}, {}
+    for i, name in enumerate(names):
+        r = process_file(str(files[name]))
+        assert r.error is None, r.error
+        (d / f"t-{name}.jpg").write_bytes(r.jpeg)
+        rel[i], sources[i] = f"t-{name}.jpg", ((r.width, r.height), [str(files[name])])
+    return d, names, rel, sources
+
+
+def test_thumbnails_alone_cannot_see_a_drift_of_a_third_of_a_pixel(generated):
+    d, names, rel, _ = generated
+    v = compare_files(d / rel[0], d / rel[1])  # the blind spot the originals are checked for
+    assert v.kind == "copy" and v.metrics["motion"] <= MAX_MOTION, v
+
+
+def test_on_the_originals_two_frames_are_a_shot_and_copies_stay_copies(generated):
+    d, names, rel, sources = generated
+    pv = PixelVerifier(d, rel, sources=sources)
+    v = pv.compare(0, 1)
+    assert v.kind == "shot" and v.metrics["motion_original"] > MAX_MOTION, v
+    for copy in ("frame0-q40", "frame0-grey"):
+        assert pv.compare(0, names.index(copy)).kind == "copy", copy
+    # the other frame is not a copy of the first one's copies either
+    assert pv.compare(1, names.index("frame0-q40")).kind == "shot"
+    assert pv.original_checks() == (2, 0)  # only the frame pairs moved on the thumbnails
+
+
+def test_without_the_originals_the_verdict_stands_and_is_counted(generated, tmp_path):
+    d, names, rel, sources = generated
+    gone = {t: (wh, [str(tmp_path / "gone.jpg")]) for t, (wh, _) in sources.items()}
+    pv = PixelVerifier(d, rel, sources=gone)
+    v = pv.compare(0, 1)
+    assert v.kind == "copy" and v.metrics["unconfirmed"], v
+    assert pv.original_checks() == (0, 1)
+
+
+def test_resize_and_dupes_keep_the_frames_apart_and_group_the_copies(tmp_path):
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
+
+    files = _library(tmp_path / "library")
+    thumbs = tmp_path / "thumbs"
+    resize(tmp_path / "library", thumbs)
+    with Catalog.open(thumbs, write=False) as cat:
+        rows = cat.execute("SELECT s.path, o.thumb_id, t.name FROM sources s JOIN originals o ON o.id = s.original_id "
+                           "JOIN thumbs t ON t.id = o.thumb_id").fetchall()
+    thumb = {os.path.basename(os.fsdecode(bytes(p))): (t, n) for p, t, n in rows}
+    # one size and phash, prints agree, still at thumbnail size: only the originals tell them apart
+    assert thumb["frame1.jpg"][1].split("_")[1] == thumb["frame0.jpg"][1].split("_")[1]
+    assert thumb["frame1.jpg"][0] != thumb["frame0.jpg"][0]
+    assert thumb["frame0-q40.jpg"][0] == thumb["frame0.jpg"][0] or thumb["frame0-q40.jpg"][1] != thumb["frame0.jpg"][1]
+    featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
+    res = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0"))
+    groups = [sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups]
+    assert groups == [["frame0-grey.jpg", "frame0-q40.jpg", "frame0.jpg"]], groups
+    assert any({"frame1.jpg"} & {os.path.basename(p) for p in s["a"] + s["b"]}
+               for s in res.similar if s["relation"] == "shot"), res.similar
+    assert res.summary["originals_unreadable"] == 0
+    assert {p.name for p in files.values()} <= {os.path.basename(os.fsdecode(bytes(p))) for p, _, _ in rows}
+
+
+# --------------------------------------------------------------------------- real frames
+def _video_frames() -> dict[str, list[Image.Image]] | None:
+    """{video: frames B, B+1, B+2, B+5, B+10} of opencv-doc's videos (NEARSORT_OPENCV_DATA or the
+    installed package), decoded with OpenCV; None when either is missing."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    for d in (os.environ.get("NEARSORT_OPENCV_DATA"), "/usr/share/doc/opencv-doc/examples/data"):
+        if d and (Path(d) / "vtest.avi").is_file() and (Path(d) / "Megamind.avi").is_file():
+            break
+    else:
+        return None
+    out = {}
+    for video, base in (("vtest.avi", 120), ("Megamind.avi", 150)):
+        cap = cv2.VideoCapture(str(Path(d) / video))
+        frames, i = [], 0
+        while i <= base + 10:
+            ok, f = cap.read()
+            if not ok:
+                return None
+            if i - base in (0, 1, 2, 5, 10):
+                frames.append(Image.fromarray(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)))
+            i += 1
+        cap.release()
+        out[video] = frames
+    return out
+
+
+@pytest.mark.parametrize("video", ["vtest.avi", "Megamind.avi"])  # people walking; a subject drifting
+def test_real_consecutive_video_frames_are_never_copies(tmp_path, video):
+    frames = _video_frames()
+    if frames is None:
+        pytest.skip("opencv-doc's videos (NEARSORT_OPENCV_DATA) or OpenCV (the bench extra) are not installed")
+    files = []
+    for k, im in enumerate(frames[video]):
+        files.append(tmp_path / f"f{k}.jpg")
+        im.save(files[-1], quality=92)
+    frames[video][0].save(tmp_path / "f0-q40.jpg", quality=40)
+    files.append(tmp_path / "f0-q40.jpg")
+    rel, sources = {}, {}
+    for i, f in enumerate(files):
+        r = process_file(str(f))
+        (tmp_path / f"t{i}.jpg").write_bytes(r.jpeg)
+        rel[i], sources[i] = f"t{i}.jpg", ((r.width, r.height), [str(f)])
+    pv = PixelVerifier(tmp_path, rel, sources=sources)
+    for a in range(5):
+        for b in range(a + 1, 5):
+            assert not pv.compare(a, b).copy, (a, b, pv.compare(a, b))
+    assert pv.compare(0, 5).copy  # the frame and its re-encode
