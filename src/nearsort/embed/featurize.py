@@ -254,7 +254,10 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
         m = None
         qname = known_name(model, weights)
         known = queries.model(cat, qname) if qname else None
+        runner = None
         if known is None or queries.count_unembedded(cat, known.id) > 0:
+            from nearsort.embed import backends
+
             if engine == "ray":  # the model is loaded in the actors: this process gets its card
                 from nearsort.embed.embedder import RayEmbedders
 
@@ -263,6 +266,8 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
                 check = [(os.fspath(p), p.read_bytes()) for p in _check_images(cat, known.id if known else -1, 16)]
                 remote = RayEmbedders(model, weights, device, backend, check, batch, address, log)
                 m = remote.card
+            elif (got := backends.cached(model, weights, device, backend, log=log)) is not None:
+                m, runner = got  # a graph checked before: ONNX Runtime, no torch
             else:
                 from nearsort.embed.models import load_model
 
@@ -331,9 +336,9 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
                 summary.backend = remote.backend
                 batches = remote.embed(todo_paths(), progress=on_progress, on_error=on_error)
             elif m is not None and todo:
-                from nearsort.embed import backends
-
-                runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
+                if runner is None:
+                    runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
+                    backends.remember(model, weights, m, runner)
                 summary.backend = runner.name
                 batches = embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
                                       on_error=on_error, backend=runner)
