@@ -270,7 +270,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     if best[0] > ROTATE_ABOVE:
         k = SCALES.index(best[4])
         near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
-        best = min([best] + [trial(best[6], best[7], best[3], f, r) for f in near for r in ROTATIONS],
+        # each rotation once, for the three scales (the view keeps two rotated images)
+        best = min([best] + [trial(best[6], best[7], best[3], f, r) for r in ROTATIONS for f in sorted(near)],
                    key=lambda r: r[0])
     _, _, _, side, f, rot, va, vb = best
     # 4. structure at FINE on that alignment

@@ -27,6 +27,9 @@ from PIL import Image, ImageOps
 from nearsort.errors import ModelUnavailable
 
 DEFAULT_CNN = "efficientnet-lite0"
+#: the model input side ``auto`` runs efficientnet-lite0 at (``efficientnet-lite0@160``): 2x the images/s
+#: of 224 with the same duplicates and neighbours on the benches (docs/benchmarks.md, "Model input")
+AUTO_CNN_SIZE = 160
 DEFAULT_CLIP_ARCH = "ViT-B-32"
 #: tags preferred when a CLIP name has no tag, and the order ``auto`` looks for cached weights
 PREFERRED_CLIP = [
@@ -361,7 +364,7 @@ def known_name(name: str = "auto", weights: str | os.PathLike | None = None) -> 
         if found is _UNKNOWN:
             return None
         if found is None:
-            return DEFAULT_CNN
+            return lite0_name(AUTO_CNN_SIZE)
         name, weights = found
     try:
         ref = _parse_prefixed(name)
@@ -1004,7 +1007,7 @@ def _load_uncached(name: str, weights, dev, log: LogFn) -> Model:
             model = _load_clip(parse_name(cname), wpath, dev, log)
             log(auto_note(model.name, True))
         else:
-            model = _load_lite0(None, dev, log)
+            model = _load_lite0(None, dev, log, AUTO_CNN_SIZE)
             log(auto_note(model.name, False))
         model.info["auto"] = True
         return model
