@@ -25,7 +25,7 @@ from nearsort.stage import Progress, Result
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, Thumbs, open_catalog, state_dir
 from nearsort.dupes import stored
-from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
+from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, VERDICT_CACHE, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
 from nearsort.ingest.thumbs import name_phash
@@ -504,7 +504,8 @@ class _Finder:
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
                       "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
                       "decided_distinct": 0}
-        self.pixels = PixelVerifier(cat.root, self.rels) if cfg.verify else None
+        self.pixels = PixelVerifier(cat.root, self.rels, store=state_dir(cat.root) / VERDICT_CACHE if cfg.cache
+                                    else None) if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
         self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
@@ -742,6 +743,8 @@ class _Finder:
             "signatures_computed": self.sigs.computed,
         }
         self.sigs.save()
+        if self.pixels is not None:
+            self.pixels.save()
         self.tick(3)
         settings = asdict(cfg)
         settings["model"] = self.model_name
