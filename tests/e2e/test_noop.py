@@ -147,7 +147,7 @@ def test_auto_is_known_until_the_weight_caches_change(monkeypatch, tmp_path):
     monkeypatch.delenv(M.ENV_CLIP_WEIGHTS, raising=False)
     assert M.known_name("auto") is None  # never looked: unknown without open_clip
     assert M.find_local_clip() is None   # the full look, kept
-    assert M.known_name("auto") == M.DEFAULT_CNN
+    assert M.known_name("auto") == M.lite0_name(M.AUTO_CNN_SIZE)
     # CLIP weights are downloaded into the hub: the kept answer no longer holds
     snap = hub / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
