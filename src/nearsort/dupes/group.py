@@ -64,7 +64,7 @@ class DupesConfig:
     keep: str = DEFAULT_KEEP
     verify: bool = True                  # confirm every copy pair on the thumbnails' pixels (pixels.py)
     workers: Optional[int] = None        # processes for thumbnail signatures (None: all cores)
-    cache: bool = True                   # keep crop-aware signatures in THUMBS/.nearsort
+    cache: bool = True                   # keep crop-aware signatures and pixel verdicts in THUMBS/.nearsort
 
     def check(self) -> None:
         if not 0 <= self.phash_distance <= 32:
