@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Backends: torch vs ONNX Runtime bare forward, featurize end to end, and a no-op featurize / run.
 
-    PYTHONPATH=src nice .venv/bin/python bench/backends.py [--n 320] [--rounds 3] [--clip]
+    PYTHONPATH=src nice .venv/bin/python bench/backends.py [--n 320] [--rounds 3] [--clip] [--model A,B]
 
 One run, on the same thumbnails (bench/featurize.py's generated set: --n JPEG thumbnails of
 /work/shared/bench/originals, or synthetic), alternating and keeping the best of --rounds:
@@ -13,6 +13,8 @@ One run, on the same thumbnails (bench/featurize.py's generated set: --n JPEG th
                                of a THUMBS library made by resize (decode + model + store + catalog)
     targets         e2e >= 0.85 x onnx bare, e2e >= 1.5 x torch bare
 
+for each --model (default efficientnet-lite0 at 224 and at 160, the one auto runs), then the last
+model's e2e over the first's torch bare forward (224 on torch: the default before this backend),
 then the CLI on that library once it is up to date (subprocesses, best wall of --rounds, peak RSS
 of the process itself, whether torch was imported):  featurize THUMBS  and  run SRC --out THUMBS.
 Wall times depend on the machine's load: CPU seconds are printed too.
@@ -118,7 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=320, help="thumbnails (default 320)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/nearsort-bench-thumbs"), help="generated thumbnails")
-    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--model", default="efficientnet-lite0,efficientnet-lite0@160",
+                    help="comma-separated (default: lite0 at 224, and at 160: what auto runs)")
     ap.add_argument("--clip", action="store_true", help="also clip:ViT-B-32/random (speed only)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=None,
@@ -138,8 +141,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nearsort-bench-backends-") as tmp:
         work = Path(tmp)
         src, pristine = make_library(files, work)
-        for name in [args.model] + (["clip:ViT-B-32/random"] if args.clip else []):
-            bench(name, files, src, pristine, work, args)
+        names = [n.strip() for n in args.model.split(",") if n.strip()]
+        got = {name: bench(name, files, src, pristine, work, args)
+               for name in names + (["clip:ViT-B-32/random"] if args.clip else [])}
+        if len(names) > 1:
+            first, last = names[0], names[-1]
+            print(f"== {last} featurize e2e / {first} torch bare forward (before ONNX Runtime and the smaller "
+                  f"input): {got[last]['e2e'] / got[first]['torch']:.2f}x  (same run)")
         # an up-to-date library (featurize with the default model, analyze): nothing to do must cost nothing
         lib = work / "thumbs"
         shutil.rmtree(lib, ignore_errors=True)

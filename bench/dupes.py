@@ -8,6 +8,7 @@
     nice .venv/bin/python bench/dupes.py /tmp/tilesbench --peers       # + fastdup, imagededup in the same run
     nice .venv/bin/python bench/dupes.py /tmp/realshots --motion       # + local motion of copies vs different shots
     nice .venv/bin/python bench/dupes.py /tmp/vidbench --originals     # + what the motion check on the originals costs
+    nice .venv/bin/python bench/dupes.py /tmp/devbench --model efficientnet-lite0@160   # another model input
 
 Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
 Extra counts: "different shots paired" (pairs of two shots of one scene in one group: must be 0),
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from nearsort.dupes.group import DupesConfig, find_duplicates  # noqa: E402
 
-MODEL = "efficientnet-lite0"
+MODEL = "efficientnet-lite0"  # the model featurize makes and dupes uses (--model)
 
 
 def load_truth(bench: Path) -> dict[str, dict]:
@@ -233,6 +234,7 @@ def sweep(thumbs: Path, bench: Path, truth: dict) -> None:
 
 
 def main(argv=None) -> int:
+    global MODEL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", type=Path, help="bench folder with ground_truth.csv")
     ap.add_argument("--thumbs", type=Path, default=None)
@@ -240,12 +242,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--pipeline", action="store_true", help="time resize + featurize + dupes from scratch")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--model", default=MODEL, help=f"embedding model (default {MODEL}; e.g. efficientnet-lite0@160)")
     ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
     ap.add_argument("--originals", action="store_true",
                     help="also time dupes with and without the motion check on the originals (alternating, best of 3)")
     ap.add_argument("--motion", action="store_true",
                     help="also print pixels.local_motion of the labelled copy pairs and of different shots")
     a = ap.parse_args(argv)
+    MODEL = a.model
     bench = a.bench.resolve()
     if not (bench / "ground_truth.csv").exists():
         ap.error(f"{bench}/ground_truth.csv not found "

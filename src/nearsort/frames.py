@@ -70,7 +70,8 @@ def trim_box(g: np.ndarray, tol_std: float = 3.0, tol_mean: float = 5.0, max_fra
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance (the std floored at 4 levels: a flat frame's noise is not structure)."""
-    return (x - x.mean()) / max(float(x.std()), 4.0)
+    d = x - x.mean()
+    return d / max(float(np.sqrt((d * d).mean())), 4.0)  # = x.std(), one pass fewer
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def library(tmp_path_factory):
     shutil.copytree(SAMPLES, src)
     thumbs = base / "thumbs"
     p, rep = nearsort(base, "run", src, "--out", thumbs)
-    assert rep["torch"] and "new vectors" in p.stdout
+    assert rep["onnxruntime"] and "new vectors" in p.stdout  # (torch too, unless the graph was checked before)
     return base, src, thumbs
 
 
@@ -88,14 +88,35 @@ def test_analyze_keeps_an_unchanged_order_and_redoes_a_changed_one(library, tmp_
 
 
 def test_work_to_do_is_done(library):
-    """The no-op path does not hide work: a new photo gets its thumbnail and its vector (torch is loaded)."""
+    """The no-op path does not hide work: a new photo gets its thumbnail and its vector, from the ONNX
+    graph checked when the library was made: ONNX Runtime runs it, torch is not even imported."""
     base, src, thumbs = library
     make_photo(src / "another-photo.jpg", 777, size=(800, 600))
     p, rep = nearsort(base, "run", src, "--out", thumbs)
-    assert rep["torch"] and "1 processed" in p.stdout
+    assert "1 processed" in p.stdout
     assert "new vectors" in p.stdout and "0 new vectors" not in p.stdout
+    assert rep["onnxruntime"] and not rep["torch"], rep
     p, rep = nearsort(base, "featurize", thumbs)
     assert not rep["torch"] and "0 thumbnails embedded" in p.stdout
+
+
+def test_torch_backend_loads_torch(library):
+    base, src, thumbs = library
+    make_photo(src / "third-photo.jpg", 4711, size=(640, 480))
+    nearsort(base, "resize", src, "--out", thumbs)
+    p, rep = nearsort(base, "featurize", thumbs, "--backend", "torch", "--json")
+    assert rep["torch"] and json.loads(p.stdout)["embedded"] == 1 and json.loads(p.stdout)["backend"] == "torch"
+
+
+def test_similar_embeds_a_query_image_on_the_cached_graph(library, tmp_path):
+    """similar with a photo from outside the library: the same backend layer as featurize, no torch."""
+    base, src, thumbs = library
+    query = tmp_path / "query.jpg"
+    shutil.copy(sorted(SAMPLES.glob("*.jpg"))[0], query)
+    p, rep = nearsort(base, "similar", query, thumbs, "-k", "3", "--json")
+    hits = json.loads(p.stdout)["results"]
+    assert len(hits) == 3 and hits[0]["score"] > 0.9  # its own thumbnail in the library, found through ONNX
+    assert rep["onnxruntime"] and not rep["torch"], rep
 
 
 def test_known_name_is_what_loading_gives(tmp_path):
@@ -126,7 +147,7 @@ def test_auto_is_known_until_the_weight_caches_change(monkeypatch, tmp_path):
     monkeypatch.delenv(M.ENV_CLIP_WEIGHTS, raising=False)
     assert M.known_name("auto") is None  # never looked: unknown without open_clip
     assert M.find_local_clip() is None   # the full look, kept
-    assert M.known_name("auto") == M.DEFAULT_CNN
+    assert M.known_name("auto") == M.lite0_name(M.AUTO_CNN_SIZE)
     # CLIP weights are downloaded into the hub: the kept answer no longer holds
     snap = hub / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)

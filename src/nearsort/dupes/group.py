@@ -25,7 +25,7 @@ from nearsort.stage import Progress, Result
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, Thumbs, open_catalog, state_dir
 from nearsort.dupes import stored
-from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, PixelVerifier
+from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, VERDICT_CACHE, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
 from nearsort.ingest.thumbs import name_phash
@@ -65,7 +65,7 @@ class DupesConfig:
     verify: bool = True                  # confirm every copy pair on the thumbnails' pixels (pixels.py)
     originals: bool = True               # ... and a copy pair of one size on its originals' motion (reads them)
     workers: Optional[int] = None        # processes for thumbnail signatures (None: all cores)
-    cache: bool = True                   # keep crop-aware signatures in THUMBS/.nearsort
+    cache: bool = True                   # keep crop-aware signatures and pixel verdicts in THUMBS/.nearsort
 
     def check(self) -> None:
         if not 0 <= self.phash_distance <= 32:
@@ -507,7 +507,9 @@ class _Finder:
                       "decided_distinct": 0}
         sources = {t: ((ms[0].width, ms[0].height), [m.path for m in ms]) for t, ms in self.by_thumb.items()} \
             if cfg.originals else None
-        self.pixels = PixelVerifier(cat.root, self.rels, sources=sources) if cfg.verify else None
+        self.pixels = PixelVerifier(cat.root, self.rels, sources=sources,
+                                    store=state_dir(cat.root) / VERDICT_CACHE if cfg.cache else None) \
+            if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
         self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
@@ -751,6 +753,8 @@ class _Finder:
             "signatures_computed": self.sigs.computed,
         }
         self.sigs.save()
+        if self.pixels is not None:
+            self.pixels.save()
         self.tick(3)
         settings = asdict(cfg)
         settings["model"] = self.model_name

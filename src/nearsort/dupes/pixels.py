@@ -8,6 +8,8 @@ Steps and thresholds: docs/design.md, "Pixel verification".
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, 
                              ORIGINAL_SIDE,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
+from nearsort.store.thumbmeta import parse_thumb_filename
 
 SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
@@ -42,6 +45,28 @@ ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px)
 # (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE px,
 # where a 1-px drift of a video frame is a pixel, not a fifth of one (docs/design.md).
 ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
+VERDICT_CACHE = "pixel-verdicts.npz"  # in THUMBS/.nearsort: verdicts of the last runs (PixelVerifier.save)
+
+
+_FULL = float("inf")  # the screen of a stored full verdict
+
+
+def _thumb_name(relpath: str) -> str:
+    base = relpath.rsplit("/", 1)[-1]
+    parsed = parse_thumb_filename(base)
+    return parsed[0] if parsed else base
+
+
+def rules_version() -> str:
+    """Changes with the code that makes a verdict (this module and frames.py): stored verdicts of
+    other rules are not used."""
+    from nearsort import frames
+
+    h = hashlib.sha256()
+    for f in (__file__, frames.__file__):
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -281,7 +306,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     if best[0] > ROTATE_ABOVE:
         k = SCALES.index(best[4])
         near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
-        best = min([best] + [trial(best[6], best[7], best[3], f, r) for f in near for r in ROTATIONS],
+        # each rotation once, for the three scales (the view keeps two rotated images)
+        best = min([best] + [trial(best[6], best[7], best[3], f, r) for r in ROTATIONS for f in sorted(near)],
                    key=lambda r: r[0])
     _, _, _, side, f, rot, va, vb = best
     # 4. structure at FINE on that alignment
@@ -363,17 +389,30 @@ class PixelVerifier:
     """Compares thumbnails by id; decoded pictures are kept in a bounded LRU cache and verdicts
     are remembered (both orders). With ``sources`` (thumbnail id -> ((W, H) of its original, the
     original's paths)), a copy verdict between two originals of one size is checked for motion on
-    them (:meth:`_on_originals`)."""
+    them (:meth:`_on_originals`).
+
+    ``store`` (a file, ``VERDICT_CACHE`` in THUMBS/.nearsort): verdicts of earlier runs, kept by the
+    two thumbnails' files (relpath's name, size, mtime: a rewritten or remade file is compared again)
+    and ``rules_version()`` (with or without the originals' check); ``save()`` writes this run's. A
+    dupes run over an unchanged library compares nothing."""
 
     def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 128,
-                 sources: Optional[dict[int, tuple[tuple[int, int], list[str]]]] = None):
+                 sources: Optional[dict[int, tuple[tuple[int, int], list[str]]]] = None,
+                 store: Optional[Path] = None):
         self.root, self.relpaths, self.cap = Path(root), relpaths, cache
         self.sources = sources or {}
+        self.on_originals = sources is not None
         self._originals: OrderedDict[int, object] = OrderedDict()
         self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
         self._verdicts: dict[tuple[int, int], Verdict] = {}
         self._screened: dict[tuple[int, int], Verdict] = {}
         self.compared = 0
+        self.store = store
+        self._stored: dict[tuple[str, str, float], str] = {}  # (file a, file b, screen or _FULL) -> verdict JSON
+        self._files: dict[int, Optional[str]] = {}
+        self._screen_of: dict[tuple[int, int], Optional[float]] = {}  # the screen a screened verdict answered
+        if store is not None:
+            self._load()
 
     def _pic(self, tid: int) -> Optional[_Picture]:
         if tid in self._pics:
@@ -394,16 +433,95 @@ class PixelVerifier:
         p = self._pic(tid)
         return p is not None and p.blank
 
+    # -- stored verdicts
+    def _file(self, tid: int) -> Optional[str]:
+        """What a stored verdict knows a thumbnail by: its name (without a rank prefix: refresh renames),
+        its file's size and mtime (None: unreadable)."""
+        if tid not in self._files:
+            rel = self.relpaths[tid]
+            try:
+                st = os.stat(self.root / rel)
+                self._files[tid] = f"{_thumb_name(rel)}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                self._files[tid] = None
+        return self._files[tid]
+
+    def version(self) -> str:
+        """The rules' version, and whether copies of one size are checked on their originals."""
+        return rules_version() + (":originals" if self.on_originals else ":thumbnails")
+
+    def _load(self) -> None:
+        try:
+            with np.load(self.store) as z:
+                if str(z["version"]) != self.version():
+                    return
+                self._stored = {(str(a), str(b), float(sc)): str(v)
+                                for a, b, sc, v in zip(z["a"], z["b"], z["screen"], z["verdict"])}
+        except Exception:  # noqa: BLE001 -- none yet, or damaged: compare again
+            self._stored = {}
+
+    def _recall(self, key: tuple[int, int], screen: Optional[float]) -> Optional[Verdict]:
+        if not self._stored:
+            return None
+        fa, fb = self._file(key[0]), self._file(key[1])
+        if fa is None or fb is None:
+            return None
+        raw = self._stored.get((fa, fb, _FULL if screen is None else float(screen)))
+        if raw is None and screen is not None:  # a full verdict answers a screened question too
+            raw = self._stored.get((fa, fb, _FULL))
+        if raw is None:
+            return None
+        kind, diff, local, scale, rot, metrics = json.loads(raw)
+        v = Verdict(kind, diff, local, scale, rot, metrics)
+        self._keep(key, v, screen)
+        return v
+
+    def save(self) -> None:
+        """Write the verdicts of this run and the stored ones still about these files (a cache only)."""
+        if self.store is None:
+            return
+        rows = dict(self._stored)
+        for table, screened in ((self._verdicts, False), (self._screened, True)):
+            for (a, b), v in table.items():
+                fa, fb = self._file(a), self._file(b)
+                if fa is None or fb is None or v.kind == "unreadable":
+                    continue
+                sc = self._screen_of.get((a, b)) if screened else None
+                if screened and sc is None:
+                    continue
+                sc = _FULL if sc is None else float(sc)
+                rows[(fa, fb, sc)] = json.dumps([v.kind, v.diff, v.local, v.scale, v.rotation, v.metrics], default=float)
+        # kept: verdicts about thumbnails still in the library whose files were not seen changed
+        seen = {_thumb_name(self.relpaths[t]): f for t, f in self._files.items()}
+        names = {_thumb_name(r) for r in self.relpaths.values()}
+
+        def current(f: str) -> bool:
+            name = f.rsplit(":", 2)[0]
+            return name in names and seen.get(name, f) == f
+
+        rows = {k: v for k, v in rows.items() if current(k[0]) and current(k[1])}
+        try:
+            keys = sorted(rows)
+            tmp = self.store.with_name(self.store.name + ".tmp.npz")
+            np.savez(tmp, version=np.array(self.version()), a=np.array([k[0] for k in keys], dtype="U"),
+                     b=np.array([k[1] for k in keys], dtype="U"), screen=np.array([k[2] for k in keys], np.float64),
+                     verdict=np.array([rows[k] for k in keys], dtype="U"))
+            os.replace(tmp, self.store)
+        except OSError:
+            pass
+
     def compare(self, a: int, b: int, screen: Optional[float] = None) -> Verdict:
         key = (a, b) if a < b else (b, a)
         v = self._verdicts.get(key) or (self._screened.get(key) if screen is not None else None)
+        if v is None:
+            v = self._recall(key, screen)
         if v is None:
             pa, pb = self._pic(key[0]), self._pic(key[1])
             v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb, screen)
             if v.copy and self.sources and "motion" in v.metrics:
                 v = self._on_originals(key, pa, pb, v)
             self.compared += 1
-            self._keep(key, v)
+            self._keep(key, v, screen)
         return v
 
     def _original(self, tid: int):
@@ -442,9 +560,10 @@ class PixelVerifier:
         vs = list(self._verdicts.values()) + list(self._screened.values())
         return sum("motion_original" in v.metrics for v in vs), sum("unconfirmed" in v.metrics for v in vs)
 
-    def _keep(self, key: tuple[int, int], v: Verdict) -> None:
+    def _keep(self, key: tuple[int, int], v: Verdict, screen: Optional[float] = None) -> None:
         if "screened" in v.metrics:  # a screened-out answer is not the full verdict
             self._screened[key] = v
+            self._screen_of[key] = screen
         else:
             self._verdicts[key] = v
 
@@ -452,7 +571,8 @@ class PixelVerifier:
         """Compare many pairs (a, b, screen) at once, in processes when there are many; later
         ``compare`` calls are answered from what this found."""
         todo = sorted({((a, b) if a < b else (b, a), sc) for a, b, sc in pairs
-                       if ((a, b) if a < b else (b, a)) not in self._verdicts})
+                       if ((a, b) if a < b else (b, a)) not in self._verdicts
+                       and self._recall((a, b) if a < b else (b, a), sc) is None})
         nw = workers or os.cpu_count() or 1
         if len(todo) < PARALLEL_ABOVE or nw < 2:
             for (a, b), sc in todo:
@@ -467,19 +587,19 @@ class PixelVerifier:
                  {t: self.sources[t] for (a, b), _ in c for t in (a, b) if t in self.sources}) for c in chunks]
         with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
             for out in ex.map(_compare_chunk, jobs):
-                for a, b, v in out:
+                for a, b, sc, v in out:
                     self.compared += 1
-                    self._keep((a, b), v)
+                    self._keep((a, b), v, sc)
 
 
-def _compare_chunk(job) -> list[tuple[int, int, Verdict]]:
+def _compare_chunk(job) -> list[tuple[int, int, Optional[float], Verdict]]:
     """Worker: verdicts for a chunk of pairs sorted by their first thumbnail (cache-friendly)."""
     root, items, sources = job
     rel = {}
     for a, b, ra, rb, _ in items:
         rel[a], rel[b] = ra, rb
     pv = PixelVerifier(Path(root), rel, sources=sources)
-    return [(a, b, pv.compare(a, b, sc)) for a, b, _, _, sc in items]
+    return [(a, b, sc, pv.compare(a, b, sc)) for a, b, _, _, sc in items]
 
 
 def compare_files(a, b) -> Verdict:

@@ -2,7 +2,9 @@
 
 ``torch`` (``Model.forward``), ``onnx`` (ONNX Runtime on the CPU, the image tower exported once,
 cached per user, checked once against torch on real images: cosine >= MIN_COSINE) and ``auto``
-(onnx on the CPU, else torch; falls back to torch with one line). docs/design.md, "Backends".
+(onnx on the CPU, else torch; falls back to torch with one line). Once a graph is checked, ``load``
+opens it again from what names the model (registry name, weights file, this code) without torch.
+docs/design.md, "Backends".
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from nearsort.embed.models import TOPK, Model, ModelUnavailable, cache_dir
+from nearsort.embed.models import TOPK, Model, ModelUnavailable, Preprocess, cache_dir
 
 BACKENDS = ("auto", "torch", "onnx")
 MIN_COSINE = 0.999
@@ -263,3 +265,120 @@ def select(model: Model, backend: str = "auto", images: Iterable = (), *, log: L
             raise ModelUnavailable(f"--backend onnx: cannot write the ONNX cache: {e}") from e
         log(f"note: {model.name} runs on torch, not ONNX Runtime: {' '.join(str(e).split())}")
         return TorchBackend(model)
+
+
+# ------------------------------------------------------------------ a checked graph without torch
+
+
+class _Cpu:
+    """``Model.device`` of a model served from its cached graph (torch is not imported)."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def _source(name: str, weights) -> str | None:
+    """What names the graph of model ``name`` without loading it: the registry name, the identity of
+    its weights file (path, size, mtime) and of this code; None when only loading can tell (a CLIP tag
+    whose weights sit in a download cache)."""
+    import hashlib
+
+    from nearsort.embed import models
+
+    qname = models.known_name(name, weights)
+    if qname is None:
+        return None
+    try:
+        ref = models._parse_prefixed(qname)
+        lite0 = ref is not None and ref.family == "lite0"
+        path = models._check_weights(weights) or (models.lite0_weights_path() if lite0 else None)
+        if path is None:
+            return None
+        st = os.stat(path)
+        code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in (models.__file__, __file__))).hexdigest()
+    except (ModelUnavailable, OSError):
+        return None
+    key = json.dumps({"name": qname, "weights": [path, st.st_size, st.st_mtime_ns], "code": code,
+                      "graph": GRAPH_VERSION})
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+_CACHED: dict[tuple, tuple[Model, OnnxBackend]] = {}
+
+
+def _source_file(key: str, root: Path | None) -> Path:
+    return (root or cache_dir() / "onnx") / "sources" / f"{key}.json"
+
+
+def cached(name: str, weights=None, device: str = "auto", backend: str = "auto", *, root: Path | None = None,
+           log: LogFn | None = None) -> tuple[Model, OnnxBackend] | None:
+    """(model, its ONNX backend) from a graph already exported and checked for this model, weights
+    file and code, loading no torch; None when there is none (or ``backend``/``device`` rule it out):
+    then load the model and ``select``. The model has no torch module (``net`` None, ``forward``
+    unusable): it names, describes and prepares images; the backend runs it."""
+    from nearsort.embed.models import auto_note, no_accelerator
+
+    if (backend or "auto").lower() not in ("auto", "onnx") or not (
+            device == "cpu" or (device in ("auto", None) and no_accelerator())):
+        return None
+    key = _source(name, weights)
+    if key is None:
+        return None
+    if (key, root) in _CACHED:
+        return _CACHED[(key, root)]
+    try:
+        src = json.loads(_source_file(key, root).read_text())
+        folder = _source_file(key, root).parent.parent / src["graph"]
+        if json.loads((folder / "check.json").read_text()).get("ok") is not True:
+            return None
+        card = src["model"]
+        pre = card["preprocess"]
+        pre = Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+        model = Model(name=card["name"], kind=card["kind"], dim=int(card["dim"]), preprocess=pre, device=_Cpu(),
+                      net=None, info=dict(card["info"]), num_classes=int(card["num_classes"]))
+        be = OnnxBackend(model, folder / "model.onnx")
+    except Exception:  # noqa: BLE001 -- no usable record (none, stale, damaged): load the model instead
+        return None
+    if (name or "auto").strip().lower() == "auto":
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(auto_note(model.name, model.kind == "clip"))
+    _CACHED.clear()  # one kept, like _SESSIONS
+    _CACHED[(key, root)] = (model, be)
+    return model, be
+
+
+def remember(name: str, weights, model: Model, backend: Backend, *, root: Path | None = None) -> None:
+    """After ``select`` gave a checked ONNX backend for ``model`` loaded as (``name``, ``weights``):
+    record it so that ``cached`` serves the next run without torch (best effort)."""
+    if not isinstance(backend, OnnxBackend) or model.net is None:
+        return
+    key = _source(name, weights)
+    if key is None:
+        return
+    card = {"name": model.name, "kind": model.kind, "dim": model.dim, "num_classes": model.num_classes,
+            "preprocess": model.preprocess.as_dict(), "info": {k: v for k, v in model.info.items() if k != "auto"}}
+    path = _source_file(key, root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"graph": backend.graph.parent.name, "model": card})
+    except OSError:
+        pass  # an unwritable cache: the next run loads the model again
+
+
+def load(name: str, weights=None, device: str = "auto", backend: str = "auto", images: Iterable = (), *,
+         log: LogFn | None = None, export: bool = True) -> tuple[Model, Backend]:
+    """(model, backend) to embed images with: ``cached`` (no torch), else ``load_model`` + ``select``
+    (+ ``remember``). ``images``: real images for a first check of a new graph. ``export=False``
+    (a few query images): a model with no exported graph yet runs on torch rather than export one."""
+    from nearsort.embed.models import load_model
+
+    got = cached(name, weights, device, backend, log=log)
+    if got is not None:
+        return got
+    model = load_model(name, weights=weights, device=device, log=log)
+    if not export and backend == "auto" and not graph_dir(model).is_dir():
+        return model, TorchBackend(model)
+    be = select(model, backend, images, log=log)
+    remember(name, weights, model, be)
+    return model, be

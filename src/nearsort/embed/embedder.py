@@ -268,13 +268,15 @@ class RayEmbedders:
                         progress(done, None)
 
 
-def embed_pil(model: Model, images: Sequence, batch: int = 32, topk: int = TOPK):
+def embed_pil(model: Model, images: Sequence, batch: int = 32, topk: int = TOPK, backend=None):
     """Embed PIL images (or paths) in memory -> (vectors float32 (n, dim), topk or None).
-    EXIF orientation is applied (use this for photos from outside the library)."""
+    EXIF orientation is applied (use this for photos from outside the library).
+    ``backend``: what runs the model (``backends.load``); default ``Model.forward`` (torch)."""
+    forward = (backend or model).forward
     vecs, ids, probs = [], [], []
     for s in range(0, len(images), max(1, batch)):
         arr = np.stack([model.prepare(im, exif=True) for im in images[s:s + batch]])
-        v, top = model.forward(arr, topk=topk)
+        v, top = forward(arr, topk=topk)
         vecs.append(v)
         if top is not None:
             ids.append(top[0])

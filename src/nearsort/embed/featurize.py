@@ -103,6 +103,23 @@ def _load_for(name: str, info: dict, device: str, log=None):
                       log=log or (lambda s: None))
 
 
+def _auto_keeps(cat: Catalog, model: str, weights, log) -> str:
+    """``auto`` in a library whose newest vectors are efficientnet-lite0's at 224 (what ``auto`` chose
+    before it ran lite0 at ``AUTO_CNN_SIZE``) goes on with that model: nothing is embedded twice and
+    dupes / analyze keep one model's vectors. Any other request is returned as it is."""
+    from nearsort.embed.models import AUTO_CNN_SIZE, DEFAULT_CNN, _stderr, find_local_clip, lite0_name
+
+    if (model or "auto").strip().lower() != "auto" or weights is not None:
+        return model
+    if queries.model(cat, lite0_name(AUTO_CNN_SIZE)) or find_local_clip() is not None:  # (kept: no import)
+        return model
+    newest = queries.find_model(cat)
+    if newest is None or newest.name != DEFAULT_CNN:
+        return model
+    (log or _stderr)(f"model auto -> {DEFAULT_CNN} (this library's vectors are of it)")
+    return DEFAULT_CNN
+
+
 # ------------------------------------------------------------------ what each vector row embeds (rebuild)
 
 def _row_keys(cat: Catalog, tids: list[int]) -> dict[int, tuple[str, str | None]]:
@@ -252,9 +269,13 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
     vi = rowlog = remote = None
     try:
         m = None
+        requested, model = model, _auto_keeps(cat, model, weights, log)
         qname = known_name(model, weights)
         known = queries.model(cat, qname) if qname else None
+        runner = None
         if known is None or queries.count_unembedded(cat, known.id) > 0:
+            from nearsort.embed import backends
+
             if engine == "ray":  # the model is loaded in the actors: this process gets its card
                 from nearsort.embed.embedder import RayEmbedders
 
@@ -263,6 +284,8 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
                 check = [(os.fspath(p), p.read_bytes()) for p in _check_images(cat, known.id if known else -1, 16)]
                 remote = RayEmbedders(model, weights, device, backend, check, batch, address, log)
                 m = remote.card
+            elif (got := backends.cached(model, weights, device, backend, log=log)) is not None:
+                m, runner = got  # a graph checked before: ONNX Runtime, no torch
             else:
                 from nearsort.embed.models import load_model
 
@@ -277,7 +300,7 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
         total_thumbs = queries.count_thumbs(cat)
         todo = queries.count_unembedded(cat, model_id)
         summary = FeaturizeResult(
-            model=name, requested=model, kind=info.get("kind"), dim=dim, device=str(m.device) if m else None,
+            model=name, requested=requested, kind=info.get("kind"), dim=dim, device=str(m.device) if m else None,
             random_weights=bool(info.get("random_weights")), thumbs=total_thumbs, already=total_thumbs - todo,
             todo=todo)
         run_id = queries.start_run(cat, "featurize")
@@ -331,9 +354,9 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
                 summary.backend = remote.backend
                 batches = remote.embed(todo_paths(), progress=on_progress, on_error=on_error)
             elif m is not None and todo:
-                from nearsort.embed import backends
-
-                runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
+                if runner is None:
+                    runner = backends.select(m, backend, _check_images(cat, model_id), log=log)
+                    backends.remember(model, weights, m, runner)
                 summary.backend = runner.name
                 batches = embed_files(m, todo_paths(), batch=batch, workers=workers, progress=on_progress,
                                       on_error=on_error, backend=runner)

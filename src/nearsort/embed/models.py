@@ -27,6 +27,9 @@ from PIL import Image, ImageOps
 from nearsort.errors import ModelUnavailable
 
 DEFAULT_CNN = "efficientnet-lite0"
+#: the model input side ``auto`` runs efficientnet-lite0 at (``efficientnet-lite0@160``): 2x the images/s
+#: of 224 with the same duplicates and neighbours on the benches (docs/benchmarks.md, "Model input")
+AUTO_CNN_SIZE = 160
 DEFAULT_CLIP_ARCH = "ViT-B-32"
 #: tags preferred when a CLIP name has no tag, and the order ``auto`` looks for cached weights
 PREFERRED_CLIP = [
@@ -76,6 +79,22 @@ def resolve_device(device: str = "auto"):
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise ModelUnavailable(f"unknown device {device!r}; use auto, cpu, cuda or mps")
     return torch.device(device)
+
+
+def no_accelerator() -> bool:
+    """True when ``--device auto`` must mean the CPU here, found without importing torch: not macOS
+    (MPS) and no NVIDIA, ROCm or WSL GPU device node. False means "ask torch" (resolve_device)."""
+    if sys.platform == "darwin":
+        return False
+    return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def auto_note(name: str, clip: bool) -> str:
+    """What ``--model auto`` says it picked."""
+    if clip:
+        return f"model auto -> {name} (CLIP weights found locally)"
+    return (f"model auto -> {name} (no CLIP weights found locally; pass --model clip:ViT-B-32 to download them, "
+            f"or --weights PATH)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,11 +291,12 @@ class ModelRef:
     family: str     # lite0 | clip | timm | tv
     arch: str       # CLIP architecture / timm / torchvision model name
     tag: str | None = None  # CLIP pretrained tag ('random' = none)
+    size: int | None = None  # lite0: model input side other than its 224 (``efficientnet-lite0@160``)
 
     @property
     def name(self) -> str:
         if self.family == "lite0":
-            return DEFAULT_CNN
+            return lite0_name(self.size)
         if self.family == "clip":
             return f"clip:{self.arch}/{self.tag}" if self.tag else f"clip:{self.arch}"
         return f"{self.family}:{self.arch}"
@@ -310,9 +330,13 @@ def _parse_prefixed(name: str) -> ModelRef | None:
     raw = (name or "").strip()
     low = raw.lower()
     base, _, ftag = low.partition("/")
+    base, at, side = base.partition("@")
     if base in ("efficientnet-lite0", "efficientnet_lite0", "lite0", "tf_efficientnet_lite0") and \
             (not ftag or ftag.startswith("file-")):
-        return ModelRef("lite0", "tf_efficientnet_lite0")
+        if at and not (side.isdigit() and 64 <= int(side) <= 512 and int(side) % 32 == 0):
+            raise ModelUnavailable(f"model name {name!r}: the input side after @ must be a multiple of 32 "
+                                   "from 64 to 512, e.g. efficientnet-lite0@160")
+        return ModelRef("lite0", "tf_efficientnet_lite0", size=int(side) if at and int(side) != 224 else None)
     if low.startswith(("clip:", "open_clip:", "openclip:")):
         rest = raw.split(":", 1)[1]
         arch, _, tag = rest.partition("/")
@@ -340,7 +364,7 @@ def known_name(name: str = "auto", weights: str | os.PathLike | None = None) -> 
         if found is _UNKNOWN:
             return None
         if found is None:
-            return DEFAULT_CNN
+            return lite0_name(AUTO_CNN_SIZE)
         name, weights = found
     try:
         ref = _parse_prefixed(name)
@@ -350,7 +374,7 @@ def known_name(name: str = "auto", weights: str | os.PathLike | None = None) -> 
     if ref is None:
         return None
     if ref.family == "lite0":
-        return f"{DEFAULT_CNN}/{_file_tag(path)}" if path else DEFAULT_CNN
+        return f"{lite0_name(ref.size)}/{_file_tag(path)}" if path else lite0_name(ref.size)
     if ref.family == "clip":
         if ref.tag and ref.tag.lower() in ("random", "none"):
             return f"clip:{ref.arch}/random"
@@ -677,16 +701,24 @@ def _finish_cnn(model: Model, device) -> Model:
     return model
 
 
-def _load_lite0(weights, device, log) -> Model:
+def lite0_name(size: int | None = None) -> str:
+    """efficientnet-lite0's registry name at input side ``size`` (None: its own 224)."""
+    return f"{DEFAULT_CNN}@{size}" if size and size != 224 else DEFAULT_CNN
+
+
+def _load_lite0(weights, device, log, size: int | None = None) -> Model:
     import timm
 
     custom = _check_weights(weights)
     path = custom or lite0_weights_path()
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     net.load_state_dict(lite0_state_dict(path, net.state_dict()), strict=True)
-    pre = Preprocess(size=224, resize_to=256, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    side = size or 224  # resize to side * 256/224, centre crop side: the eval transform, scaled
+    pre = Preprocess(size=side, resize_to=round(side * 256 / 224), mean=(0.5,) * 3, std=(0.5,) * 3,
+                     interpolation="bicubic")
+    base = lite0_name(size)
     m = Model(
-        name=f"{DEFAULT_CNN}/{_file_tag(custom)}" if custom else DEFAULT_CNN, kind="cnn", dim=1280,
+        name=f"{base}/{_file_tag(custom)}" if custom else base, kind="cnn", dim=1280,
         preprocess=pre, device=device, net=net,
         info={"family": "lite0", "arch": "tf_efficientnet_lite0", "weights": os.path.basename(path),
               "preprocess": pre.as_dict()},
@@ -973,16 +1005,15 @@ def _load_uncached(name: str, weights, dev, log: LogFn) -> Model:
         if found:
             cname, wpath = found
             model = _load_clip(parse_name(cname), wpath, dev, log)
-            log(f"model auto -> {model.name} (CLIP weights found locally)")
+            log(auto_note(model.name, True))
         else:
-            model = _load_lite0(None, dev, log)
-            log(f"model auto -> {model.name} (no CLIP weights found locally; pass --model clip:ViT-B-32 to download them, "
-                f"or --weights PATH)")
+            model = _load_lite0(None, dev, log, AUTO_CNN_SIZE)
+            log(auto_note(model.name, False))
         model.info["auto"] = True
         return model
     ref = parse_name(name)
     if ref.family == "lite0":
-        return _load_lite0(weights, dev, log)
+        return _load_lite0(weights, dev, log, ref.size)
     if ref.family == "clip":
         return _load_clip(ref, weights, dev, log)
     if ref.family == "timm":

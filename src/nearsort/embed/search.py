@@ -133,6 +133,17 @@ def search(thumbs: Thumbs, text: str, k: int = 20, model: str | None = None, dev
         return out
 
 
+def _runner_for(name: str, info: dict, device: str, image):
+    """(model, backend) for a query image, through the backend layer featurize uses (backends.load):
+    the cached ONNX graph without torch when there is one, so the query lands where the library's
+    vectors are (their graphs agree with torch to cosine >= backends.MIN_COSINE)."""
+    from nearsort.embed import backends
+
+    w = info.get("weights_file")
+    return backends.load(name, weights=w if w and os.path.isfile(w) else None, device=device,
+                         images=[image], log=lambda s: None, export=False)
+
+
 def _find_thumb(cat: Catalog, ref: str) -> int | None:
     """Thumbnail id for a relpath, absolute thumbnail path, thumbnail name, id ('#12') or source path."""
     s = str(ref)
@@ -203,9 +214,9 @@ def similar(thumbs: Thumbs, image: str | os.PathLike, k: int = 20, model: str | 
                 raise FileNotFoundError(f"{src} is neither a thumbnail of {cat.root} nor an image file")
             exclude = set()
         if q is None:
-            m = _load_for(name, info, device)
+            m, runner = _runner_for(name, info, device, src)
             try:
-                vecs, _ = embed_pil(m, [src])
+                vecs, _ = embed_pil(m, [src], backend=runner)
             except Image.DecompressionBombError as e:
                 raise CatalogError(f"{src} is too large to decode safely ({e}); use a smaller copy of it") from None
             except (OSError, ValueError, SyntaxError) as e:

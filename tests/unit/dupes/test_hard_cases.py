@@ -191,10 +191,11 @@ def test_pixel_checks_in_worker_processes_give_the_same_groups(hard_library, mon
     import nearsort.dupes.pixels as pixels
 
     lib, thumbs, label = hard_library
-    serial = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=1))
+    # cache=False: every verdict computed here, none read from an earlier run's stored verdicts
+    serial = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=1, cache=False))
     monkeypatch.setattr(pixels, "PARALLEL_ABOVE", 1)
     monkeypatch.setattr(pixels, "PARALLEL_CHUNK", 7)
-    parallel = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=2))
+    parallel = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0", workers=2, cache=False))
     assert sorted(map(sorted, _groups(serial))) == sorted(map(sorted, _groups(parallel)))
     assert parallel.summary["pixel_checks"] >= serial.summary["pixel_checks"] > 0
     assert [s["relation"] for s in serial.similar] == [s["relation"] for s in parallel.similar]
@@ -226,8 +227,9 @@ def test_a_library_script_without_a_main_guard_can_run_dupes_in_processes(hard_l
         "import nearsort.dupes.pixels as px\n"
         "from nearsort.dupes.group import DupesConfig, find_duplicates\n"
         "px.PARALLEL_ABOVE = 1\n"
-        f"res = find_duplicates({str(thumbs)!r}, DupesConfig(model='efficientnet-lite0', workers=2))\n"
+        f"res = find_duplicates({str(thumbs)!r}, DupesConfig(model='efficientnet-lite0', workers=2, cache=False))\n"
         "print('groups', len(res.groups), 'checks', res.summary['pixel_checks'])\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "groups" in out.stdout and "Traceback" not in out.stderr
+    assert int(out.stdout.split("checks")[1]) > 0  # the checks really ran (in processes)

@@ -80,6 +80,66 @@ def test_lite0_onnx_matches_torch_on_real_images(lite0, exported):
     np.testing.assert_allclose(_embed(lite0, again, imgs[:4])[0], v_onnx[:4], atol=1e-6)
 
 
+def test_a_checked_graph_is_served_without_torch(lite0, exported, tmp_path):
+    """Once checked, the graph is found again from the model's name, weights file and this code, in a
+    fresh process that imports no torch, and gives the same vectors; --backend torch, a GPU asked
+    for, a damaged record or a graph no longer checked load the model instead."""
+    import os
+    import subprocess
+    import sys
+
+    root, be, _ = exported
+    assert B.cached("efficientnet-lite0", root=root) is None  # nothing recorded yet
+    B.remember("efficientnet-lite0", None, lite0, be, root=root)
+    imgs = [str(p) for p in _real_images()[:6]]
+    want = _embed(lite0, be, imgs)[0]
+    code = (
+        "import json, sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from nearsort.embed import backends as B\n"
+        "from nearsort.embed.embedder import embed_files\n"
+        "m, be = B.cached('efficientnet-lite0', None, 'auto', root=Path(sys.argv[1]), log=lambda s: None)\n"
+        "v = np.concatenate([b.vectors for b in embed_files(m, sys.argv[2:], batch=4, backend=be)])\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'name': m.name, 'dim': m.dim, 'labels': m.has_labels,"
+        " 'backend': be.name, 'v': v.tolist()}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    p = subprocess.run([sys.executable, "-c", code, str(root), *imgs], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert not got["torch"] and got["backend"] == "onnx"
+    assert (got["name"], got["dim"], got["labels"]) == (lite0.name, lite0.dim, True)
+    np.testing.assert_allclose(np.array(got["v"]), want, atol=1e-6)
+    assert B.cached("efficientnet-lite0", None, "cpu", "torch", root=root) is None
+    assert B.cached("efficientnet-lite0", None, "cuda", root=root) is None
+    assert B.cached("efficientnet-lite0@160", None, "cpu", root=root) is None  # another model input
+    B._CACHED.clear()
+    record = next((root / "sources").glob("*.json"))
+    good = record.read_text()
+    record.write_text("{ damaged")
+    assert B.cached("efficientnet-lite0", None, "cpu", root=root) is None
+    record.write_text(good)
+    info = next(root.glob("*/check.json"))
+    checked = info.read_text()
+    info.write_text(json.dumps({**json.loads(checked), "ok": False}))
+    assert B.cached("efficientnet-lite0", None, "cpu", root=root) is None
+    info.write_text(checked)
+    assert B.cached("efficientnet-lite0", None, "cpu", root=root)[0].name == lite0.name
+
+
+def test_graph_record_key_follows_the_weights_file(tmp_path):
+    """A weights file replaced in place (new size or mtime) is another model: no stale graph."""
+    import os
+
+    w = tmp_path / "lite0.pth"
+    shutil.copy(M.lite0_weights_path(), w)
+    first = B._source("efficientnet-lite0", w)
+    assert first and first == B._source("efficientnet-lite0", w)
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert B._source("efficientnet-lite0", w) not in (None, first)
+    assert B._source("clip:ViT-B-32", None) is None  # weights only open_clip can find: load it
+
+
 def test_clip_image_tower_exports_and_agrees(tmp_path):
     """CLIP with random weights (no weights here): the export is for agreement only."""
     m = M.load_model("clip:ViT-S-32/random", device="cpu", log=lambda s: None)

@@ -11,6 +11,7 @@ import pytest
 from conftest import make_photo
 from nearsort import Interrupted
 from nearsort.embed import featurize as F
+from nearsort.embed import models as M
 from nearsort.embed import search as S
 from nearsort.store.catalog import Catalog, state_dir
 from nearsort.vectors.index import VectorIndex
@@ -45,6 +46,23 @@ def _check_consistent(out: Path, name: str) -> int:
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     return _library(tmp_path_factory.mktemp("lib"))
+
+
+def test_auto_keeps_a_library_on_its_224_vectors(tmp_path, monkeypatch):
+    """auto runs lite0 at 160 on a new library; one whose vectors are lite0's at 224 (made by auto
+    before) goes on with 224: nothing embedded twice, one model's vectors for dupes and analyze."""
+    monkeypatch.setattr(M, "find_local_clip", lambda *a, **k: None)
+    src, out = _library(tmp_path / "old", 3)
+    F.featurize(out, model="efficientnet-lite0", device="cpu", **QUIET)
+    make_photo(src / "new.jpg", 999, size=(480, 360))
+    resize(src, out, workers=1)
+    s = F.featurize(out, device="cpu", **QUIET)
+    assert (s.model, s.requested, s.embedded, s.already) == ("efficientnet-lite0", "auto", 1, 3)
+    _check_consistent(out, "efficientnet-lite0")
+    _, fresh = _library(tmp_path / "new", 2)
+    s = F.featurize(fresh, device="cpu", **QUIET)
+    assert (s.model, s.embedded) == ("efficientnet-lite0@160", 2)
+    _check_consistent(fresh, "efficientnet-lite0@160")
 
 
 def test_featurize_lite0_then_nothing_new(lib):

@@ -248,8 +248,18 @@ def test_auto_falls_back_to_lite0(monkeypatch, tmp_path):
     assert M.find_local_clip() is None
     msgs = []
     m = M.load_model("auto", device="cpu", log=msgs.append)
-    assert m.name == "efficientnet-lite0"
-    assert any("efficientnet-lite0" in s for s in msgs)
+    assert m.name == "efficientnet-lite0@160" == M.known_name("auto")  # lite0 at its auto input side
+    assert m.preprocess.size == 160 and m.preprocess.resize_to == 183 and m.dim == 1280 and m.has_labels
+    assert any("efficientnet-lite0@160" in s for s in msgs)
+
+
+def test_lite0_input_side_is_part_of_its_name():
+    assert M.parse_name("efficientnet-lite0@224") == M.parse_name("efficientnet-lite0")
+    assert M.parse_name("efficientnet-lite0@160").name == "efficientnet-lite0@160"
+    assert M.known_name("lite0@192") == "efficientnet-lite0@192"
+    for bad in ("efficientnet-lite0@100", "efficientnet-lite0@x", "efficientnet-lite0@32"):
+        with pytest.raises(M.ModelUnavailable, match="multiple of 32"):
+            M.parse_name(bad)
 
 
 def test_clip_cache_is_found_without_network(monkeypatch, tmp_path):
