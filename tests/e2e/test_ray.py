@@ -133,7 +133,8 @@ def test_ray_engine_gives_what_the_local_engine_gives_and_a_ray_featurize_resume
         assert a[k] == b[k], k
 
     # featurize on Ray, Ctrl-C once a batch is in, then again on Ray: what a local run stores
-    first = _interrupted(env, remote / ".nearsort" / "catalog.sqlite", "SELECT count(*) FROM embeddings", 4,
+    first = _interrupted({**env, "NEARSORT_TEST_FEATURIZE_PAUSE": "0.5"},  # 21 batches: >= 10 s, Ctrl-C lands mid-run
+                         remote / ".nearsort" / "catalog.sqlite", "SELECT count(*) FROM embeddings", 4,
                          "featurize", remote, "--batch", 4, *ray)
     assert first["status"] == "interrupted" and 0 < first["embedded"] < first["todo"]
     assert "Ray actor" in first["device"] and first["backend"] == "onnx"

@@ -26,6 +26,8 @@ from nearsort.vectors.rows import CARD_FILE, CARD_FORMAT, NAME_BYTES, ROWS_FILE,
 
 PAGE = 4096  # thumbnail ids fetched from the catalog at a time
 ERROR_SAMPLES = 20
+PAUSE_HOOK = "NEARSORT_TEST_FEATURIZE_PAUSE"  # tests only: seconds to wait after each committed batch, so a
+#                                              Ctrl-C sent from another process lands mid-run on any machine
 
 
 @dataclass
@@ -348,6 +350,7 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
 
         status = "done"
         t_run = time.monotonic()
+        pause = float(os.environ.get(PAUSE_HOOK) or 0)
         try:
             batches: Iterable = ()
             if remote is not None and todo:
@@ -373,6 +376,8 @@ def _featurize(cat: Catalog, t0: float, model, weights, device, batch, progress,
                         queries.replace_labels(cat, model_id, tids, [
                             (t, l, p) for t, li, pi in zip(tids, ids, probs) for l, p in zip(li, pi)])
                 summary.embedded += len(tids)
+                if pause:
+                    time.sleep(pause)
         except KeyboardInterrupt:
             status = "interrupted"
         except BaseException as e:
