@@ -350,7 +350,7 @@ def stages(thumbs: Path, src: Path | None, work: Path, engine: str, address: str
 def measure(n: int, work: Path, *, catalog_only: bool, args) -> dict:
     d = work / (f"c{n}" if catalog_only else f"n{n}")
     thumbs = d / "thumbs"
-    if thumbs.exists() and not args.keep:
+    if thumbs.exists() and not (args.keep or args.only):  # --only works on what is there
         shutil.rmtree(thumbs)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     info: dict = {"n": n, "mode": "catalog" if catalog_only else "files", "engine": args.engine,
@@ -374,12 +374,21 @@ def measure(n: int, work: Path, *, catalog_only: bool, args) -> dict:
         r["per_file_ms"] = round(1000 * r["wall_s"] / n, 3)
         r["cpu_per_file_ms"] = round(1000 * r["cpu_s"] / n, 3)
         rows.append(r)
-    info["stages"] = rows
-    info["thumbs_bytes"] = _du(thumbs)
-    info["load_after"] = os.getloadavg()[0]
     out = work / (f"results-c{n}.json" if catalog_only else f"results-{n}.json")
     if args.engine != "local":
         out = out.with_name(out.stem + f"-{args.engine}.json")
+    if args.only and out.exists():  # the other stages' figures stay; these are replaced
+        old = json.loads(out.read_text())
+        mine = {r["stage"] for r in rows}
+        info["earlier"] = {k: old[k] for k in ("date", "commit", "load_before", "load_after") if k in old}
+        for k in ("generate_s", "src_bytes", "fabricated"):
+            if k in old and k not in info:
+                info[k] = old[k]
+        order = [name for name, _ in stages(thumbs, src, d, args.engine, args.address)]
+        rows = sorted([r for r in old["stages"] if r["stage"] not in mine] + rows, key=lambda r: order.index(r["stage"]))
+    info["stages"] = rows
+    info["thumbs_bytes"] = _du(thumbs)
+    info["load_after"] = os.getloadavg()[0]
     out.write_text(json.dumps(info, indent=1))
     return info
 
@@ -456,7 +465,7 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="local", help="local | ray: passed to resize and featurize")
     ap.add_argument("--address", default=None, help="with --engine ray: the cluster address")
     ap.add_argument("--only", default="", help="comma list of stages to run (default: all)")
-    ap.add_argument("--keep", action="store_true", help="keep an existing THUMBS (default: start afresh)")
+    ap.add_argument("--keep", action="store_true", help="keep an existing THUMBS (default: start afresh, unless --only)")
     ap.add_argument("--table", action="store_true", help="print the table of every saved result and exit")
     a = ap.parse_args(argv)
     work = Path(a.work)
