@@ -18,8 +18,8 @@ undo, dupes, quality, report, export, search.
 folders) and D-dimensional vectors (``--dim``, 1280 = efficientnet-lite0) are fabricated directly through
 the real store functions (``queries.add_thumb`` / ``add_original`` / ``record_source_ok``,
 ``VectorIndex.append`` / ``add_embeddings`` / ``save``): clustered vectors, 10 % of the pictures in
-near-duplicate groups of 2..4 (vectors a hair apart, phashes 1..3 bits apart, the same tiny picture
-re-encoded), 5 % thumbnails with a second original, 4 % byte-identical second sources. Then analyze,
+near-duplicate groups of 2..4 (``--dup-share``; vectors a hair apart, phashes 1..3 bits apart, the same
+tiny picture re-encoded), 5 % thumbnails with a second original, 4 % byte-identical second sources. Then analyze,
 dupes, refresh (real renames of every thumbnail), undo, quality, report and export run as commands.
 
 Each row: wall seconds, CPU seconds (user + sys of the command and every process it waited for),
@@ -205,7 +205,7 @@ def _tiny_jpeg(rng: np.random.Generator, base: np.ndarray | None = None) -> tupl
     return buf.getvalue(), base
 
 
-def fabricate(root: Path, n: int, dim: int, seed: int) -> dict:
+def fabricate(root: Path, n: int, dim: int, seed: int, dup_share: float = 0.10) -> dict:
     """N thumbnails (with their files), originals, sources and vectors, through the store's own
     functions. Returns what was made."""
     from nearsort.store import queries
@@ -248,7 +248,7 @@ def fabricate(root: Path, n: int, dim: int, seed: int) -> dict:
                         c = centres[rng.integers(n_clusters)]
                         v = c + rng.standard_normal(dim).astype(np.float32) * (0.8 / np.sqrt(dim))
                         ph = prng.getrandbits(64)
-                        if prng.random() < 0.10 / 2.5:
+                        if prng.random() < dup_share / 2.5:
                             group_left, group_vec, group_hash = prng.randint(1, 3), v, ph
                     w, h = prng.choice(((4000, 3000), (6000, 4000), (3024, 4032), (1920, 1080)))
                     while f"{w}x{h}_{ph:016x}" in names:  # a name is one picture
@@ -359,7 +359,9 @@ def measure(n: int, work: Path, *, catalog_only: bool, args) -> dict:
                   "load_before": os.getloadavg()[0]}
     print(f"== {n} {'catalog rows' if catalog_only else 'files'} in {d}", file=sys.stderr)
     if catalog_only:
-        info["fabricated"] = fabricate(thumbs, n, args.dim, args.seed)
+        if not (args.keep or args.only) or not (thumbs / ".nearsort").exists():
+            info["fabricated"] = fabricate(thumbs, n, args.dim, args.seed, args.dup_share)
+            info["dup_share"] = args.dup_share
         src = None
     else:
         src = d / "src"
@@ -384,7 +386,7 @@ def measure(n: int, work: Path, *, catalog_only: bool, args) -> dict:
         old = json.loads(out.read_text())
         mine = {r["stage"] for r in rows}
         info["earlier"] = {k: old[k] for k in ("date", "commit", "load_before", "load_after") if k in old}
-        for k in ("generate_s", "src_bytes", "fabricated"):
+        for k in ("generate_s", "src_bytes", "fabricated", "dup_share"):
             if k in old and k not in info:
                 info[k] = old[k]
         order = [name for name, _ in stages(thumbs, src, d, args.engine, args.address)]
@@ -472,6 +474,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="", help="comma list of real-file library sizes, e.g. 1000,10000")
     ap.add_argument("--catalog-only", type=int, default=0, metavar="N", help="fabricated catalog of N rows")
     ap.add_argument("--dim", type=int, default=1280, help="vector size for --catalog-only (1280: efficientnet-lite0)")
+    ap.add_argument("--dup-share", type=float, default=0.10,
+                    help="--catalog-only: share of the pictures in near-duplicate groups (each pair is a pixel check)")
     ap.add_argument("--work", default="/tmp/scale-work")
     ap.add_argument("--originals", default=str(ROOT.parent / "shared" / "bench" / "originals"),
                     help="photos the originals are cut from (default ../shared/bench/originals)")
