@@ -15,7 +15,7 @@ runs in its own subprocess, in pipeline order, on WORK/nN/thumbs: resize, featur
 undo, dupes, quality, report, export, search.
 
 **Catalog-level** (``--catalog-only N``): catalog rows, tiny thumbnail files (64x48 JPEGs under week
-folders) and D-dimensional vectors (``--dim``, 1280 = efficientnet-lite0) are fabricated directly through
+folders, 50 000 distinct pictures) and D-dimensional vectors (``--dim``, 1280 = efficientnet-lite0) are fabricated directly through
 the real store functions (``queries.add_thumb`` / ``add_original`` / ``record_source_ok``,
 ``VectorIndex.append`` / ``add_embeddings`` / ``save``): clustered vectors, 10 % of the pictures in
 near-duplicate groups of 2..4 (``--dup-share``; vectors a hair apart, phashes 1..3 bits apart, the same
@@ -189,20 +189,33 @@ def generate(src: Path, n: int, originals_dir: Path, seed: int, workers: int) ->
 
 
 # ----------------------------------------------------------------------------- fabricating a catalog
-def _tiny_jpeg(rng: np.random.Generator, base: np.ndarray | None = None) -> tuple[bytes, np.ndarray]:
-    """A 64x48 smooth picture (8x6 random colours, upsampled) as JPEG bytes; with ``base``, that
-    picture with a little noise (a re-encoded copy)."""
+POOL = 50_000  # distinct tiny pictures: thumbnail i shows picture i % POOL (a near-duplicate group its own copy)
+
+
+def _tiny_pool(n: int, seed: int) -> list[bytes]:
+    """n distinct 64x48 smooth pictures (8x6 random colours, upsampled) as JPEG bytes."""
     from PIL import Image
 
-    if base is None:
-        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        base = np.asarray(Image.fromarray(small).resize((64, 48), Image.BICUBIC))
-        a = base
-    else:
-        a = np.clip(base.astype(np.int16) + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+    rng = np.random.default_rng(seed + 7)
+    small = rng.integers(0, 256, (n, 6, 8, 3), dtype=np.uint8)
+    out = []
+    for k in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(small[k]).resize((64, 48), Image.BILINEAR).save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def _noisy_copy(data: bytes, rng: np.random.Generator) -> bytes:
+    """The picture with a little noise, re-encoded (a copy with other bytes)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    a = np.clip(a + rng.integers(-2, 3, a.shape), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "JPEG", quality=85)
-    return buf.getvalue(), base
+    return buf.getvalue()
 
 
 def fabricate(root: Path, n: int, dim: int, seed: int, dup_share: float = 0.10) -> dict:
@@ -226,9 +239,11 @@ def fabricate(root: Path, n: int, dim: int, seed: int, dup_share: float = 0.10) 
             run_id = queries.start_run(cat, "bench-fabricate")
             model_id = queries.add_model(cat, model, dim, {"kind": "bench", "name": model})
         vi = VectorIndex.open(state_dir(root), model, dim, valid_rows=0)
-        group_left, group_base, group_vec, group_hash = 0, None, None, 0
+        pool = _tiny_pool(min(n, POOL), seed)
+        group_left, group_base, group_vec, group_hash = 0, b"", None, 0
         sid = 0
         names: set[str] = set()
+        folders: set[Path] = set()
         for start in range(0, n, chunk):
             tids: list[int] = []
             vecs: list[np.ndarray] = []
@@ -238,13 +253,13 @@ def fabricate(root: Path, n: int, dim: int, seed: int, dup_share: float = 0.10) 
                     # ---- the picture: a new one, or the next member of a near-duplicate group
                     if group_left > 0:
                         group_left -= 1
-                        data, _ = _tiny_jpeg(rng, group_base)
+                        data = _noisy_copy(group_base, rng)
                         v = group_vec + rng.standard_normal(dim).astype(np.float32) * (0.02 / np.sqrt(dim))
                         ph = group_hash
                         for b in prng.sample(range(64), prng.randint(1, 3)):
                             ph ^= 1 << b
                     else:
-                        data, group_base = _tiny_jpeg(rng)
+                        data = group_base = pool[i % len(pool)]
                         c = centres[rng.integers(n_clusters)]
                         v = c + rng.standard_normal(dim).astype(np.float32) * (0.8 / np.sqrt(dim))
                         ph = prng.getrandbits(64)
@@ -276,7 +291,9 @@ def fabricate(root: Path, n: int, dim: int, seed: int, dup_share: float = 0.10) 
                     vecs.append(v)
                 # thumbnails and vectors are written before the transaction that references them commits
                 for p, data in files:
-                    p.parent.mkdir(parents=True, exist_ok=True)
+                    if p.parent not in folders:
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                        folders.add(p.parent)
                     p.write_bytes(data)
                     made["bytes_on_disk"] += len(data)
                 rows = vi.append(np.stack(vecs))
