@@ -173,6 +173,17 @@ def crop_distances(sa: np.ndarray, sb: np.ndarray) -> tuple[int, int]:
     return int(min(da)), int(min(ma))
 
 
+def crop_distances_many(sa: np.ndarray, sb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`crop_distances` of many pairs at once: signatures (m, 2*len(SCALES)+1) row by row."""
+    s = len(SCALES)
+    if not len(sa):
+        z = np.zeros(0, np.int64)
+        return z, z
+    da = np.minimum(popcount(sa[:, :s] ^ sb[:, :1]).min(1), popcount(sb[:, :s] ^ sa[:, :1]).min(1))
+    ma = np.minimum(popcount(sa[:, s:2 * s] ^ sb[:, :1]).min(1), popcount(sb[:, s:2 * s] ^ sa[:, :1]).min(1))
+    return da.astype(np.int64), ma.astype(np.int64)
+
+
 class Signatures:
     """Crop-aware signatures of thumbnails, computed on demand (in processes when many), cached
     in THUMBS/.nearsort/``SIG_CACHE`` keyed by thumbnail name."""
@@ -238,6 +249,17 @@ class Signatures:
         if sa is None or sb is None:
             return None
         return crop_distances(sa, sb)
+
+    def matrix(self, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(signatures (n, 2*len(SCALES)+1), known (n,) bool) of these thumbnails, row by row
+        (rows of unknown ones are zeros)."""
+        out = np.zeros((len(tids), 2 * len(SCALES) + 1), np.uint64)
+        known = np.zeros(len(tids), bool)
+        for i, t in enumerate(tids.tolist()):
+            sig = self.by_name.get(self.names[t])
+            if sig is not None:
+                out[i], known[i] = sig, True
+        return out, known
 
 
 # ----------------------------------------------------------------------------- catalog loading
@@ -512,7 +534,10 @@ class _Finder:
             if cfg.verify else None
         self.blur = thumb_blur(cat) if cfg.verify else {}
         self._shot_edges: list[_Edge] = []
-        self._cos: dict[tuple[int, int], float] = {}  # embedding cosine of near candidates (a < b)
+        # embedding cosine of the near candidates: sorted pair codes (a * base + b, a < b) and values
+        self._code_base = int(max(self.tids, default=0)) + 1
+        self._cos_codes = np.zeros(0, np.int64)
+        self._cos_vals = np.zeros(0, np.float32)
 
     def _pixels_decide(self, a: int, b: int, crop: int, cosine: Optional[float] = None) -> Optional[float]:
         """May a pair the crop-aware hash rejects still be a copy on pixels alone? When the hash is
@@ -563,7 +588,8 @@ class _Finder:
         self.stats["phash_pairs"] = len(perceptual)
         if self.pixels is not None:
             self.pixels.prefetch([(e.a, e.b, None) for e in perceptual], cfg.workers)
-        close = {(e.a, e.b) for e in perceptual}  # decided here: not near candidates again
+        # decided here: not near candidates again
+        perceptual_codes = np.array(sorted(self._code(e.a, e.b) for e in perceptual), dtype=np.int64)
         perceptual = [e for e in perceptual if self._confirmed(e)]
         self.tick(1)
         self.log(f"phash search: {len(perceptual)} pairs within {cfg.phash_distance} bits "
@@ -581,42 +607,89 @@ class _Finder:
                 self.model_name = name
                 a, b, s = near_candidates(self.cat, model_id, name, dim, cfg.k, cfg.threshold, set(self.tids))
                 self.stats["near_candidates"] = len(a)
-                cand = [(int(x), int(y), float(c)) for x, y, c in zip(a, b, s) if (int(x), int(y)) not in close]
-                self._cos = {(x, y): c for x, y, c in cand}
-                self.sigs.ensure({x for x, _, _ in cand} | {y for _, y, _ in cand})
-                if self.pixels is not None:  # every pixel check this loop will ask for, at once
-                    want = []
-                    for x, y, c in cand:
-                        dist = self.sigs.distances(x, y)
-                        if dist is None or self._is_mirror(*dist):
-                            continue
-                        if dist[0] <= cfg.crop_distance:
-                            want.append((x, y, None))
-                        elif (screen := self._pixels_decide(x, y, dist[0], c)) is not None:
-                            want.append((x, y, screen))
-                    self.pixels.prefetch(want, cfg.workers)
-                for x, y, c in cand:
-                    dist = self.sigs.distances(x, y)
-                    e = _Edge(x, y, "near", self.phash_d(x, y), c)
-                    if dist is None:
-                        continue
-                    e.crop, e.mirror = dist
-                    if self._is_mirror(e.crop, e.mirror):
-                        mirrors.append(e)
-                    elif e.crop <= cfg.crop_distance:
-                        if self._confirmed(e):
-                            near.append(e)
-                    elif self._strong(x, y, self._pixels_decide(x, y, e.crop, c)):
-                        near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
-                        self.stats["pixel_only"] += 1
-                    else:
-                        self.stats["rejected"] += 1
+                near, mirrors = self._near_edges(a, b, s, perceptual_codes)
                 self.stats["near_edges"] = len(near)
                 self.log(f"near: {len(a)} candidates with cosine >= {cfg.threshold}, {len(near)} confirmed, "
                               f"{len(mirrors)} mirror images ({time.monotonic() - t0:.1f} s)")
         self._mirror_edges = mirrors
         self.tick(2)
         return perceptual, near
+
+    def _code(self, a: int, b: int) -> int:
+        """One int64 for the thumbnail pair a < b."""
+        return a * self._code_base + b
+
+    def _near_edges(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray,
+                    decided: np.ndarray) -> tuple[list["_Edge"], list["_Edge"]]:
+        """(near edges, mirror edges) among the k-NN candidate pairs a < b (cosine ``cos``) not
+        ``decided`` (pair codes) already. The crop-aware distances, the mirror test and the choice
+        of the pairs that need pixels are made on arrays; only the pairs that become an edge, a
+        mirror or a pixel check are Python objects (10^6 thumbnails give ~10^7 candidates)."""
+        cfg = self.cfg
+        code = a * self._code_base + b
+        keep = ~np.isin(code, decided)
+        a, b, cos, code = a[keep], b[keep], cos[keep].astype(np.float32), code[keep]
+        order = np.argsort(code, kind="stable")  # the cosine of any candidate, for the star check
+        self._cos_codes, self._cos_vals = code[order], cos[order]
+        self.sigs.ensure(np.union1d(a, b).tolist())
+        crop = np.zeros(len(a), np.int64)
+        mir = np.zeros(len(a), np.int64)
+        known = np.zeros(len(a), bool)
+        step = 1 << 18
+        for i in range(0, len(a), step):  # bounded memory: signatures gathered a block at a time
+            sa, ka = self.sigs.matrix(a[i:i + step])
+            sb, kb = self.sigs.matrix(b[i:i + step])
+            crop[i:i + step], mir[i:i + step] = crop_distances_many(sa, sb)
+            known[i:i + step] = ka & kb
+        is_mirror = known & (mir <= cfg.crop_distance) & (mir + cfg.mirror_margin <= crop)
+        by_hash = known & ~is_mirror & (crop <= cfg.crop_distance)
+        rest = known & ~is_mirror & ~by_hash
+        if self.pixels is not None:  # what _pixels_decide lets pixels decide
+            strong = (crop <= STRONG_CROP_DISTANCE) | (cos >= STRONG_COSINE)
+            blur = self._blur_of
+            faint = (blur(a) <= FAINT_BLUR) & (blur(b) <= FAINT_BLUR)
+            on_pixels = rest & (strong | faint)
+        else:
+            on_pixels = np.zeros(len(a), bool)
+        self.stats["rejected"] += int((rest & ~on_pixels).sum())
+        todo = np.flatnonzero(is_mirror | by_hash | on_pixels)
+        if self.pixels is not None:  # every pixel check the loop below asks for, at once
+            want = []
+            for i in todo.tolist():
+                x, y = int(a[i]), int(b[i])
+                if by_hash[i]:
+                    want.append((x, y, None))
+                elif on_pixels[i]:
+                    want.append((x, y, self._pixels_decide(x, y, int(crop[i]), float(cos[i]))))
+            self.pixels.prefetch(want, cfg.workers)
+        near: list[_Edge] = []
+        mirrors: list[_Edge] = []
+        for i in todo.tolist():  # in candidate order, as the edges were always listed
+            x, y = int(a[i]), int(b[i])
+            e = _Edge(x, y, "near", self.phash_d(x, y), float(cos[i]), int(crop[i]), int(mir[i]))
+            if is_mirror[i]:
+                mirrors.append(e)
+            elif by_hash[i]:
+                if self._confirmed(e):
+                    near.append(e)
+            elif self._strong(x, y, self._pixels_decide(x, y, e.crop, e.cosine)):
+                near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
+                self.stats["pixel_only"] += 1
+            else:
+                self.stats["rejected"] += 1
+        return near, mirrors
+
+    def _blur_of(self, tids: np.ndarray) -> np.ndarray:
+        """thumbs.blur of these thumbnails (99 where unknown), as _pixels_decide reads it."""
+        return np.fromiter((self.blur.get(int(t), 99) for t in tids.tolist()), dtype=np.float64, count=len(tids))
+
+    def _cosine(self, a: int, b: int) -> Optional[float]:
+        """The embedding cosine of a near candidate pair (None: not a candidate)."""
+        code = self._code(min(a, b), max(a, b))
+        i = int(np.searchsorted(self._cos_codes, code))
+        if i < len(self._cos_codes) and self._cos_codes[i] == code:
+            return float(self._cos_vals[i])
+        return None
 
     def _is_mirror(self, crop: int, mirror: int) -> bool:
         return mirror <= self.cfg.crop_distance and mirror + self.cfg.mirror_margin <= crop
@@ -634,7 +707,7 @@ class _Finder:
             if self._is_mirror(crop, mirror):
                 return "mirror"
             if crop > self.cfg.crop_distance + ANCHOR_SLACK:
-                screen = self._pixels_decide(anchor, t, crop, self._cos.get((min(anchor, t), max(anchor, t))))
+                screen = self._pixels_decide(anchor, t, crop, self._cosine(anchor, t))
                 return "ok" if self._strong(anchor, t, screen) else "no"
         # every member must be the keeper's picture on pixels, not only linked to it
         return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"

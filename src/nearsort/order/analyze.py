@@ -40,16 +40,19 @@ def pick_model(cat: Catalog, model: str | None) -> tuple[int, str, int]:
 
 
 def load_vectors(cat: Catalog, model_id: int, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(thumb_ids, float32 vectors) of every thumbnail that has a vector for this model."""
+    """(thumb_ids, float16 vectors) of every thumbnail that has a vector for this model: the stored
+    values, half the memory of float32 (5.1 GB -> 2.6 GB at 10^6 x 1280); the chain reads them in
+    float32 blocks, so the order is the same as from float32 copies of them."""
     from nearsort.vectors.index import VectorIndex
 
     rows = queries.embeddings(cat, model_id)
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    rownums = np.array([r[1] for r in rows], dtype=np.int64)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    rownums = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    del rows
     valid = queries.valid_rows(cat, model_id)  # read after the rows: it covers every one of them
-    vi = VectorIndex.open(cat.root / ".nearsort", name, dim, valid_rows=valid)
-    vecs = vi.get(rownums) if len(rownums) else np.zeros((0, dim), np.float32)
-    return ids, np.ascontiguousarray(vecs, dtype=np.float32)
+    with VectorIndex.open(cat.root / ".nearsort", name, dim, valid_rows=valid) as vi:
+        vecs = vi.get(rownums, np.float16) if len(rownums) else np.zeros((0, dim), np.float16)
+    return ids, vecs
 
 
 def _date_keys(cat: Catalog, ids: np.ndarray) -> list:

@@ -125,6 +125,10 @@ def _unit_rows(vectors, chunk: int = 16384) -> np.ndarray:
     return X
 
 
+START_BLOCK_BYTES = 64 << 20  # _start_point reads the vectors in blocks this big (was 262144 rows: 1.3 GB
+                              # of float32 at d=1280, on top of the vectors themselves)
+
+
 def _start_point(X: np.ndarray) -> int:
     """Deterministic start: the point farthest (cosine) from the mean direction.
 
@@ -132,16 +136,17 @@ def _start_point(X: np.ndarray) -> int:
     so the walk does not start in the middle and strand one half for later.
     """
     n = X.shape[0]
+    step = max(1024, START_BLOCK_BYTES // (8 * max(1, X.shape[1])))  # rows: a float64 block stays this small
     mean = np.zeros(X.shape[1], dtype=np.float64)
-    for s in range(0, n, 262144):
-        mean += X[s:s + 262144].sum(axis=0, dtype=np.float64)
+    for s in range(0, n, step):
+        mean += X[s:s + step].sum(axis=0, dtype=np.float64)
     nrm = np.linalg.norm(mean)
     if nrm == 0:
         return 0
     m = (mean / nrm).astype(np.float32)
     best, best_v = 0, np.inf
-    for s in range(0, n, 262144):
-        v = _f32(X[s:s + 262144]) @ m
+    for s in range(0, n, step):
+        v = _f32(X[s:s + step]) @ m
         j = int(np.argmin(v))
         if v[j] < best_v:
             best, best_v = s + j, float(v[j])

@@ -191,9 +191,10 @@ class VectorIndex:
     def dim(self) -> int:
         return self._dim
 
-    def get(self, rows) -> np.ndarray:
-        """The stored vectors of ``rows`` as float32 (n, d) (float16-rounded, ~unit norm)."""
-        return self.store.get(rows)
+    def get(self, rows, dtype=np.float32) -> np.ndarray:
+        """The stored vectors of ``rows`` as ``dtype`` (n, d): float32 (float16-rounded, ~unit norm)
+        or float16 (the stored values, half the memory)."""
+        return self.store.get(rows, dtype)
 
     def append(self, vectors) -> np.ndarray:
         """L2-normalise, store as float16 at the end, fdatasync; return the new row numbers.

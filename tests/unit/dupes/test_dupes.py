@@ -257,3 +257,19 @@ def test_cli_dupes_json_if_wired(tmp_path):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert _group_of(D.DupesResult(groups=data["groups"]), p["original"]) is not None
+
+
+def test_crop_distances_of_many_pairs_are_those_of_each_pair():
+    """dupes scores its ~10 k-NN candidates per thumbnail on arrays: the same (direct, mirrored)
+    distances as pair by pair (random signatures, and pairs a few bits apart)."""
+    rng = np.random.default_rng(3)
+    sigs = rng.integers(0, 1 << 63, (400, 2 * len(D.SCALES) + 1), dtype=np.int64).astype(np.uint64)
+    sigs[200:] = sigs[:200] ^ (rng.integers(0, 1 << 63, (200, sigs.shape[1]), dtype=np.int64).astype(np.uint64)
+                               & np.uint64(0x0101010101010101))  # near pairs: a few bits apart
+    a = np.concatenate([rng.integers(0, 400, 3000), np.arange(200)])
+    b = np.concatenate([rng.integers(0, 400, 3000), np.arange(200, 400)])
+    direct, mirror = D.crop_distances_many(sigs[a], sigs[b])
+    assert [(int(x), int(y)) for x, y in zip(direct, mirror)] == [D.crop_distances(sigs[i], sigs[j]) for i, j in zip(a, b)]
+    assert (direct[-200:] <= 8).all() and (direct[:3000] > 8).mean() > 0.9  # near pairs and far ones
+    empty = D.crop_distances_many(sigs[:0], sigs[:0])
+    assert len(empty[0]) == len(empty[1]) == 0

@@ -164,6 +164,17 @@ def test_float16_input_is_used_without_float32_copy():
         assert r.length == pytest.approx(similarity_chain(X, fast=fast).length, rel=0.02)
 
 
+def test_float16_gives_the_chain_of_its_float32_copy():
+    """analyze hands the stored float16 vectors to the chain (half the memory): the chain is the
+    one their float32 copies give, exact and through the IVF partition."""
+    X, _ = clustered(seed=4)
+    H = X.astype(np.float16)
+    for fast in (False, True):
+        a, b = similarity_chain(H.astype(np.float32), fast=fast), similarity_chain(H, fast=fast)
+        np.testing.assert_array_equal(a.order, b.order)
+        np.testing.assert_array_equal(a.steps, b.steps)
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3])
 def test_tiny_inputs(n):
     X = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32)

@@ -55,6 +55,26 @@ def index_meta(vi: VectorIndex) -> dict | None:
 # --------------------------------------------------------------------------- basics
 
 
+def test_get_many_rows_reads_the_file_and_gives_the_stored_values(tmp_path):
+    """More than CHUNK_ROWS rows are read from the file in blocks (not gathered through the memmap,
+    whose pages would count as resident memory on top of the copy): the same values, in the order
+    asked, float16 as stored or float32, contiguous runs and scattered rows alike."""
+    from nearsort.vectors.store import CHUNK_ROWS
+
+    n, d = CHUNK_ROWS * 2 + 123, 4
+    x = np.random.default_rng(5).standard_normal((n, d)).astype(np.float32)
+    with VectorIndex.open(tmp_path, MODEL, d, 0) as vi:
+        vi.append(x)
+        mm = np.asarray(vi.store.view())
+        rng = np.random.default_rng(6)
+        for rows in (np.arange(n), rng.permutation(n), rng.choice(n, CHUNK_ROWS + 7, replace=True),
+                     np.concatenate([np.arange(10), np.arange(n - CHUNK_ROWS, n)])):
+            h = vi.get(rows, np.float16)
+            assert h.dtype == np.float16 and h.shape == (len(rows), d)
+            np.testing.assert_array_equal(h, mm[rows])
+            np.testing.assert_array_equal(vi.get(rows), mm[rows].astype(np.float32))
+
+
 def test_append_search_round_trip_matches_numpy(tmp_path):
     x = rand(600, 1)
     with open_vi(tmp_path, 0) as vi:
