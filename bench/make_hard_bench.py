@@ -101,6 +101,22 @@ class Writer:
 
 
 # ----------------------------------------------------------------------------- tiles
+def add_unrelated(w, photos, gid: int, n: int = 160) -> int:
+    """``n`` distractors: the top-left and bottom-right quarter of each of ``photos`` in turn
+    (pictures unrelated to a bench's scenes), groups u{gid+1:04d}...; returns the last gid."""
+    made = 0
+    for p in photos:
+        im = load_rgb(p, 1600)
+        for box in ((0, 0, im.width // 2, im.height // 2), (im.width // 2, im.height // 2, im.width, im.height)):
+            if made >= n:
+                return gid
+            t = im.crop(box)
+            gid += 1
+            w.emit(jpeg(t, 90), ".jpg", f"u{gid:04d}", "distractor", "tile", p.name, t.size, "")
+            made += 1
+    return gid
+
+
 def make_tiles(src: Path, out: Path, seed: int, tw: int = 480, th: int = 360) -> None:
     tiles = out.with_name(out.name + "-tiles")
     tiles.mkdir(parents=True, exist_ok=True)
@@ -218,17 +234,7 @@ def make_shots(src: Path, out: Path, seed: int) -> None:
         im = ImageOps.fit(load_rgb(p, 800), (400, 300), Image.BICUBIC)
         dark = Image.eval(im, lambda v: v // 12)
         shot(dark, "pocket", f"pocket{k}", k == 0)
-    # 160 unrelated pictures: originals and their tiles
-    n = 0
-    for p in unrelated:
-        im = load_rgb(p, 1600)
-        for box in ((0, 0, im.width // 2, im.height // 2), (im.width // 2, im.height // 2, im.width, im.height)):
-            if n >= 160:
-                break
-            t = im.crop(box)
-            gid += 1
-            w.emit(jpeg(t, 90), ".jpg", f"u{gid:04d}", "distractor", "tile", p.name, t.size, "")
-            n += 1
+    add_unrelated(w, unrelated, gid)  # 160 unrelated pictures: tiles of other originals
     w.close()
 
 
@@ -267,16 +273,7 @@ def make_realshots(data: Path, unrelated_src: Path, out: Path, seed: int) -> Non
                 c = im.resize((im.width // 2, im.height // 2), Image.BICUBIC) if t == "downscale_50" else \
                     im.convert("L").convert("RGB") if t == "grey" else im
                 w.emit(jpeg(c, 40 if t == "jpeg_q40" else 88), ".jpg", g, "near_duplicate", t, scene, c.size, scene)
-    n = 0
-    for p in originals(unrelated_src):
-        if n >= 160:
-            break
-        im = load_rgb(p, 1600)
-        for box in ((0, 0, im.width // 2, im.height // 2), (im.width // 2, im.height // 2, im.width, im.height)):
-            t = im.crop(box)
-            gid += 1
-            w.emit(jpeg(t, 90), ".jpg", f"u{gid:04d}", "distractor", "tile", p.name, t.size, "")
-            n += 1
+    add_unrelated(w, originals(unrelated_src), gid)
     w.close()
 
 

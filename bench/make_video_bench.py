@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_hard_bench import Writer, jpeg, load_rgb, originals  # noqa: E402
+from make_hard_bench import Writer, add_unrelated, jpeg, originals  # noqa: E402
 
 SETS = {"vtest.avi": [40, 120, 200, 300, 400, 500, 600, 700],
         "tree.avi": [10, 25, 40, 55],
@@ -91,16 +91,7 @@ def make(data: Path, unrelated_src: Path, out: Path, seed: int) -> None:
                 w.emit(jpeg(c, 88), ".jpg", g, "near_duplicate", "crop92", scene, c.size, scene)
                 grey = im.convert("L").convert("RGB")
                 w.emit(jpeg(grey, 88), ".jpg", g, "near_duplicate", "grey", scene, im.size, scene)
-    n = 0
-    for p in originals(unrelated_src):
-        if n >= 160:
-            break
-        im = load_rgb(p, 1600)
-        for box in ((0, 0, im.width // 2, im.height // 2), (im.width // 2, im.height // 2, im.width, im.height)):
-            t = im.crop(box)
-            gid += 1
-            w.emit(jpeg(t, 90), ".jpg", f"u{gid:04d}", "distractor", "tile", p.name, t.size, "")
-            n += 1
+    add_unrelated(w, originals(unrelated_src), gid)
     w.close()
 
 
