@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "photos"
 SHARED = REPO.parent / "shared" / "bench"
 PY = sys.executable
+
+# Ctrl-C reaches the CLI subprocesses the tests interrupt (SIGINT) even when this run was started in
+# the background by a non-interactive shell, which starts it with SIGINT ignored: an ignored signal
+# stays ignored across exec, a handled one is reset to the default (and Python makes it Ctrl-C).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_photo(path: Path, seed: int, size=(640, 480), fmt=None, exif=None, **save) -> Path:
