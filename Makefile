@@ -34,6 +34,7 @@ demo: install
 	$(BIN)/nearsort export $(DEMO)/thumbs --csv $(DEMO)/library.csv
 	$(BIN)/nearsort report $(DEMO)/thumbs --out $(DEMO)/report.html
 	@echo "Look in $(DEMO)/thumbs/p0001 (similar photos side by side), $(DEMO)/report.html and $(DEMO)/library.csv"
+	@echo "Decide the duplicate groups one by one in your browser: $(BIN)/nearsort review $(DEMO)/thumbs"
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[test,ray,bench]'
