@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -506,6 +507,24 @@ class DupesResult(Result):
     shots: list = field(default_factory=list)
 
 
+class _Originals(Mapping):
+    """thumbnail id -> ((W, H) of its original, the original's paths), as the pixel checks ask for
+    it: made per asked id from the members (most thumbnails are never checked on their originals)."""
+
+    def __init__(self, by_thumb: dict[int, list[Member]]):
+        self.by_thumb = by_thumb
+
+    def __getitem__(self, tid: int) -> tuple[tuple[int, int], list[str]]:
+        ms = self.by_thumb[tid]
+        return (ms[0].width, ms[0].height), [m.path for m in ms]
+
+    def __iter__(self):
+        return iter(self.by_thumb)
+
+    def __len__(self) -> int:
+        return len(self.by_thumb)
+
+
 class _Finder:
     def __init__(self, cat: Catalog, cfg: DupesConfig, log=None, progress: Optional[Progress] = None):
         self.cat, self.cfg = cat, cfg
@@ -527,8 +546,7 @@ class _Finder:
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
                       "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
                       "decided_distinct": 0}
-        sources = {t: ((ms[0].width, ms[0].height), [m.path for m in ms]) for t, ms in self.by_thumb.items()} \
-            if cfg.originals else None
+        sources = _Originals(self.by_thumb) if cfg.originals else None
         self.pixels = PixelVerifier(cat.root, self.rels, sources=sources,
                                     store=state_dir(cat.root) / VERDICT_CACHE if cfg.cache else None) \
             if cfg.verify else None

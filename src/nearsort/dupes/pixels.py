@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -397,7 +398,7 @@ class PixelVerifier:
     dupes run over an unchanged library compares nothing."""
 
     def __init__(self, root: Path, relpaths: dict[int, str], cache: int = 128,
-                 sources: Optional[dict[int, tuple[tuple[int, int], list[str]]]] = None,
+                 sources: Optional[Mapping[int, tuple[tuple[int, int], list[str]]]] = None,
                  store: Optional[Path] = None):
         self.root, self.relpaths, self.cap = Path(root), relpaths, cache
         self.sources = sources or {}
