@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "photos"
@@ -21,6 +21,16 @@ PY = sys.executable
 # the background by a non-interactive shell, which starts it with SIGINT ignored: an ignored signal
 # stays ignored across exec, a handled one is reset to the default (and Python makes it Ctrl-C).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def disc_object(src: Path, r: int) -> tuple[Image.Image, Image.Image]:
+    """A disc of radius r cut from the middle of photo ``src``, with its soft-edged mask (an object
+    to paste into a scene: a burst's subject that moves, an object added)."""
+    im = Image.open(src).convert("RGB")
+    obj = im.crop((im.width // 2 - r, im.height // 2 - r, im.width // 2 + r, im.height // 2 + r))
+    mask = Image.new("L", obj.size, 0)
+    ImageDraw.Draw(mask).ellipse((1, 1, 2 * r - 1, 2 * r - 1), fill=255)
+    return obj, mask.filter(ImageFilter.GaussianBlur(1.5))
 
 
 def make_photo(path: Path, seed: int, size=(640, 480), fmt=None, exif=None, **save) -> Path:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
-from conftest import SAMPLES
+from conftest import SAMPLES, disc_object
 from nearsort.dupes.group import DupesConfig, find_duplicates
 from nearsort.dupes.pixels import compare_files
 
@@ -25,14 +25,6 @@ def _tiles(src: Path, tw: int, th: int, limit: int) -> list[Image.Image]:
         for x in range(0, im.width - tw + 1, tw):
             out.append(im.crop((x, y, x + tw, y + th)))
     return out[:limit]
-
-
-def _disc(src: Path, r: int) -> tuple[Image.Image, Image.Image]:
-    im = Image.open(src).convert("RGB")
-    obj = im.crop((im.width // 2 - r, im.height // 2 - r, im.width // 2 + r, im.height // 2 + r))
-    mask = Image.new("L", obj.size, 0)
-    ImageDraw.Draw(mask).ellipse((1, 1, 2 * r - 1, 2 * r - 1), fill=255)
-    return obj, mask.filter(ImageFilter.GaussianBlur(1.5))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +56,7 @@ def hard_library(tmp_path_factory):
     save(tiles[32], "tile32.png", "tile32")
     # a burst: an object moving over one background, 4 frames; frame 2 also re-encoded
     bg = Image.open(SAMPLES / "python3-skimage__chelsea.png").convert("RGB")
-    obj, mask = _disc(SAMPLES / "opencv-doc__orange.jpg", 40)
+    obj, mask = disc_object(SAMPLES / "opencv-doc__orange.jpg", 40)
     for f in range(4):
         frame = bg.copy()
         frame.paste(obj, (60 + 45 * f, 110), mask)
@@ -156,7 +148,7 @@ def test_pixel_verdicts_on_real_pairs(tmp_path):
     ImageOps.expand(crop, border=20, fill=(0, 0, 0)).save(b, quality=60)  # crop + letterbox + re-encode
     c = tmp_path / "c.jpg"
     src.rotate(2, Image.BICUBIC).crop((int(w * 0.05), int(h * 0.05), int(w * 0.95), int(h * 0.95))).save(c, quality=80)
-    obj, mask = _disc(SAMPLES / "opencv-doc__orange.jpg", 45)
+    obj, mask = disc_object(SAMPLES / "opencv-doc__orange.jpg", 45)
     moved = src.copy()
     moved.paste(obj, (150, 140), mask)
     d = tmp_path / "d.jpg"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
-from conftest import SAMPLES
+from conftest import SAMPLES, disc_object
 from nearsort import frames
 from nearsort.dupes import pixels
 from nearsort.dupes.group import DupesConfig, find_duplicates
@@ -23,14 +23,6 @@ from nearsort.store.catalog import Catalog
 
 # 600 x 400 background: its 256-px thumbnail is 2.34 x smaller, so 4-5 px here are ~2 px there
 BACKGROUND = SAMPLES / "python3-skimage__coffee.png"
-
-
-def _disc(src: Path, r: int) -> tuple[Image.Image, Image.Image]:
-    im = Image.open(src).convert("RGB")
-    obj = im.crop((im.width // 2 - r, im.height // 2 - r, im.width // 2 + r, im.height // 2 + r))
-    mask = Image.new("L", obj.size, 0)
-    ImageDraw.Draw(mask).ellipse((1, 1, 2 * r - 1, 2 * r - 1), fill=255)
-    return obj, mask.filter(ImageFilter.GaussianBlur(1.5))
 
 
 def _sensor_noise(im: Image.Image, seed: int) -> Image.Image:
@@ -43,7 +35,7 @@ def _frames() -> dict[str, Image.Image]:
     """A frame, two different shots of it (a small object moved by ~2 px at thumbnail size; a
     part of the scene moved by ~1.7 px) and copies of the frame."""
     bg = Image.open(BACKGROUND).convert("RGB")
-    obj, mask = _disc(SAMPLES / "opencv-doc__orange.jpg", 40)
+    obj, mask = disc_object(SAMPLES / "opencv-doc__orange.jpg", 40)
     at = (330, 120)
     scene = bg.copy()
     scene.paste(obj, at, mask)
