@@ -147,15 +147,14 @@ class _View:
         return f * ((right - left) * (b - t)) ** 0.5
 
     def spec(self, f: float, rot: float) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised SIDE crop and its spectrum (for phase correlation), cached."""
-        key = (f, rot)
-        z = _norm(self.crop(f, rot, SIDE))
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = np.fft.rfft2(z).astype(np.complex64)
+        """The normalised SIDE crop and its spectrum (for phase correlation); unrotated ones cached."""
+        out = self._specs.get((f, rot))
+        if out is None:
+            z = _norm(self.crop(f, rot, SIDE))
+            out = z, np.fft.rfft2(z).astype(np.complex64)
             if not rot:
-                self._specs[key] = spec
-        return z, spec
+                self._specs[(f, rot)] = out
+        return out
 
 
 class _Picture:
@@ -206,6 +205,34 @@ def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray
     xa, xb = (dx, 0) if dx >= 0 else (0, -dx)
     hh, ww = h - abs(dy), w - abs(dx)
     return a[ya:ya + hh, xa:xa + ww], b[yb:yb + hh, xb:xb + ww]
+
+
+def _aligned_diffs(pairs: list, lim: int) -> np.ndarray:
+    """For each ((x, fx), (y, fy)) of normalised SIDE crops and their rfft2: the shift |d| <= lim
+    that best maps y onto x (:func:`_phase_shift`), then the mean difference of the overlaps, each
+    normalised (:func:`frames.normalise`): one batched FFT for all, not one per pair."""
+    X = np.stack([p[0][0] for p in pairs])
+    Y = np.stack([p[1][0] for p in pairs])
+    r = np.stack([p[0][1] for p in pairs]) * np.conj(np.stack([p[1][1] for p in pairs]))
+    r /= np.abs(r) + 1e-6
+    c = np.fft.irfft2(r, s=X.shape[1:])
+    w = 2 * lim + 1
+    iy = (np.arange(w) - lim) % X.shape[1]
+    ix = (np.arange(w) - lim) % X.shape[2]
+    best = c[:, iy][:, :, ix].reshape(len(pairs), -1).argmax(1)
+    dys, dxs = best // w - lim, best % w - lim
+    out = np.empty(len(pairs))
+    for dy, dx in set(zip(dys.tolist(), dxs.tolist())):
+        sel = np.flatnonzero((dys == dy) & (dxs == dx))
+        xa, yb = _overlap(X[sel].transpose(1, 2, 0), Y[sel].transpose(1, 2, 0), dy, dx)
+        out[sel] = np.abs(_norm_stack(xa) - _norm_stack(yb)).mean(axis=(0, 1))
+    return out
+
+
+def _norm_stack(x: np.ndarray) -> np.ndarray:
+    """:func:`frames.normalise` of each x[:, :, i]."""
+    d = x - x.mean(axis=(0, 1))
+    return d / np.maximum(np.sqrt((d * d).mean(axis=(0, 1))), 4.0)
 
 
 def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
@@ -287,30 +314,37 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     # 3. alignment at SIDE over both framings of each: (mean diff, views, cropped side, scale, rotation)
     lim = max(1, int(SIDE * MAX_SHIFT))
 
-    def trial(va: _View, vb: _View, side: str, f: float, rot: float):
-        (x, fx), (y, fy) = (va.spec(f, rot), vb.spec(1.0, 0.0)) if side == "a" else (va.spec(1.0, 0.0), vb.spec(f, rot))
-        dy, dx = _phase_shift(x, y, lim, fx, fy)
-        xa, yb = _overlap(x, y, dy, dx)
-        return float(np.abs(_norm(xa) - _norm(yb)).mean()), id(va), id(vb), side, f, rot, va, vb
+    def align(specs: list[tuple[_View, _View, str, float, float]], keep=None):
+        """The best of these alignments (views, cropped side, scale, rotation), each scored as
+        :func:`_phase_shift` + :func:`_overlap` + mean normalised difference, all at once; ``keep``:
+        an earlier best, kept on a tie. Returns (mean diff, va, vb, side, scale, rotation)."""
+        pairs = [(va.spec(f, rot), vb.spec(1.0, 0.0)) if side == "a" else (va.spec(1.0, 0.0), vb.spec(f, rot))
+                 for va, vb, side, f, rot in specs]
+        scores = _aligned_diffs(pairs, lim)
+        i = int(np.argmin(scores))
+        if keep is not None and keep[0] <= scores[i]:
+            return keep
+        return (float(scores[i]), *specs[i])
 
     # coarse scales first (every 4th), then the neighbours of the best: 11 trials instead of 25
     coarse = SCALES[::4]
-    best = min((trial(va, vb, s, f, 0.0) for va in pa.views for vb in pb.views
-                for s in ("a", "b") for f in coarse if not (s == "b" and f == 1.0)), key=lambda r: r[0])
+    best = align([(va, vb, s, f, 0.0) for va in pa.views for vb in pb.views
+                   for s in ("a", "b") for f in coarse if not (s == "b" and f == 1.0)])
     k = SCALES.index(best[4])
     fine = [SCALES[i] for i in range(k - 3, k + 4) if 0 <= i < len(SCALES) and SCALES[i] not in coarse]
-    best = min([best] + [trial(best[6], best[7], best[3], f, 0.0) for f in fine]
-               + ([trial(best[6], best[7], "b" if best[3] == "a" else "a", f, 0.0)
-                   for f in fine if f != 1.0] if best[4] >= 0.94 else []), key=lambda r: r[0])
+    more = [(best[1], best[2], best[3], f, 0.0) for f in fine]
+    if best[4] >= 0.94:
+        more += [(best[1], best[2], "b" if best[3] == "a" else "a", f, 0.0) for f in fine if f != 1.0]
+    if more:
+        best = align(more, best)
     if screen is not None and best[0] > screen:
         return Verdict("different", metrics={"screened": best[0]})
     if best[0] > ROTATE_ABOVE:
         k = SCALES.index(best[4])
         near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
         # each rotation once, for the three scales (the view keeps two rotated images)
-        best = min([best] + [trial(best[6], best[7], best[3], f, r) for r in ROTATIONS for f in sorted(near)],
-                   key=lambda r: r[0])
-    _, _, _, side, f, rot, va, vb = best
+        best = align([(best[1], best[2], best[3], f, r) for r in ROTATIONS for f in sorted(near)], best)
+    _, va, vb, side, f, rot = best
     # 4. structure at FINE on that alignment
     fa = va.crop(f, rot, FINE) if side == "a" else va.crop(1.0, 0.0, FINE)
     fb = vb.crop(f, rot, FINE) if side == "b" else vb.crop(1.0, 0.0, FINE)
@@ -571,9 +605,9 @@ class PixelVerifier:
     def prefetch(self, pairs: list[tuple[int, int, Optional[float]]], workers: Optional[int] = None) -> None:
         """Compare many pairs (a, b, screen) at once, in processes when there are many; later
         ``compare`` calls are answered from what this found."""
-        todo = sorted({((a, b) if a < b else (b, a), sc) for a, b, sc in pairs
-                       if ((a, b) if a < b else (b, a)) not in self._verdicts
-                       and self._recall((a, b) if a < b else (b, a), sc) is None})
+        todo = _by_component(sorted({((a, b) if a < b else (b, a), sc) for a, b, sc in pairs
+                                     if ((a, b) if a < b else (b, a)) not in self._verdicts
+                                     and self._recall((a, b) if a < b else (b, a), sc) is None}))
         nw = workers or os.cpu_count() or 1
         if len(todo) < PARALLEL_ABOVE or nw < 2:
             for (a, b), sc in todo:
@@ -591,6 +625,29 @@ class PixelVerifier:
                 for a, b, sc, v in out:
                     self.compared += 1
                     self._keep((a, b), v, sc)
+
+
+def _by_component(todo: list) -> list:
+    """The pairs ((a, b), screen) grouped by connected component of the pair graph (each in its
+    first pair's place, its own pairs in order): the pictures of a component are compared while
+    they are decoded (the LRU cache, a worker's chunk), not decoded again for every pair."""
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a, b), _ in todo:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    first: dict[int, int] = {}
+    for i, ((a, _b), _) in enumerate(todo):
+        first.setdefault(root(a), i)
+    return sorted(todo, key=lambda t: first[root(t[0][0])])
 
 
 def _compare_chunk(job) -> list[tuple[int, int, Optional[float], Verdict]]:

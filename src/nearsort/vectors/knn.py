@@ -351,7 +351,8 @@ def _topk_rows(S: np.ndarray, kk: int):
     return j[keep].reshape(m, kk), v[keep].reshape(m, kk)
 
 
-def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Progress):
+def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Progress,
+             fetch: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """Approximate k-NN graph, list-major: the points of one list are searched together, one
     numpy GEMM + row top-k, among the members of the ``nprobe`` lists nearest to its centroid.
     Lists run on a few Python threads with numpy's BLAS on one thread each (measured faster
@@ -372,7 +373,8 @@ def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Prog
                 lists.append(part.members(m))
                 tot += int(sizes[m])
         ci = np.concatenate(lists) if tot >= k + 1 else part.perm  # tiny data: everything
-        J, V = _topk_rows(f32(X[qi]) @ f32(X[ci]).T, k + 1)
+        rows = (lambda r: X[r]) if fetch is None else fetch
+        J, V = _topk_rows(f32(rows(qi)) @ f32(rows(ci)).T, k + 1)
         D, J = drop_self(V, ci[J], qi, k)
         S[qi], I[qi] = sort_rows(D, J)
 
@@ -383,13 +385,15 @@ def _knn_ivf(X: np.ndarray, k: int, part: Partition, nprobe: int, progress: Prog
 
 
 def knn_graph(X: np.ndarray, k: int, *, exact: Optional[bool] = None, part: Optional[Partition] = None,
-              nprobe: Optional[int] = None, seed: int = 0, progress: Progress = None):
+              nprobe: Optional[int] = None, seed: int = 0, progress: Progress = None,
+              fetch: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """k-NN graph of the unit rows X: (scores float32 (n,k), ids (n,k) int32 while n fits),
     best first, ties -> lower id, never the point itself, padded when n - 1 < k.
 
     ``exact=None``: exact when n < EXACT_MAX. Approximate: through ``part`` (built when not
     given: :func:`partition`), each list searched among its ``nprobe`` nearest (default
-    :func:`graph_nprobe`), see :func:`_knn_ivf`."""
+    :func:`graph_nprobe`), see :func:`_knn_ivf`; ``fetch(rows)``: X's rows, read another way than
+    X[rows] (:meth:`VectorStore.gather`: a memmap's scattered rows held resident otherwise)."""
     threads()
     n = len(X)
     k = int(k)
@@ -401,7 +405,7 @@ def knn_graph(X: np.ndarray, k: int, *, exact: Optional[bool] = None, part: Opti
         return _knn_exact(X, k, progress)
     if part is None:
         part = partition(X, seed=seed)
-    return _knn_ivf(X, k, part, nprobe or graph_nprobe(n, part.nlist), progress)
+    return _knn_ivf(X, k, part, nprobe or graph_nprobe(n, part.nlist), progress, fetch)
 
 
 # --------------------------------------------------------------------------- 64-bit hashes

@@ -360,6 +360,30 @@ def test_knn_approximate_through_ivf(tmp_path):
         assert recall(I, Ie) >= 0.9
 
 
+def test_knn_graph_from_the_saved_index_lists_without_loading_its_codes(tmp_path):
+    """A reader that only wants the k-NN graph (dupes, analyze) takes the saved IVF index's lists
+    from a memory-mapped read and the rows by positional reads: the same graph as through the
+    loaded index, and the index's codes never read into memory."""
+    x = clustered(3000, 23)
+    policy = IndexPolicy(flat_max=1000)
+    with open_vi(tmp_path, 0, policy=policy) as vi:
+        vi.append(x)
+        vi.save()
+        vi.search(x[:1], 1)  # the index is loaded in this one
+        S_loaded, I_loaded = vi.knn(10)
+        rows = np.array([2999, 0, 17, 17, 1500])
+        np.testing.assert_array_equal(vi.store.gather(rows), np.asarray(vi.store.view()[rows]))
+        with pytest.raises(IndexError):
+            vi.store.gather([3000])
+    with open_vi(tmp_path, 3000, policy=policy, readonly=True) as vi:
+        S, I = vi.knn(10)
+        assert vi._index is None  # the lists came from the mapped file
+        np.testing.assert_array_equal(I, I_loaded)
+        np.testing.assert_array_equal(S, S_loaded)
+        Sq, Iq = vi.search(x[:5], 3)  # a later search still loads and uses the index
+        assert (Iq[:, 0] == np.arange(5)).all()
+
+
 # --------------------------------------------------------------------------- models
 
 
