@@ -9,10 +9,12 @@ DEMO    ?= /tmp/nearsort-demo
 
 install: $(STAMP)
 
+# --no-cache-dir: torch's CUDA build is ~5.5 GB installed; a cached copy of the wheels pip downloads would
+# add to what the install needs on disk (a CI run once failed on a full disk during this step).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install -q --no-cache-dir -e '.[test,ray]'
 	touch $(STAMP)
 
 test: install
