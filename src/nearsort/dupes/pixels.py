@@ -39,8 +39,8 @@ STRONG_DIFF = 0.05         # a copy this close stands on its pixels alone (hashe
 STRONG_SCREEN = 0.2        # coarse difference above which a pair cannot be a strong copy
 LOW_DETAIL_ONLY = -1.0     # compare() screen: answer only if the pair is compared as low-detail frames
 STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brightness difference)
-PARALLEL_ABOVE = 256       # pairs above which prefetch uses worker processes
-PARALLEL_CHUNK = 128
+PARALLEL_ABOVE = 48        # pairs above which prefetch uses worker processes (~7 ms a pair; a fork ~50 ms)
+PARALLEL_CHUNK = 128       # pairs a worker job takes at most (fewer: every worker gets ~4 jobs)
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
 # Motion on the originals: a copy's motion is measured again at ORIGINAL_SIDE on the thumbnails
 # (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE px,
@@ -617,7 +617,8 @@ class PixelVerifier:
 
         from nearsort.workers import pool_context
 
-        chunks = [todo[i:i + PARALLEL_CHUNK] for i in range(0, len(todo), PARALLEL_CHUNK)]
+        size = min(PARALLEL_CHUNK, max(8, -(-len(todo) // (4 * nw))))
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c],
                  {t: self.sources[t] for (a, b), _ in c for t in (a, b) if t in self.sources}) for c in chunks]
         with ProcessPoolExecutor(nw, mp_context=pool_context()) as ex:
