@@ -30,11 +30,14 @@ one size to the next (the number the issue asks to keep <= 1.3x): CPU, not wall,
 WORK/results-N.json (WORK: ``--work``, default /tmp/scale-work); each command's output: WORK/nN/logs/.
 
 ``--engine local|ray`` (with ``--address``) is passed to resize and featurize as ``--engine`` /
-``--address`` when it is not ``local`` (the distributed engine of issue 12).
+``--address`` when it is not ``local`` (the distributed engine of issue 12); ``--engine ray`` without
+``--address`` starts a local Ray head of ``--ray-cpus`` CPUs for the run (nearsort.engine.local_head).
+The CPU column of a Ray run counts the CLI's own processes only: the work runs in the cluster's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -499,7 +502,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes generating originals")
     ap.add_argument("--engine", default="local", help="local | ray: passed to resize and featurize")
-    ap.add_argument("--address", default=None, help="with --engine ray: the cluster address")
+    ap.add_argument("--address", default=None, help="with --engine ray: the cluster address (none: a local head)")
+    ap.add_argument("--ray-cpus", type=int, default=2, help="--engine ray without --address: the local head's CPUs")
     ap.add_argument("--only", default="", help="comma list of stages to run (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep an existing THUMBS (default: start afresh, unless --only)")
     ap.add_argument("--table", action="store_true", help="print the table of every saved result and exit")
@@ -507,10 +511,18 @@ def main(argv=None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if not a.table:
-        for n in [int(x) for x in a.sizes.split(",") if x.strip()]:
-            measure(n, work, catalog_only=False, args=a)
-        if a.catalog_only:
-            measure(a.catalog_only, work, catalog_only=True, args=a)
+        with contextlib.ExitStack() as stack:
+            if a.engine == "ray" and not a.address:  # a local cluster for this run
+                sys.path.insert(0, str(ROOT / "src"))
+                from nearsort.engine import local_head
+
+                a.address, ray_env = stack.enter_context(local_head(a.ray_cpus))
+                os.environ.update({k: ray_env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+                print(f"a local Ray head of {a.ray_cpus} CPUs at {a.address}", file=sys.stderr)
+            for n in [int(x) for x in a.sizes.split(",") if x.strip()]:
+                measure(n, work, catalog_only=False, args=a)
+            if a.catalog_only:
+                measure(a.catalog_only, work, catalog_only=True, args=a)
     print(table(work))
     return 0
 
