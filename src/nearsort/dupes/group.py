@@ -26,6 +26,7 @@ from nearsort.stage import Progress, Result
 from nearsort.store import queries
 from nearsort.store.catalog import Catalog, Thumbs, open_catalog, state_dir
 from nearsort.dupes import stored
+from nearsort.dupes.dsu import DSU
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, VERDICT_CACHE, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
@@ -92,34 +93,6 @@ def parse_keep(spec: str) -> list[str]:
 # ----------------------------------------------------------------------------- bit helpers
 def hex_to_u64(hexes: Iterable[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
-
-
-class DSU:
-    """Union-find with path halving and union by size."""
-
-    def __init__(self, n: int):
-        self.p = np.arange(n, dtype=np.int64)
-        self.sz = np.ones(n, dtype=np.int64)
-
-    def find(self, a: int) -> int:
-        p = self.p
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return int(a)
-
-    def union(self, a: int, b: int) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if self.sz[ra] < self.sz[rb]:
-            ra, rb = rb, ra
-        self.p[rb] = ra
-        self.sz[ra] += self.sz[rb]
-        return True
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.p))], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- crop-aware hash

@@ -23,6 +23,7 @@ from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, 
                              ORIGINAL_SIDE,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
+from nearsort.dupes.dsu import DSU
 from nearsort.store.thumbmeta import parse_thumb_filename
 
 SIDE = 64                  # alignment resolution
@@ -632,23 +633,17 @@ def _by_component(todo: list) -> list:
     """The pairs ((a, b), screen) grouped by connected component of the pair graph (each in its
     first pair's place, its own pairs in order): the pictures of a component are compared while
     they are decoded (the LRU cache, a worker's chunk), not decoded again for every pair."""
-    parent: dict[int, int] = {}
-
-    def root(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    pos: dict[int, int] = {}
     for (a, b), _ in todo:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+        pos.setdefault(a, len(pos))
+        pos.setdefault(b, len(pos))
+    dsu = DSU(len(pos))
+    for (a, b), _ in todo:
+        dsu.union(pos[a], pos[b])
     first: dict[int, int] = {}
     for i, ((a, _b), _) in enumerate(todo):
-        first.setdefault(root(a), i)
-    return sorted(todo, key=lambda t: first[root(t[0][0])])
+        first.setdefault(dsu.find(pos[a]), i)
+    return sorted(todo, key=lambda t: first[dsu.find(pos[t[0][0]])])
 
 
 def _compare_chunk(job) -> list[tuple[int, int, Optional[float], Verdict]]:
