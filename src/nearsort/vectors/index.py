@@ -250,7 +250,8 @@ class VectorIndex:
         ntrain = min(n, self.policy.ivf_train_per_list * nlist)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
-        xt = np.asarray(self.store.view()[sample], dtype=np.float32)
+        # read from the file (positional reads for a sample): no memmap pages left resident
+        xt = self.store.rows_f32(0, n) if ntrain >= n else self.store.gather(sample).astype(np.float32)
         params["train_rows"] = int(ntrain)
         if _gpu_available():  # pragma: no cover
             try:

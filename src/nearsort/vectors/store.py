@@ -257,7 +257,17 @@ class VectorStore:
         return out
 
     def rows_f32(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.view()[start:stop], dtype=np.float32)
+        """Rows [start, stop) as float32, read from the file (not through the memmap: a pass over
+        the whole store would leave all of it resident in this process)."""
+        start, stop = max(0, start), min(stop, self._n)
+        if stop <= start:
+            return np.empty((0, self._dim), np.float32)
+        with open(self.folder / STORE_FILE, "rb", buffering=0) as fh:
+            fh.seek(start * self._rowbytes)
+            raw = fh.read((stop - start) * self._rowbytes)
+        if len(raw) != (stop - start) * self._rowbytes:
+            raise VectorStoreError(f"vector store {self.folder.name}: short read at row {start}")
+        return np.frombuffer(raw, dtype="<f2").reshape(stop - start, self._dim).astype(np.float32)
 
     def chunks(self, start: int, stop: int, size: int = CHUNK_ROWS) -> Iterable[tuple[int, np.ndarray]]:
         for s in range(start, stop, size):
