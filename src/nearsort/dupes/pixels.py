@@ -30,6 +30,8 @@ SIDE = 64                  # alignment resolution
 FINE = 128                 # structure check resolution
 SCALES = tuple(round(1.0 - 0.02 * k, 2) for k in range(13))   # 1.00 .. 0.76
 ROTATIONS = (-3.0, -2.0, -1.0, 1.0, 2.0, 3.0)
+ROTATION_PROBE = (-2.0, -1.0, 1.0, 2.0)  # tried first, at the best scale
+ROTATION_GAIN = 0.02       # the whole rotation search runs where a probe lowers the difference by this share
 MAX_SHIFT = 0.035          # of the side, for phase correlation (imperfect border trims)
 CONTENT_CROP = 0.92        # uniformity and detail are measured on this centre crop of the trimmed frame
 CLIPPED = 10.0             # a uniform frame within this of black or white in every channel is blank
@@ -343,8 +345,11 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     if best[0] > ROTATE_ABOVE:
         k = SCALES.index(best[4])
         near = {SCALES[i] for i in (k - 1, k, k + 1) if 0 <= i < len(SCALES)}
-        # each rotation once, for the three scales (the view keeps two rotated images)
-        best = align([(best[1], best[2], best[3], f, r) for r in ROTATIONS for f in sorted(near)], best)
+        # first +-1 and +-2 degrees at the best scale; the whole search (each rotation once, for the
+        # three scales: the view keeps two rotated images) only where one of them helps
+        probe = align([(best[1], best[2], best[3], best[4], r) for r in ROTATION_PROBE])
+        if probe[0] < best[0] * (1.0 - ROTATION_GAIN):
+            best = align([(best[1], best[2], best[3], f, r) for r in ROTATIONS for f in sorted(near)], best)
     _, va, vb, side, f, rot = best
     # 4. structure at FINE on that alignment
     fa = va.crop(f, rot, FINE) if side == "a" else va.crop(1.0, 0.0, FINE)
