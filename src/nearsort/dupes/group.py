@@ -533,18 +533,26 @@ class _Finder:
         self._cos_vals = np.zeros(0, np.float32)
 
     def _pixels_decide(self, a: int, b: int, crop: int, cosine: Optional[float] = None) -> Optional[float]:
-        """May a pair the crop-aware hash rejects still be a copy on pixels alone? When the hash is
-        near (a crop or border moved it), when the embeddings nearly agree (a border the trim could
-        not remove moves every hash), or when both thumbnails are faint (low Laplacian variance,
-        then low detail on pixels): a faint picture's hash is noise. Returns the screen for
-        ``PixelVerifier.compare`` (None: no); only a *strong* verdict then joins the pair."""
+        """May a pair the crop-aware hash rejects still be a copy on pixels alone? (:meth:`_screens`
+        of one pair.) Returns the screen for ``PixelVerifier.compare`` (None: no); only a *strong*
+        verdict then joins the pair."""
+        sc = self._screens(np.array([a]), np.array([b]), np.array([crop]),
+                           np.array([np.nan if cosine is None else cosine]))[0]
+        return None if np.isnan(sc) else float(sc)
+
+    def _screens(self, a: np.ndarray, b: np.ndarray, crop: np.ndarray, cos: np.ndarray) -> np.ndarray:
+        """The screen for ``PixelVerifier.compare`` of each pair (a[i], b[i]) that the crop-aware hash
+        rejects, NaN where pixels may not decide it: when the hash is near (a crop or border moved
+        it), when the embeddings nearly agree (``cos``, NaN: unknown; a border the trim could not
+        remove moves every hash): STRONG_SCREEN; when both thumbnails are faint (low Laplacian
+        variance, then low detail on pixels: a faint picture's hash is noise): LOW_DETAIL_ONLY."""
+        out = np.full(len(a), np.nan)
         if self.pixels is None:
-            return None
-        if crop <= STRONG_CROP_DISTANCE or (cosine is not None and cosine >= STRONG_COSINE):
-            return STRONG_SCREEN
-        if self.blur.get(a, 99) <= FAINT_BLUR and self.blur.get(b, 99) <= FAINT_BLUR:
-            return LOW_DETAIL_ONLY
-        return None
+            return out
+        faint = (self._blur_of(a) <= FAINT_BLUR) & (self._blur_of(b) <= FAINT_BLUR)
+        out[faint] = LOW_DETAIL_ONLY
+        out[(crop <= STRONG_CROP_DISTANCE) | (cos >= STRONG_COSINE)] = STRONG_SCREEN
+        return out
 
     def _strong(self, a: int, b: int, screen: Optional[float]) -> bool:
         return screen is not None and self.pixels.compare(a, b, screen).strong
@@ -634,27 +642,17 @@ class _Finder:
             sb, kb = self.sigs.matrix(b[i:i + step])
             crop[i:i + step], mir[i:i + step] = crop_distances_many(sa, sb)
             known[i:i + step] = ka & kb
-        is_mirror = known & (mir <= cfg.crop_distance) & (mir + cfg.mirror_margin <= crop)
+        is_mirror = known & self._is_mirror(crop, mir)
         by_hash = known & ~is_mirror & (crop <= cfg.crop_distance)
         rest = known & ~is_mirror & ~by_hash
-        if self.pixels is not None:  # what _pixels_decide lets pixels decide
-            strong = (crop <= STRONG_CROP_DISTANCE) | (cos >= STRONG_COSINE)
-            blur = self._blur_of
-            faint = (blur(a) <= FAINT_BLUR) & (blur(b) <= FAINT_BLUR)
-            on_pixels = rest & (strong | faint)
-        else:
-            on_pixels = np.zeros(len(a), bool)
+        screens = np.full(len(a), np.nan)
+        screens[rest] = self._screens(a[rest], b[rest], crop[rest], cos[rest])
+        on_pixels = rest & ~np.isnan(screens)
         self.stats["rejected"] += int((rest & ~on_pixels).sum())
         todo = np.flatnonzero(is_mirror | by_hash | on_pixels)
         if self.pixels is not None:  # every pixel check the loop below asks for, at once
-            want = []
-            for i in todo.tolist():
-                x, y = int(a[i]), int(b[i])
-                if by_hash[i]:
-                    want.append((x, y, None))
-                elif on_pixels[i]:
-                    want.append((x, y, self._pixels_decide(x, y, int(crop[i]), float(cos[i]))))
-            self.pixels.prefetch(want, cfg.workers)
+            self.pixels.prefetch([(int(a[i]), int(b[i]), None if by_hash[i] else float(screens[i]))
+                                  for i in todo.tolist() if by_hash[i] or on_pixels[i]], cfg.workers)
         near: list[_Edge] = []
         mirrors: list[_Edge] = []
         for i in todo.tolist():  # in candidate order, as the edges were always listed
@@ -665,7 +663,7 @@ class _Finder:
             elif by_hash[i]:
                 if self._confirmed(e):
                     near.append(e)
-            elif self._strong(x, y, self._pixels_decide(x, y, e.crop, e.cosine)):
+            elif self._strong(x, y, float(screens[i])):
                 near.append(e)  # the hashes moved (crop, border, faint picture): pixels decide
                 self.stats["pixel_only"] += 1
             else:
@@ -684,8 +682,9 @@ class _Finder:
             return float(self._cos_vals[i])
         return None
 
-    def _is_mirror(self, crop: int, mirror: int) -> bool:
-        return mirror <= self.cfg.crop_distance and mirror + self.cfg.mirror_margin <= crop
+    def _is_mirror(self, crop, mirror):
+        """Is the mirrored distance the near one (ints, or arrays of them: element-wise)?"""
+        return (mirror <= self.cfg.crop_distance) & (mirror + self.cfg.mirror_margin <= crop)
 
     # ---- star check around the keeper
     def _matches(self, anchor: int, t: int) -> str:
