@@ -415,12 +415,11 @@ def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_
 def _decode_original(paths):
     """The first of ``paths`` (an original's copies) that decodes, at ORIGINAL_DECODE px (a PIL
     image); None if none does (gone, unreadable: it is only read)."""
-    from nearsort.ingest.decode import decode_bytes
+    from nearsort.ingest.decode import decode_file
 
     for p in paths:
         try:
-            with open(p, "rb") as fh:
-                return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
+            return decode_file(p, ORIGINAL_DECODE).image
         except Exception:  # noqa: BLE001 - an unreadable original proves nothing
             continue
     return None

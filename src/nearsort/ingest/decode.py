@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -192,6 +193,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
     return img.convert("RGB")
+
+
+def decode_file(path: str | bytes | os.PathLike, size: int = 256) -> Decoded:
+    """:func:`decode_bytes` of the file at ``path`` (read only; OSError if it cannot be read)."""
+    with open(path, "rb") as fh:
+        return decode_bytes(fh.read(), os.fsdecode(path), size)
 
 
 def decode_bytes(data: bytes, name: str, size: int = 256) -> Decoded:

@@ -30,7 +30,7 @@ from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
 from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, pixel_print, prints_agree, still
-from nearsort.ingest.decode import decode_bytes
+from nearsort.ingest.decode import decode_file
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
 from nearsort.workers import Died, Hung, Workers
@@ -312,16 +312,12 @@ class _Writer:
         consecutive video frames whose motion is sub-pixel at thumbnail size differ here. Two
         decodes at ORIGINAL_DECODE px per such collision; an original that cannot be read (it
         moved, the disk is gone) proves nothing: the new file gets a name of its own."""
-        def image(p: bytes | str):
-            with open(p, "rb") as fh:
-                return decode_bytes(fh.read(), os.fsdecode(p), ORIGINAL_DECODE).image
-
-        mine = image(path)
+        mine = decode_file(path, ORIGINAL_DECODE).image
         for other, status in queries.sources_of_thumb(self.cat, thumb_id):
             if status != "ok" or bytes(other) == os.fsencode(path):
                 continue
             try:
-                theirs = image(bytes(other))
+                theirs = decode_file(bytes(other), ORIGINAL_DECODE).image
             except Exception:  # noqa: BLE001 - try its next copy
                 continue
             return fine_motion(theirs, mine) <= MAX_MOTION
