@@ -451,6 +451,7 @@ class PixelVerifier:
         self._stored: dict[tuple[str, str, float], str] = {}  # (file a, file b, screen or _FULL) -> verdict JSON
         self._files: dict[int, Optional[str]] = {}
         self._screen_of: dict[tuple[int, int], Optional[float]] = {}  # the screen a screened verdict answered
+        self._fresh: set[tuple[int, int]] = set()  # pairs compared in this run (not recalled): what save() adds
         if store is not None:
             self._load()
 
@@ -523,6 +524,8 @@ class PixelVerifier:
         rows = dict(self._stored)
         for table, screened in ((self._verdicts, False), (self._screened, True)):
             for (a, b), v in table.items():
+                if (a, b) not in self._fresh:  # recalled: its row is there already
+                    continue
                 fa, fb = self._file(a), self._file(b)
                 if fa is None or fb is None or v.kind == "unreadable":
                     continue
@@ -540,6 +543,8 @@ class PixelVerifier:
             return name in names and seen.get(name, f) == f
 
         rows = {k: v for k, v in rows.items() if current(k[0]) and current(k[1])}
+        if not self._fresh and len(rows) == len(self._stored):  # nothing new, nothing gone: the file is current
+            return
         try:
             keys = sorted(rows)
             tmp = self.store.with_name(self.store.name + ".tmp.npz")
@@ -562,6 +567,7 @@ class PixelVerifier:
                 v = self._on_originals(key, pa, pb, v)
             self.compared += 1
             self._keep(key, v, screen)
+            self._fresh.add(key)
         return v
 
     def _original(self, tid: int):
@@ -631,6 +637,7 @@ class PixelVerifier:
                 for a, b, sc, v in out:
                     self.compared += 1
                     self._keep((a, b), v, sc)
+                    self._fresh.add((a, b))
 
 
 def _by_component(todo: list) -> list:
