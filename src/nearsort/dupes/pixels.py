@@ -194,12 +194,23 @@ class _Picture:
 
 def _phase_shift(a: np.ndarray, b: np.ndarray, lim: int, fa=None, fb=None) -> tuple[int, int]:
     """Integer translation (dy, dx), |d| <= lim, that best maps b onto a (fa, fb: their rfft2)."""
-    r = (np.fft.rfft2(a) if fa is None else fa) * np.conj(np.fft.rfft2(b) if fb is None else fb)
+    fa = np.fft.rfft2(a) if fa is None else fa
+    fb = np.fft.rfft2(b) if fb is None else fb
+    dys, dxs = _peak_shifts(fa[None], fb[None], a.shape, lim)
+    return int(dys[0]), int(dxs[0])
+
+
+def _peak_shifts(FA: np.ndarray, FB: np.ndarray, shape: tuple[int, int], lim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phase correlation of each pair of spectra FA[i], FB[i] (rfft2 of images of ``shape``): the
+    (dy, dx) arrays, |d| <= lim, of the translation that best maps the second onto the first."""
+    r = FA * np.conj(FB)
     r /= np.abs(r) + 1e-6
-    c = np.fft.irfft2(r, s=a.shape)
-    c = np.roll(c, (lim, lim), axis=(0, 1))[:2 * lim + 1, :2 * lim + 1]
-    dy, dx = np.unravel_index(int(np.argmax(c)), c.shape)
-    return int(dy) - lim, int(dx) - lim
+    c = np.fft.irfft2(r, s=shape)
+    w = 2 * lim + 1
+    iy = (np.arange(w) - lim) % shape[0]
+    ix = (np.arange(w) - lim) % shape[1]
+    best = c[:, iy][:, :, ix].reshape(len(c), -1).argmax(1)
+    return best // w - lim, best % w - lim
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,14 +227,7 @@ def _aligned_diffs(pairs: list, lim: int) -> np.ndarray:
     normalised (:func:`frames.normalise`): one batched FFT for all, not one per pair."""
     X = np.stack([p[0][0] for p in pairs])
     Y = np.stack([p[1][0] for p in pairs])
-    r = np.stack([p[0][1] for p in pairs]) * np.conj(np.stack([p[1][1] for p in pairs]))
-    r /= np.abs(r) + 1e-6
-    c = np.fft.irfft2(r, s=X.shape[1:])
-    w = 2 * lim + 1
-    iy = (np.arange(w) - lim) % X.shape[1]
-    ix = (np.arange(w) - lim) % X.shape[2]
-    best = c[:, iy][:, :, ix].reshape(len(pairs), -1).argmax(1)
-    dys, dxs = best // w - lim, best % w - lim
+    dys, dxs = _peak_shifts(np.stack([p[0][1] for p in pairs]), np.stack([p[1][1] for p in pairs]), X.shape[1:], lim)
     out = np.empty(len(pairs))
     for dy, dx in set(zip(dys.tolist(), dxs.tolist())):
         sel = np.flatnonzero((dys == dy) & (dxs == dx))
