@@ -321,8 +321,8 @@ class VectorStore:
             for s in range(0, len(sr), CHUNK_ROWS):
                 want = sr[s:s + CHUNK_ROWS]
                 lo, hi = int(want[0]), int(want[-1]) + 1
-                if hi - lo > 4 * len(want):  # scattered rows: gather them through the memmap
-                    out[order[s:s + CHUNK_ROWS]] = self.view()[want]
+                if hi - lo > 4 * len(want):  # scattered rows: positional reads (gather)
+                    out[order[s:s + CHUNK_ROWS]] = self.gather(want)
                     continue
                 f.seek(lo * self._rowbytes)
                 blk = np.frombuffer(f.read((hi - lo) * self._rowbytes), dtype="<f2").reshape(hi - lo, self._dim)
