@@ -190,13 +190,14 @@ def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
 
 def originals_cost(thumbs: Path, bench: Path, truth: dict, rounds: int = 3) -> None:
     """dupes with and without the motion check on the originals (DupesConfig.originals), alternating,
-    best of ``rounds`` wall and CPU seconds each: what reading and measuring the originals costs."""
+    best of ``rounds`` wall and CPU seconds each, without the stored verdicts: what reading and
+    measuring the originals costs."""
     best: dict[bool, tuple[float, float]] = {}
     out: dict[bool, dict] = {}
     for _ in range(rounds):
         for on in (True, False):
             t0, c0 = time.monotonic(), time.process_time()
-            out[on] = run(thumbs, originals=on, workers=1)
+            out[on] = run(thumbs, originals=on, workers=1, cache=False)  # compared, not recalled
             dt, dc = time.monotonic() - t0, time.process_time() - c0
             best[on] = min(best.get(on, (dt, dc)), (dt, dc))
     s = out[True]["summary"]

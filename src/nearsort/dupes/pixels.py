@@ -48,6 +48,8 @@ ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px)
 # Motion on the originals: a copy's motion is measured again at ORIGINAL_SIDE on the thumbnails
 # (coarse to fine) and, above ORIGINAL_SCREEN there, on both originals decoded at ORIGINAL_DECODE px,
 # where a 1-px drift of a video frame is a pixel, not a fifth of one (docs/design.md).
+MAX_MOTION_RESCALED = 0.9  # the same for originals of two sizes, aligned through their thumbnails
+#                            (labelled two-size copies: up to 0.76 on dev and tiles; docs/design.md)
 ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
 VERDICT_CACHE = "pixel-verdicts.npz"  # in THUMBS/.nearsort: verdicts of the last runs (PixelVerifier.save)
 
@@ -584,16 +586,16 @@ class PixelVerifier:
         return p
 
     def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict) -> Verdict:
-        """A copy verdict between two originals of one size (two frames of a video always are; a
-        re-encode or an edit of tone often is) checked for motion at a higher resolution: on the
-        thumbnails at ORIGINAL_SIDE (most copies stop here), then, above ORIGINAL_SCREEN there, on both
-        originals (:func:`frames.fine_motion`, as resize's name collisions). A part that moved on
-        both makes the pair a ``shot``. Originals of two sizes are not checked (a crop or resize maps
-        them to each other only as well as the thumbnails' alignment, not to a fraction of a
-        pixel); originals that cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
+        """A copy verdict checked for motion at a higher resolution: on the thumbnails at
+        ORIGINAL_SIDE (most copies stop here), then, above ORIGINAL_SCREEN there, on both originals. Two
+        originals of one size (two frames of a video always are; a re-encode or an edit of tone often
+        is) are measured as whole frames (:func:`frames.fine_motion`, as resize's name collisions),
+        against MAX_MOTION. Originals of two sizes (a half-size or cropped copy) map onto each other
+        only through the thumbnails' alignment (:func:`motion_at` on the decoded originals), which a
+        rotated or bordered crop of a real photo leaves up to ~0.8 px off: they are held to
+        MAX_MOTION_RESCALED. A part that moved on both makes the pair a ``shot``; originals that
+        cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
         da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
-        if da != db:
-            return v
         m = v.metrics
         m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE)
         if m["motion_thumb"] <= ORIGINAL_SCREEN:
@@ -602,8 +604,11 @@ class PixelVerifier:
         if oa is None or ob is None:
             m["unconfirmed"] = True
             return v
-        m["motion_original"] = fine_motion(oa, ob)
-        return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m) if m["motion_original"] > MAX_MOTION else v
+        if da == db:
+            m["motion_original"], limit = fine_motion(oa, ob), MAX_MOTION
+        else:
+            m["motion_original"], limit = motion_at(_Picture(oa), _Picture(ob), v, ORIGINAL_SIDE), MAX_MOTION_RESCALED
+        return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m) if m["motion_original"] > limit else v
 
     def original_checks(self) -> tuple[int, int]:
         """(pairs measured on their originals, pairs whose originals could not be read)."""

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import SAMPLES
 from nearsort.dupes.group import DupesConfig, find_duplicates
-from nearsort.dupes.pixels import MAX_MOTION, PixelVerifier, compare_files
+from nearsort.dupes.pixels import MAX_MOTION, MAX_MOTION_RESCALED, PixelVerifier, compare_files
 from nearsort.ingest.thumbs import process_file
 from nearsort.store.catalog import Catalog
 
@@ -83,6 +83,26 @@ def test_on_the_originals_two_frames_are_a_shot_and_copies_stay_copies(generated
     # the other frame is not a copy of the first one's copies either
     assert pv.compare(1, names.index("frame0-q40")).kind == "shot"
     assert pv.original_checks() == (2, 0)  # only the frame pairs moved on the thumbnails
+
+
+def test_originals_of_two_sizes_a_half_size_copy_is_a_copy_of_its_frame_only(tmp_path):
+    """A half-size copy maps onto a frame only through the thumbnails' alignment; the pair is measured
+    on both originals with it, against MAX_MOTION_RESCALED (a rotated crop of a real photo measures
+    up to ~0.8 there): the copy stays a copy of its own frame, and a frame whose subject moved by
+    5 px (1.7 px at thumbnail size) is a shot, not a copy of it."""
+    f0 = _frame(0, 1)
+    ims = {"frame0": f0, "frame0-half": f0.resize((SIZE[0] // 2, SIZE[1] // 2), Image.LANCZOS),
+           "frame5": _frame(5.0, 3)}
+    rel, sources = {}, {}
+    for i, (name, im) in enumerate(ims.items()):
+        im.save(tmp_path / f"{name}.jpg", quality=92)
+        r = process_file(str(tmp_path / f"{name}.jpg"))
+        (tmp_path / f"t-{name}.jpg").write_bytes(r.jpeg)
+        rel[i], sources[i] = f"t-{name}.jpg", ((r.width, r.height), [str(tmp_path / f"{name}.jpg")])
+    pv = PixelVerifier(tmp_path, rel, sources=sources)
+    assert pv.compare(0, 1).kind == "copy"
+    v = pv.compare(2, 1)
+    assert v.kind == "shot" and v.metrics["motion_original"] > MAX_MOTION_RESCALED, v
 
 
 def test_without_the_originals_the_verdict_stands_and_is_counted(generated, tmp_path):
