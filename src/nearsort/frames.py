@@ -94,8 +94,12 @@ def _block_flow(a: np.ndarray, b: np.ndarray, n: int) -> dict:
     e = slice(2, -2)
     m, it = m[e, e], (b - a)[e, e]
     h, w = m.shape[0] // n * n, m.shape[1] // n * n
-    f = np.stack([gx[e, e], gy[e, e], m - m.mean(), np.ones_like(m), it])[:, :h, :w]
-    f = f.reshape(5, h // n, n, w // n, n).transpose(1, 3, 0, 2, 4).reshape(h // n, w // n, 5, n * n)
+    bh, bw = h // n, w // n
+    # the 5 features of every block, laid out (bh, bw, 5, n*n): each written once, in place
+    f = np.empty((bh, bw, 5, n, n), np.float32)
+    for k, x in enumerate((gx[e, e], gy[e, e], m - m.mean(), None, it)):
+        f[:, :, k] = 1.0 if x is None else x[:h, :w].reshape(bh, n, bw, n).transpose(0, 2, 1, 3)
+    f = f.reshape(bh, bw, 5, n * n)
     # every product of the 4 features and the difference, summed per block: (bh, bw, 5, 5)
     P = (f @ f.transpose(0, 1, 3, 2)).astype(np.float64)
     A = P[..., :4, :4] + np.diag([MOTION_DAMP, MOTION_DAMP, 1e-6, 1e-6]) * (n * n)
