@@ -163,7 +163,7 @@ def global_affine(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK) -> np.n
 
 
 def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK, init: np.ndarray | None = None,
-                 ring: int = 1) -> float:
+                 ring: int = 1, fit: list | None = None) -> float:
     """How far (pixels) some part of the picture moved on its own between two aligned images.
 
     Block flows (:func:`_block_flow`) of the blocks with 2-D texture are fitted with one affine
@@ -177,15 +177,21 @@ def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK, init: np
     measured at k times MOTION_SIDE, leave k rings out). 0 when
     fewer than 6 blocks have 2-D texture. ``init``: an affine flow (:func:`global_affine`, in
     za's pixels) b is warped by first, so that a pair measured at a high resolution, where a
-    small misalignment is many pixels, starts aligned."""
+    small misalignment is many pixels, starts aligned. ``fit``: a list the affine flow of the two
+    passes is appended to (with ``ring`` 1 and no ``init``, :func:`global_affine` of the same pair)."""
     a, b = _smooth(za), _smooth(zb)
     ctr = np.array([a.shape[1] / 2, a.shape[0] / 2])
     if init is not None:
         b = _warp(b, -init, ctr)
     f, inner, textured, X, coef = _flows(a, b, n, ctr, ring)
     if coef is None:
+        if fit is not None:
+            fit.append(None)
         return 0.0
+    first = coef
     f, inner, textured, X, coef = _flows(a, _warp(b, -coef, ctr), n, ctr, ring)  # b(x) ~ a(x + d): b at x - d lies on a
+    if fit is not None:
+        fit.append(first if coef is None else first + coef)
     if coef is None:
         return 0.0
     pred = X @ coef
@@ -202,15 +208,18 @@ def local_motion(za: np.ndarray, zb: np.ndarray, n: int = MOTION_BLOCK, init: np
     return float((moved * explained)[inner].max())
 
 
-def frame_motion(a: Image.Image, b: Image.Image) -> float:
+def _square(im: Image.Image, side: int) -> np.ndarray:
+    """A whole frame, grey, resampled to side x side and normalised."""
+    return normalise(np.asarray(im.convert("L").resize((side, side), Image.BILINEAR), np.float32))
+
+
+def frame_motion(a: Image.Image, b: Image.Image, fit: list | None = None) -> float:
     """:func:`local_motion` of two thumbnails of one original size whose prints agree (resize's
     name collisions: same size, phash and print, so no crop, shift or colour change to look
-    for), whole frames at MOTION_SIDE, in pixels of the smaller one when it has fewer."""
-    def fine(im):
-        return normalise(np.asarray(im.convert("L").resize((MOTION_SIDE, MOTION_SIDE), Image.BILINEAR), np.float32))
-
+    for), whole frames at MOTION_SIDE, in pixels of the smaller one when it has fewer. ``fit``
+    receives the pair's affine flow at MOTION_SIDE (:func:`fine_motion`'s ``affine``)."""
     px = min((a.width * a.height) ** 0.5, (b.width * b.height) ** 0.5)
-    return local_motion(fine(a), fine(b)) * min(1.0, px / MOTION_SIDE)
+    return local_motion(_square(a, MOTION_SIDE), _square(b, MOTION_SIDE), fit=fit) * min(1.0, px / MOTION_SIDE)
 
 
 def scaled_affine(coef: np.ndarray | None, s: float) -> np.ndarray | None:
@@ -219,7 +228,7 @@ def scaled_affine(coef: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if coef is None else coef * np.array([[s], [1.0], [1.0]])
 
 
-def fine_motion(a: Image.Image, b: Image.Image) -> float:
+def fine_motion(a: Image.Image, b: Image.Image, affine: list | None = None) -> float:
     """:func:`local_motion` of two whole frames of one picture size (two thumbnails, or two
     originals decoded at ORIGINAL_DECODE) aligned at MOTION_SIDE, then measured at ORIGINAL_SIDE,
     where a video frame's 1-px drift (a fifth of a pixel at MOTION_SIDE) shows; in pixels of the
@@ -227,14 +236,13 @@ def fine_motion(a: Image.Image, b: Image.Image) -> float:
     than ORIGINAL_SCREEN here *and* its originals by more than MAX_MOTION: on the originals alone,
     the fine grain of a noisy floor that a WebP copy smoothed away looks like motion (2.5 px, a
     tiles-bench pair whose thumbnails move 0.17), while consecutive frames move on both (vtest,
-    Megamind: thumbnails 0.4-1, originals more)."""
-    def at(im, side):
-        return normalise(np.asarray(im.convert("L").resize((side, side), Image.BILINEAR), np.float32))
-
-    init = scaled_affine(global_affine(at(a, MOTION_SIDE), at(b, MOTION_SIDE)), ORIGINAL_SIDE / MOTION_SIDE)
+    Megamind: thumbnails 0.4-1, originals more). ``affine``: the pair's alignment at MOTION_SIDE
+    already found (:func:`frame_motion`'s ``fit``: the same numbers), not found again."""
+    coarse = affine[0] if affine else global_affine(_square(a, MOTION_SIDE), _square(b, MOTION_SIDE))
+    init = scaled_affine(coarse, ORIGINAL_SIDE / MOTION_SIDE)
     px = min((a.width * a.height) ** 0.5, (b.width * b.height) ** 0.5)
-    return local_motion(at(a, ORIGINAL_SIDE), at(b, ORIGINAL_SIDE), init=init, ring=ORIGINAL_SIDE // MOTION_SIDE) \
-        * min(1.0, px / ORIGINAL_SIDE)
+    return local_motion(_square(a, ORIGINAL_SIDE), _square(b, ORIGINAL_SIDE), init=init,
+                        ring=ORIGINAL_SIDE // MOTION_SIDE) * min(1.0, px / ORIGINAL_SIDE)
 
 
 def still(jpeg_a: bytes, jpeg_b: bytes) -> bool:

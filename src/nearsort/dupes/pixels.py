@@ -259,17 +259,19 @@ def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
     return np.maximum(m1, m2)
 
 
-def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float, res: int = FINE, init=None, n: int = MOTION_BLOCK) -> float:
+def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float, res: int = FINE, init=None, n: int = MOTION_BLOCK,
+            fit: Optional[list] = None) -> float:
     """:func:`local_motion` of two aligned FINE grey images, in pixels of the smaller picture when
     it has fewer than FINE (``px``: its side; an upscaled small thumbnail's resampling is not
     motion, and it cannot show a sub-pixel one). Above MAX_MOTION it is measured again with the
     more colourful side's RGB (``rgb()``: the aligned FINE RGB pair) mapped linearly onto the
     other's grey: a black-and-white copy with its own channel mix (an average, a red filter) or a
-    saturation edit changes the contrast of coloured edges, which is not motion."""
+    saturation edit changes the contrast of coloured edges, which is not motion. ``fit``: receives
+    the grey pair's affine flow (:func:`frames.local_motion`)."""
     k = min(1.0, px / res)
     ga, gb = _norm(xa), _norm(yb)
     ring = max(1, res // FINE)
-    motion = local_motion(ga, gb, n, init, ring) * k
+    motion = local_motion(ga, gb, n, init, ring, fit) * k
     if motion > MAX_MOTION:
         xc, yc = rgb()
         if np.abs(_chroma(xc)).mean() >= np.abs(_chroma(yc)).mean():
@@ -298,10 +300,12 @@ def _chroma(x: np.ndarray) -> np.ndarray:
     return np.stack([x[..., 2] - y, x[..., 0] - y], -1)
 
 
-def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None) -> Verdict:
+def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None, fit: Optional[dict] = None) -> Verdict:
     """The verdict for two pictures. With ``screen``, a pair whose best coarse alignment still
     differs by more than that is answered ``different`` at once (a cheap pre-check for pairs that
-    only a *strong* copy verdict could join)."""
+    only a *strong* copy verdict could join). ``fit``: where the motion was measured, it receives
+    the FINE alignment (``shift``, and ``affine``: :func:`frames.global_affine` of the aligned
+    pair), which :func:`motion_at` starts from instead of finding it again."""
     if screen == LOW_DETAIL_ONLY and min(pa.info, pb.info) >= LOW_INFO:
         return Verdict("different", metrics={"screened": 0.0})  # only a low-detail match was asked for
     if min(pa.std, pb.std) < UNIFORM_STD:
@@ -388,9 +392,12 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None)
     else:
         # 4b. motion (:func:`_motion`) on the same alignment
         px = min(va.side_px(f if side == "a" else 1.0), vb.side_px(f if side == "b" else 1.0))
+        affine: list = []
         m["motion"] = _motion(xa, yb, lambda: _overlap(
             va.crop(f, rot, FINE, True) if side == "a" else va.crop(1.0, 0.0, FINE, True),
-            vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx), px)
+            vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx), px, fit=affine)
+        if fit is not None:
+            fit.update(shift=(dy, dx), affine=affine[0])
         kind = "shot" if m["motion"] > MAX_MOTION else "copy"
     return Verdict(kind, diff, local, f, rot, m)
 
@@ -401,19 +408,25 @@ def _pair_at(va: _View, vb: _View, side: str, f: float, rot: float, res: int, rg
             vb.crop(f, rot, res, rgb) if side == "b" else vb.crop(1.0, 0.0, res, rgb))
 
 
-def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_BLOCK) -> float:
+def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_BLOCK,
+              fit: Optional[dict] = None) -> float:
     """:func:`_motion` at ``res`` px (a multiple of FINE) of two pictures (the originals, decoded
     larger than their thumbnails) on the alignment ``v`` found for their thumbnails, refined at
     FINE first (:func:`global_affine`, scaled up: coarse to fine), in pixels of ``res`` (of the
-    smaller picture when it has fewer)."""
+    smaller picture when it has fewer). ``fit``: the FINE alignment :func:`compare_pictures` found
+    for these two pictures (the same numbers), not found again."""
     m = v.metrics
     va = pa.views[min(m["views"][0], len(pa.views) - 1)]
     vb = pb.views[min(m["views"][1], len(pb.views) - 1)]
     side, f, rot = m["side"], m["scale"], m["rotation"]
     s = res // FINE
-    ca, cb = _pair_at(va, vb, side, f, rot, FINE)
-    dy, dx = _phase_shift(_norm(ca), _norm(cb), max(1, int(FINE * MAX_SHIFT)))
-    init = scaled_affine(global_affine(*(_norm(z) for z in _overlap(ca, cb, dy, dx))), s)
+    if fit:
+        (dy, dx), coarse = fit["shift"], fit["affine"]
+    else:
+        ca, cb = _pair_at(va, vb, side, f, rot, FINE)
+        dy, dx = _phase_shift(_norm(ca), _norm(cb), max(1, int(FINE * MAX_SHIFT)))
+        coarse = global_affine(*(_norm(z) for z in _overlap(ca, cb, dy, dx)))
+    init = scaled_affine(coarse, s)
     xa, yb = _overlap(*_pair_at(va, vb, side, f, rot, res), dy * s, dx * s)
     px = min(va.side_px(f if side == "a" else 1.0), vb.side_px(f if side == "b" else 1.0))
     return _motion(xa, yb, lambda: _overlap(*_pair_at(va, vb, side, f, rot, res, True), dy * s, dx * s), px, res,
@@ -570,9 +583,10 @@ class PixelVerifier:
             v = self._recall(key, screen)
         if v is None:
             pa, pb = self._pic(key[0]), self._pic(key[1])
-            v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb, screen)
+            fit: dict = {}
+            v = Verdict("unreadable") if pa is None or pb is None else compare_pictures(pa, pb, screen, fit)
             if v.copy and self.sources and "motion" in v.metrics:
-                v = self._on_originals(key, pa, pb, v)
+                v = self._on_originals(key, pa, pb, v, fit)
             self.compared += 1
             self._keep(key, v, screen)
             self._fresh.add(key)
@@ -587,7 +601,8 @@ class PixelVerifier:
             self._originals.popitem(last=False)
         return p
 
-    def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict) -> Verdict:
+    def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict,
+                      fit: Optional[dict] = None) -> Verdict:
         """A copy verdict checked for motion at a higher resolution: on the thumbnails at
         ORIGINAL_SIDE (most copies stop here), then, above ORIGINAL_SCREEN there, on both originals. Two
         originals of one size (two frames of a video always are; a re-encode or an edit of tone often
@@ -599,7 +614,7 @@ class PixelVerifier:
         cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
         da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
         m = v.metrics
-        m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE)
+        m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE, fit=fit)
         if m["motion_thumb"] <= ORIGINAL_SCREEN:
             return v
         oa, ob = self._original(key[0]), self._original(key[1])

@@ -29,7 +29,7 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, pixel_print, prints_agree, still
+from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, frame_motion, pixel_print, prints_agree
 from nearsort.ingest.decode import decode_file
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
@@ -296,11 +296,14 @@ class _Writer:
         if not prints_agree(p, mine):
             return False
         theirs = data() if theirs is None else theirs
+        if theirs is None:
+            return False
         try:
-            if theirs is None or not still(theirs, jpeg):
-                return False
             with Image.open(io.BytesIO(theirs)) as a, Image.open(io.BytesIO(jpeg)) as b:
-                if fine_motion(a, b) <= ORIGINAL_SCREEN:
+                fit: list = []
+                if frame_motion(a, b, fit) > MAX_MOTION:  # frames.still: a part moved
+                    return False
+                if fine_motion(a, b, fit) <= ORIGINAL_SCREEN:
                     return True
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
             return False
