@@ -30,6 +30,7 @@ from nearsort.dupes.dsu import DSU
 from nearsort.dupes.pixels import LOW_DETAIL_ONLY, STRONG_SCREEN, VERDICT_CACHE, PixelVerifier
 from nearsort.frames import trim_box
 from nearsort.textsafe import term
+from nearsort.ingest.decode import exposure_moment, other_moments
 from nearsort.ingest.thumbs import name_phash
 from nearsort.vectors.knn import hamming_pairs, popcount
 
@@ -258,6 +259,7 @@ class Member:
 
     content_share: float = 1.0   # share of the frame that is picture (letterbox/frame borders excluded)
     blur: float = 99.0           # its thumbnail's variance of Laplacian (sharpness)
+    moment: Optional[int] = None  # when the camera took it (ingest.decode.exposure_moment)
 
     @property
     def pixels(self) -> int:
@@ -321,13 +323,14 @@ def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, 
         if status == "quarantined" and not _restored(path, size):
             continue
         try:
-            ntags = len(json.loads(exif)) if exif else 0
+            tags = json.loads(exif) if exif else {}
         except ValueError:
-            ntags = 0
+            tags = {}
         fmt, make, model = (words.setdefault(x, x) for x in (fmt, make, model))
         out.append(Member(sid, os.fsdecode(bytes(path)), oid, tid, ch, w or 0, h or 0,
                           nbytes if nbytes is not None else (size or 0), fmt, ct, make, model,
-                          glat is not None, ntags, mtime or 0, rels[tid]))
+                          glat is not None, len(tags) if isinstance(tags, dict) else 0, mtime or 0, rels[tid],
+                          moment=exposure_moment(tags) if isinstance(tags, dict) else None))
     return out, names, rels
 
 
@@ -519,7 +522,7 @@ class _Finder:
         self.notes: list[str] = []
         self.model_name: Optional[str] = None
         self.stats = {"phash_pairs": 0, "near_candidates": 0, "near_edges": 0, "rejected": 0, "split_off": 0,
-                      "pixel_rejected": 0, "shot_pairs": 0, "uniform_split": 0, "pixel_only": 0,
+                      "pixel_rejected": 0, "shot_pairs": 0, "moment_pairs": 0, "uniform_split": 0, "pixel_only": 0,
                       "decided_distinct": 0}
         sources = _Originals(self.by_thumb) if cfg.originals else None
         self.pixels = PixelVerifier(cat.root, self.rels, sources=sources,
@@ -555,10 +558,24 @@ class _Finder:
         return out
 
     def _strong(self, a: int, b: int, screen: Optional[float]) -> bool:
-        return screen is not None and self.pixels.compare(a, b, screen).strong
+        return screen is not None and self.pixels.compare(a, b, screen).strong and not self._other_moments(a, b)
+
+    def _other_moments(self, a: int, b: int) -> bool:
+        """Two exposures of one camera (ingest.decode.other_moments: a burst, a sequence): never
+        copies, however alike their pixels (a burst of a still scene is)."""
+        ma, mb = self.by_thumb[a], self.by_thumb[b]
+        if len({(m.make, m.model) for m in ma + mb}) != 1:
+            return False
+        return other_moments([m.moment for m in ma], [m.moment for m in mb])
 
     def _confirmed(self, e: "_Edge") -> bool:
-        """Pixel check of a candidate copy pair; a local change makes it a similar shot."""
+        """Pixel check of a candidate copy pair; a local change, or two moments of one camera,
+        make it a similar shot."""
+        if self._other_moments(e.a, e.b):
+            self._shot_edges.append(e)
+            self.stats["shot_pairs"] += 1
+            self.stats["moment_pairs"] += 1
+            return False
         if self.pixels is None:
             return True
         v = self.pixels.compare(e.a, e.b)
@@ -702,6 +719,8 @@ class _Finder:
                 screen = self._pixels_decide(anchor, t, crop, self._cosine(anchor, t))
                 return "ok" if self._strong(anchor, t, screen) else "no"
         # every member must be the keeper's picture on pixels, not only linked to it
+        if self._other_moments(anchor, t):
+            return "no"
         return "ok" if self.pixels is None or self.pixels.compare(anchor, t).copy else "no"
 
     def _split(self, comp: list[int], adj: dict[int, list[tuple[int, str]]], out: list, mirrored: list) -> None:

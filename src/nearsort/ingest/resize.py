@@ -30,7 +30,7 @@ from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
 from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, frame_motion, pixel_print, prints_agree
-from nearsort.ingest.decode import decode_file
+from nearsort.ingest.decode import decode_file, exposure_moment, other_moments
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
 from nearsort.workers import Died, Hung, Workers
@@ -236,6 +236,8 @@ class _Writer:
         thumb_id = mine = None
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
+            if self._other_moment(tid, r):  # a burst frame: its own name, however alike the pixels
+                continue
             mine = pixel_print(r.jpeg) if mine is None else mine
             if self._same_picture(tid, mine, r.jpeg, r.path):
                 thumb_id = tid
@@ -265,6 +267,23 @@ class _Writer:
         oid = queries.add_original(self.cat, r.content_hash, thumb_id, r.width, r.height, r.format, r.size, r.phash,
                                    r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
+
+    def _other_moment(self, thumb_id: int, r: FileResult) -> bool:
+        """Was ``r`` taken at another moment than every original thumbnail ``thumb_id`` shows, by
+        the same camera (EXIF: ``decode.other_moments``)? Then it is another exposure (a burst
+        frame, the next shot of a still scene), never the same picture."""
+        theirs = queries.originals_of_thumb(self.cat, thumb_id)
+        if not theirs or len({(o["make"], o["model"]) for o in theirs} | {(r.make, r.model)}) != 1:
+            return False
+
+        def moment(exif_json) -> int | None:
+            try:
+                tags = json.loads(exif_json) if exif_json else None
+            except ValueError:
+                return None
+            return exposure_moment(tags) if isinstance(tags, dict) else None
+
+        return other_moments([exposure_moment(r.exif)], [moment(o["exif_json"]) for o in theirs])
 
     def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose

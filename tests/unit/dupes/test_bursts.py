@@ -1,0 +1,70 @@
+"""Two frames of a burst are two pictures, even where their pixels are the same (a burst of a still
+scene): the camera's EXIF says when each was taken (DateTimeOriginal, SubSecTimeOriginal). Copies
+keep their original's moment (a re-encode, a copy that lost only the sub-second), so they stay
+copies. Real JPEG files with real EXIF, through resize, featurize and dupes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import SAMPLES
+from nearsort.dupes.group import DupesConfig, find_duplicates
+from nearsort.ingest.decode import exposure_moment, other_moments
+from nearsort.store.catalog import Catalog
+
+
+def _exif(model: str, when: str, subsec: str | None) -> bytes:
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110] = "Canon", model
+    ifd = ex.get_ifd(0x8769)
+    ifd[0x9003] = when
+    if subsec is not None:
+        ifd[0x9291] = subsec
+    return ex.tobytes()
+
+
+def _library(d: Path) -> None:
+    d.mkdir()
+    im = Image.open(SAMPLES / "python3-sklearn__china.jpg").convert("RGB")
+    # one still scene, shot twice a tenth of a second apart: the same pixels, two exposures
+    im.save(d / "burst-1.jpg", quality=92, exif=_exif("EOS R6", "2024:05:01 10:00:00", "120"))
+    im.save(d / "burst-2.jpg", quality=92, exif=_exif("EOS R6", "2024:05:01 10:00:00", "220"))
+    # copies of the first frame
+    im.save(d / "burst-1-q75.jpg", quality=75, exif=_exif("EOS R6", "2024:05:01 10:00:00", "120"))
+    im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(
+        d / "burst-1-small.jpg", quality=90, exif=_exif("EOS R6", "2024:05:01 10:00:00", None))
+
+
+def test_moments_of_one_camera():
+    tags = {"Make": "Canon", "Model": "EOS R6", "DateTimeOriginal": "2024:05:01 10:00:00"}
+    one, two = (exposure_moment({**tags, "SubSecTimeOriginal": s}) for s in ("12", "22"))
+    second = exposure_moment(tags)
+    assert exposure_moment({**tags, "SubSecTimeOriginal": "120"}) == one  # "12" is .12 s, as "120"
+    assert other_moments([one], [two])                  # two frames of one second
+    assert not other_moments([one], [second])           # a copy that lost only the sub-second
+    assert other_moments([second], [exposure_moment({**tags, "DateTimeOriginal": "2024:05:01 10:00:01"})])
+    assert not other_moments([one], [None])             # no EXIF on one side: nothing to say
+    assert exposure_moment({"DateTimeOriginal": "2024:05:01 10:00:00"}) is None  # no camera
+    assert not other_moments([one], [two, one])         # one of them may be the same exposure
+
+
+def test_a_burst_of_a_still_scene_is_two_pictures_and_its_copies_stay_copies(tmp_path):
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
+
+    _library(tmp_path / "library")
+    thumbs = tmp_path / "thumbs"
+    resize(tmp_path / "library", thumbs)
+    with Catalog.open(thumbs, write=False) as cat:
+        rows = cat.execute("SELECT s.path, o.thumb_id FROM sources s JOIN originals o ON o.id = s.original_id").fetchall()
+    thumb = {os.path.basename(os.fsdecode(bytes(p))): t for p, t in rows}
+    assert thumb["burst-1.jpg"] != thumb["burst-2.jpg"]  # the same pixels, two names
+    featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
+    res = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0"))
+    groups = [sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups]
+    assert groups == [["burst-1-q75.jpg", "burst-1-small.jpg", "burst-1.jpg"]], groups
+    assert any("burst-2.jpg" in {os.path.basename(p) for p in s["a"] + s["b"]}
+               for s in res.similar if s["relation"] == "shot"), res.similar
+    assert res.summary["moment_pairs"] >= 1
