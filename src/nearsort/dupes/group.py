@@ -563,10 +563,8 @@ class _Finder:
     def _other_moments(self, a: int, b: int) -> bool:
         """Two exposures of one camera (ingest.decode.other_moments: a burst, a sequence): never
         copies, however alike their pixels (a burst of a still scene is)."""
-        ma, mb = self.by_thumb[a], self.by_thumb[b]
-        if len({(m.make, m.model) for m in ma + mb}) != 1:
-            return False
-        return other_moments([m.moment for m in ma], [m.moment for m in mb])
+        return other_moments([(m.make, m.model, m.moment) for m in self.by_thumb[a]],
+                             [(m.make, m.model, m.moment) for m in self.by_thumb[b]])
 
     def _confirmed(self, e: "_Edge") -> bool:
         """Pixel check of a candidate copy pair; a local change, or two moments of one camera,

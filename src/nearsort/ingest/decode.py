@@ -119,13 +119,13 @@ def exposure_moment(exif: dict | None) -> int | None:
     return ((secs * 1000 + int(digits.ljust(3, "0"))) << 1) | 1
 
 
-def other_moments(a: list[int | None], b: list[int | None]) -> bool:
-    """Are these the originals of two different exposures (:func:`exposure_moment` of each
-    original of two pictures)? Only when every one has a moment and none of ``a`` could be one of
-    ``b``: another second, or, where both record the fraction, another fraction of the same second
-    (a copy that lost SubSecTimeOriginal but kept DateTimeOriginal is still its original's). The
-    camera must be the same too: the caller checks it."""
-    if not a or not b or any(x is None for x in a) or any(y is None for y in b):
+def other_moments(a: list[tuple], b: list[tuple]) -> bool:
+    """Are these the originals of two different exposures? ``a`` and ``b``: (make, model, moment)
+    of each original of two pictures (moment: :func:`exposure_moment`). Only when all are of one
+    camera, every one has a moment and none of ``a`` could be one of ``b``: another second, or,
+    where both record the fraction, another fraction of the same second (a copy that lost
+    SubSecTimeOriginal but kept DateTimeOriginal is still its original's)."""
+    if not a or not b or len({x[:2] for x in a + b}) != 1 or any(x[2] is None for x in a + b):
         return False
 
     def same(x: int, y: int) -> bool:
@@ -133,7 +133,7 @@ def other_moments(a: list[int | None], b: list[int | None]) -> bool:
             return False
         return not (x & 1 and y & 1) or x >> 1 == y >> 1
 
-    return not any(same(x, y) for x in a for y in b)  # type: ignore[arg-type]
+    return not any(same(x[2], y[2]) for x in a for y in b)
 
 
 def _gps(gps_ifd) -> tuple[float, float] | None:

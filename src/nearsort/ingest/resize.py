@@ -272,10 +272,6 @@ class _Writer:
         """Was ``r`` taken at another moment than every original thumbnail ``thumb_id`` shows, by
         the same camera (EXIF: ``decode.other_moments``)? Then it is another exposure (a burst
         frame, the next shot of a still scene), never the same picture."""
-        theirs = queries.originals_of_thumb(self.cat, thumb_id)
-        if not theirs or len({(o["make"], o["model"]) for o in theirs} | {(r.make, r.model)}) != 1:
-            return False
-
         def moment(exif_json) -> int | None:
             try:
                 tags = json.loads(exif_json) if exif_json else None
@@ -283,7 +279,9 @@ class _Writer:
                 return None
             return exposure_moment(tags) if isinstance(tags, dict) else None
 
-        return other_moments([exposure_moment(r.exif)], [moment(o["exif_json"]) for o in theirs])
+        return other_moments([(r.make, r.model, exposure_moment(r.exif))],
+                             [(o["make"], o["model"], moment(o["exif_json"]))
+                              for o in queries.originals_of_thumb(self.cat, thumb_id)])
 
     def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose

@@ -39,15 +39,21 @@ def _library(d: Path) -> None:
 
 def test_moments_of_one_camera():
     tags = {"Make": "Canon", "Model": "EOS R6", "DateTimeOriginal": "2024:05:01 10:00:00"}
-    one, two = (exposure_moment({**tags, "SubSecTimeOriginal": s}) for s in ("12", "22"))
-    second = exposure_moment(tags)
-    assert exposure_moment({**tags, "SubSecTimeOriginal": "120"}) == one  # "12" is .12 s, as "120"
-    assert other_moments([one], [two])                  # two frames of one second
-    assert not other_moments([one], [second])           # a copy that lost only the sub-second
-    assert other_moments([second], [exposure_moment({**tags, "DateTimeOriginal": "2024:05:01 10:00:01"})])
-    assert not other_moments([one], [None])             # no EXIF on one side: nothing to say
+    cam = ("Canon", "EOS R6")
+
+    def at(**kw):
+        return [(*cam, exposure_moment({**tags, **kw}))]
+
+    assert exposure_moment({**tags, "SubSecTimeOriginal": "120"}) == exposure_moment({**tags, "SubSecTimeOriginal": "12"})
+    assert other_moments(at(SubSecTimeOriginal="12"), at(SubSecTimeOriginal="22"))  # two frames of one second
+    assert not other_moments(at(SubSecTimeOriginal="12"), at())  # a copy that lost only the sub-second
+    assert other_moments(at(), at(DateTimeOriginal="2024:05:01 10:00:01"))
+    assert not other_moments(at(SubSecTimeOriginal="12"), [(*cam, None)])  # no EXIF moment: nothing to say
     assert exposure_moment({"DateTimeOriginal": "2024:05:01 10:00:00"}) is None  # no camera
-    assert not other_moments([one], [two, one])         # one of them may be the same exposure
+    assert not other_moments(at(), [("Nikon", "Z6", exposure_moment({**tags, "Make": "Nikon",
+                                                                      "DateTimeOriginal": "2024:05:01 11:00:00"}))])
+    # one of the second picture's originals may be the same exposure
+    assert not other_moments(at(SubSecTimeOriginal="12"), at(SubSecTimeOriginal="22") + at(SubSecTimeOriginal="12"))
 
 
 def test_a_burst_of_a_still_scene_is_two_pictures_and_its_copies_stay_copies(tmp_path):
