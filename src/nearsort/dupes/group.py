@@ -326,11 +326,12 @@ def load_members(cat: Catalog) -> tuple[list[Member], dict[int, str], dict[int, 
             tags = json.loads(exif) if exif else {}
         except ValueError:
             tags = {}
+        if not isinstance(tags, dict):
+            tags = {}
         fmt, make, model = (words.setdefault(x, x) for x in (fmt, make, model))
         out.append(Member(sid, os.fsdecode(bytes(path)), oid, tid, ch, w or 0, h or 0,
                           nbytes if nbytes is not None else (size or 0), fmt, ct, make, model,
-                          glat is not None, len(tags) if isinstance(tags, dict) else 0, mtime or 0, rels[tid],
-                          moment=exposure_moment(tags) if isinstance(tags, dict) else None))
+                          glat is not None, len(tags), mtime or 0, rels[tid], moment=exposure_moment(tags)))
     return out, names, rels
 
 
@@ -558,7 +559,7 @@ class _Finder:
         return out
 
     def _strong(self, a: int, b: int, screen: Optional[float]) -> bool:
-        return screen is not None and self.pixels.compare(a, b, screen).strong and not self._other_moments(a, b)
+        return screen is not None and not self._other_moments(a, b) and self.pixels.compare(a, b, screen).strong
 
     def _other_moments(self, a: int, b: int) -> bool:
         """Two exposures of one camera (ingest.decode.other_moments: a burst, a sequence): never
@@ -603,7 +604,8 @@ class _Finder:
         perceptual = [_Edge(int(tid[a]), int(tid[b]), "perceptual", int(x)) for a, b, x in zip(i, j, d)]
         self.stats["phash_pairs"] = len(perceptual)
         if self.pixels is not None:
-            self.pixels.prefetch([(e.a, e.b, None) for e in perceptual], cfg.workers)
+            self.pixels.prefetch([(e.a, e.b, None) for e in perceptual if not self._other_moments(e.a, e.b)],
+                                 cfg.workers)  # two moments of one camera are decided without pixels
         # decided here: not near candidates again
         perceptual_codes = np.array(sorted(self._code(e.a, e.b) for e in perceptual), dtype=np.int64)
         perceptual = [e for e in perceptual if self._confirmed(e)]
@@ -667,7 +669,8 @@ class _Finder:
         todo = np.flatnonzero(is_mirror | by_hash | on_pixels)
         if self.pixels is not None:  # every pixel check the loop below asks for, at once
             self.pixels.prefetch([(int(a[i]), int(b[i]), None if by_hash[i] else float(screens[i]))
-                                  for i in todo.tolist() if by_hash[i] or on_pixels[i]], cfg.workers)
+                                  for i in todo.tolist() if (by_hash[i] or on_pixels[i])
+                                  and not self._other_moments(int(a[i]), int(b[i]))], cfg.workers)
         near: list[_Edge] = []
         mirrors: list[_Edge] = []
         for i in todo.tolist():  # in candidate order, as the edges were always listed
@@ -735,7 +738,8 @@ class _Finder:
             keeper = min(members, key=keeper_key(self.keep_keys, members, self.rules.keepers))
             anchor = keeper.thumb_id
             if self.pixels is not None and len(comp) >= PREFETCH_COMPONENT:
-                self.pixels.prefetch([(anchor, t, None) for t in comp if t != anchor], self.cfg.workers)
+                self.pixels.prefetch([(anchor, t, None) for t in comp if t != anchor and not self._other_moments(anchor, t)],
+                                     self.cfg.workers)
             good, rest, mir = [anchor], [], []
             for t in comp:
                 if t == anchor:

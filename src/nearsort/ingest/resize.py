@@ -234,9 +234,10 @@ class _Writer:
         # thumbnail only with one whose pixels agree, else take the next free '_n' name
         taken: set[str] = set()
         thumb_id = mine = None
+        moment = exposure_moment(r.exif)
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
-            if self._other_moment(tid, r):  # a burst frame: its own name, however alike the pixels
+            if moment is not None and self._other_moment(tid, r, moment):  # a burst frame: its own name
                 continue
             mine = pixel_print(r.jpeg) if mine is None else mine
             if self._same_picture(tid, mine, r.jpeg, r.path):
@@ -268,19 +269,20 @@ class _Writer:
                                    r.capture_time, r.make, r.model, gps[0], gps[1], json.dumps(r.exif, sort_keys=True))
         return oid, thumb_id
 
-    def _other_moment(self, thumb_id: int, r: FileResult) -> bool:
-        """Was ``r`` taken at another moment than every original thumbnail ``thumb_id`` shows, by
-        the same camera (EXIF: ``decode.other_moments``)? Then it is another exposure (a burst
-        frame, the next shot of a still scene), never the same picture."""
-        def moment(exif_json) -> int | None:
+    def _other_moment(self, thumb_id: int, r: FileResult, moment: int) -> bool:
+        """Was ``r``, taken at ``moment`` (``decode.exposure_moment``), taken at another moment than
+        every original thumbnail ``thumb_id`` shows, by the same camera (``decode.other_moments``)?
+        Then it is another exposure (a burst frame, the next shot of a still scene), never the same
+        picture."""
+        def theirs(exif_json) -> int | None:
             try:
                 tags = json.loads(exif_json) if exif_json else None
             except ValueError:
                 return None
             return exposure_moment(tags) if isinstance(tags, dict) else None
 
-        return other_moments([(r.make, r.model, exposure_moment(r.exif))],
-                             [(o["make"], o["model"], moment(o["exif_json"]))
+        return other_moments([(r.make, r.model, moment)],
+                             [(o["make"], o["model"], theirs(o["exif_json"]))
                               for o in queries.originals_of_thumb(self.cat, thumb_id)])
 
     def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
