@@ -104,7 +104,7 @@ def _block_flow(a: np.ndarray, b: np.ndarray, n: int) -> dict:
     P = (f @ f.transpose(0, 1, 3, 2)).astype(np.float64)
     A = P[..., :4, :4] + np.diag([MOTION_DAMP, MOTION_DAMP, 1e-6, 1e-6]) * (n * n)
     r, it2 = P[..., :4, 4], P[..., 4, 4]
-    vals, vecs = np.linalg.eigh(P[..., :2, :2] / (n * n))
+    vals, vecs = _eigh2(P[..., 0, 0] / (n * n), P[..., 0, 1] / (n * n), P[..., 1, 1] / (n * n))
     sol = np.linalg.solve(A, r[..., None])[..., 0]
     cy = 2 + (np.arange(h // n) + 0.5) * n
     cx = 2 + (np.arange(w // n) + 0.5) * n
@@ -112,15 +112,38 @@ def _block_flow(a: np.ndarray, b: np.ndarray, n: int) -> dict:
             "xy": np.stack(np.broadcast_arrays(cx[None, :], cy[:, None]), -1)}
 
 
+def _eigh2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.linalg.eigh`` of the symmetric 2x2 matrices [[a, b], [b, c]] (arrays), in closed form:
+    eigenvalues ascending (..., 2) and eigenvectors as columns (..., 2, 2), each up to its sign (as
+    LAPACK's). A fifth of the time of the batched LAPACK call on the flow blocks."""
+    mean, half = (a + c) / 2, (a - c) / 2
+    d = np.hypot(half, b)
+    vals = np.stack([mean - d, mean + d], -1)
+    # the larger eigenvalue's vector: (l2 - c, b) when a >= c, else (b, l2 - a): the better conditioned one
+    big = np.where((a >= c)[..., None], np.stack([half + d, b], -1), np.stack([b, d - half], -1))
+    norm = np.linalg.norm(big, axis=-1, keepdims=True)
+    v2 = np.where(norm > 0, big / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0]))  # isotropic: any
+    v1 = np.stack([-v2[..., 1], v2[..., 0]], -1)
+    return vals, np.stack([v1, v2], -1)
+
+
 def _affine_fit(flow: np.ndarray, X: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The affine flow field (coefficients for X = [1, x - cx, y - cy]) that best explains the
     block flows, robustly (iteratively reweighted, Cauchy): what a crop, a resize or a slight
-    rotation leaves after the coarse alignment; a part that moved on its own barely pulls it."""
+    rotation leaves after the coarse alignment; a part that moved on its own barely pulls it.
+    Each weighted least-squares step is solved by its 3x3 normal equations, or by ``lstsq`` (the
+    minimum-norm answer) where they are ill-conditioned: textured blocks all on one line."""
     X, U, w0 = X.reshape(-1, 3), flow.reshape(-1, 2), weight.reshape(-1)
     w = w0
     for _ in range(5):
-        sw = np.sqrt(w)[:, None]
-        coef = np.linalg.lstsq(X * sw, U * sw, rcond=None)[0]
+        xw = X.T * w
+        normal = xw @ X
+        diag = normal[0, 0] * normal[1, 1] * normal[2, 2]
+        if diag > 0 and np.linalg.det(normal) > 1e-9 * diag:  # (Hadamard: det <= the diagonal's product)
+            coef = np.linalg.solve(normal, xw @ U)
+        else:
+            sw = np.sqrt(w)[:, None]
+            coef = np.linalg.lstsq(X * sw, U * sw, rcond=None)[0]
         w = w0 / (1 + (np.linalg.norm(U - X @ coef, axis=1) / MOTION_ROBUST) ** 2)
     return coef
 
