@@ -122,7 +122,7 @@ def _eigh2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.
     # the larger eigenvalue's vector: (l2 - c, b) when a >= c, else (b, l2 - a): the better conditioned one
     big = np.where((a >= c)[..., None], np.stack([half + d, b], -1), np.stack([b, d - half], -1))
     norm = np.linalg.norm(big, axis=-1, keepdims=True)
-    v2 = np.where(norm > 0, big / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0]))  # isotropic: any
+    v2 = np.where(norm > 0, big / np.maximum(norm, np.finfo(float).tiny), [1.0, 0.0])  # isotropic: any
     v1 = np.stack([-v2[..., 1], v2[..., 0]], -1)
     return vals, np.stack([v1, v2], -1)
 

@@ -372,10 +372,10 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None,
     dy, dx = _phase_shift(_norm(fa), _norm(fb), max(1, int(FINE * MAX_SHIFT)))
     xa, yb = _overlap(fa, fb, dy, dx)
     d = _tolerant_diff(_norm(xa), _norm(yb))
-    bl = _blocks(d, FINE // 8)
     diff = float(d.mean())
     if screen is not None and diff > STRONG_DIFF:  # a screened pair is asked only whether it is a strong copy
         return Verdict("different", diff, metrics={"screened": best[0], "diff": diff})
+    bl = _blocks(d, FINE // 8)
     local = float(bl.max() - np.percentile(bl, 90))
     # 5. colour on the same alignment (SIDE, RGB)
     ca = va.crop(f, rot, SIDE, True) if side == "a" else va.crop(1.0, 0.0, SIDE, True)
