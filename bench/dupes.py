@@ -8,6 +8,7 @@
     nice .venv/bin/python bench/dupes.py /tmp/tilesbench --peers       # + fastdup, imagededup in the same run
     nice .venv/bin/python bench/dupes.py /tmp/realshots --motion       # + local motion of copies vs different shots
     nice .venv/bin/python bench/dupes.py /tmp/vidbench --originals     # + what the motion check on the originals costs
+    nice .venv/bin/python bench/dupes.py /tmp/vidbench --texture       # + where the motion check cannot measure
     nice .venv/bin/python bench/dupes.py /tmp/devbench --model efficientnet-lite0@160   # another model input
 
 Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
@@ -188,6 +189,64 @@ def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
           + ", ".join(f"{m:.2f} ({x} / {y})" for m, x, y, _ in sho[:6]))
 
 
+def texture_report(thumbs: Path, bench: Path, truth: dict) -> None:
+    """Where the motion check is blind: for every labelled copy pair and every pair of different
+    shots of one scene that reaches it (frames.local_motion answers 0 when fewer than 6 flow blocks
+    have 2-D texture, frames.MOTION_TEXTURE), how many were measured, and what lowering that floor
+    does to both sides. Pairs whose thumbnail holds originals of two labelled groups (merged at
+    resize) are left out: their pixels are one frame's, their labels two."""
+    from nearsort import frames
+    from nearsort.dupes.group import load_members
+    from nearsort.dupes.pixels import MAX_MOTION, _Picture, compare_pictures
+    from nearsort.store.catalog import Catalog
+
+    root = os.path.abspath(bench)
+    with Catalog.open(thumbs, write=False) as cat:
+        members, _, rels = load_members(cat)
+    thumb = {os.path.relpath(m.path, root).replace(os.sep, "/"): m.thumb_id for m in members}
+    groups_of = defaultdict(set)
+    for f, t in thumb.items():
+        if f in truth:
+            groups_of[t].add(truth[f]["group_id"])
+    by_group, by_scene = defaultdict(list), defaultdict(list)
+    for f, r in truth.items():
+        if f in thumb and r["relation"] not in ("distractor", "similar") and len(groups_of[thumb[f]]) == 1:
+            by_group[r["group_id"]].append(f)
+            if r.get("scene"):
+                by_scene[r["scene"]].append(f)
+    pairs = {(thumb[a], thumb[b], "copies") for fs in by_group.values() for a, b in combinations(sorted(fs), 2)}
+    pairs |= {(thumb[a], thumb[b], "shots") for fs in by_scene.values() for a, b in combinations(sorted(fs), 2)
+              if truth[a]["group_id"] != truth[b]["group_id"]}
+    pairs = {p for p in pairs if p[0] != p[1]}
+    pics: dict = {}
+
+    def pic(t):
+        if t not in pics:
+            pics[t] = _Picture(thumbs / rels[t])
+        return pics[t]
+
+    floor = frames.MOTION_TEXTURE
+    print(f"\n# the motion check's texture floor (frames.MOTION_TEXTURE {floor}; MAX_MOTION {MAX_MOTION}): "
+          f"{len(pairs)} thumbnail pairs of one labelled group each")
+    try:
+        for level in (floor, floor / 2, floor / 4):
+            frames.MOTION_TEXTURE = level
+            seen = {"copies": [0, 0, 0], "shots": [0, 0, 0]}  # reached the check, measured, above MAX_MOTION
+            for ta, tb, lab in sorted(pairs):
+                fit: dict = {}
+                v = compare_pictures(pic(ta), pic(tb), fit=fit)
+                if "motion" not in v.metrics:
+                    continue
+                seen[lab][0] += 1
+                seen[lab][1] += fit.get("affine") is not None
+                seen[lab][2] += v.metrics["motion"] > MAX_MOTION
+            c, s = seen["copies"], seen["shots"]
+            print(f"  floor {level:<6g} copies: {c[0]} reach it, {c[1]} measured, {c[2]} above (lost); "
+                  f"different shots: {s[0]} reach it, {s[1]} measured, {s[0] - s[2]} at or below (grouped)")
+    finally:
+        frames.MOTION_TEXTURE = floor
+
+
 def originals_cost(thumbs: Path, bench: Path, truth: dict, rounds: int = 3) -> None:
     """dupes with and without the motion check on the originals (DupesConfig.originals), alternating,
     best of ``rounds`` wall and CPU seconds each, without the stored verdicts: what reading and
@@ -247,6 +306,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
     ap.add_argument("--originals", action="store_true",
                     help="also time dupes with and without the motion check on the originals (alternating, best of 3)")
+    ap.add_argument("--texture", action="store_true",
+                    help="also print how many pairs the motion check could measure, at its texture floor and below")
     ap.add_argument("--motion", action="store_true",
                     help="also print pixels.local_motion of the labelled copy pairs and of different shots")
     a = ap.parse_args(argv)
@@ -291,6 +352,8 @@ def main(argv=None) -> int:
             print(f"{tool:<17} {fmt(s)}  [{secs:.2f} s]  {describe(tool, s)}")
     if a.motion:
         motion_report(thumbs, bench, truth)
+    if a.texture:
+        texture_report(thumbs, bench, truth)
     if a.originals:
         originals_cost(thumbs, bench, truth)
     if a.sweep:
