@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, ORIGINAL_DECODE, ORIGINAL_SCREEN,
-                             ORIGINAL_SIDE,
+from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, MOTION_TEXTURE_LOW, ORIGINAL_DECODE,
+                             ORIGINAL_SCREEN, ORIGINAL_SIDE,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
 from nearsort.dupes.dsu import DSU
@@ -266,25 +266,26 @@ def _tolerant_diff(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
 
 
 def _motion(xa: np.ndarray, yb: np.ndarray, rgb, px: float, res: int = FINE, init=None, n: int = MOTION_BLOCK,
-            fit: Optional[list] = None) -> float:
+            fit: Optional[list] = None, low: Optional[float] = None) -> float:
     """:func:`local_motion` of two aligned FINE grey images, in pixels of the smaller picture when
     it has fewer than FINE (``px``: its side; an upscaled small thumbnail's resampling is not
     motion, and it cannot show a sub-pixel one). Above MAX_MOTION it is measured again with the
     more colourful side's RGB (``rgb()``: the aligned FINE RGB pair) mapped linearly onto the
     other's grey: a black-and-white copy with its own channel mix (an average, a red filter) or a
     saturation edit changes the contrast of coloured edges, which is not motion. ``fit``: receives
-    the grey pair's affine flow (:func:`frames.local_motion`)."""
+    the grey pair's affine flow (:func:`frames.local_motion`). ``low``: the texture floor of faint
+    pictures (thumbnails: frames.MOTION_TEXTURE_LOW)."""
     k = min(1.0, px / res)
     ga, gb = _norm(xa), _norm(yb)
     ring = max(1, res // FINE)
-    motion = local_motion(ga, gb, n, init, ring, fit) * k
+    motion = local_motion(ga, gb, n, init, ring, fit, low) * k
     if motion > MAX_MOTION:
         xc, yc = rgb()
         if np.abs(_chroma(xc)).mean() >= np.abs(_chroma(yc)).mean():
             ga = _norm(_mix_like(xc, yb))
         else:
             gb = _norm(_mix_like(yc, xa))
-        motion = min(motion, local_motion(ga, gb, n, init, ring) * k)
+        motion = min(motion, local_motion(ga, gb, n, init, ring, low=low) * k)
     return motion
 
 
@@ -403,7 +404,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None,
         affine: list = []
         m["motion"] = _motion(xa, yb, lambda: _overlap(
             va.crop(f, rot, FINE, True) if side == "a" else va.crop(1.0, 0.0, FINE, True),
-            vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx), px, fit=affine)
+            vb.crop(f, rot, FINE, True) if side == "b" else vb.crop(1.0, 0.0, FINE, True), dy, dx), px, fit=affine,
+                              low=MOTION_TEXTURE_LOW)
         if fit is not None:
             fit.update(shift=(dy, dx), affine=affine[0])
         kind = "shot" if m["motion"] > MAX_MOTION else "copy"

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import SAMPLES
 from nearsort.dupes.group import DupesConfig, find_duplicates
+from nearsort.dupes import pixels
 from nearsort.dupes.pixels import MAX_MOTION, MAX_MOTION_RESCALED, PixelVerifier, compare_files
 from nearsort.ingest.thumbs import process_file
 from nearsort.store.catalog import Catalog
@@ -85,11 +86,13 @@ def test_on_the_originals_two_frames_are_a_shot_and_copies_stay_copies(generated
     assert pv.original_checks() == (2, 0)  # only the frame pairs moved on the thumbnails
 
 
-def test_originals_of_two_sizes_a_half_size_copy_is_a_copy_of_its_frame_only(tmp_path):
+def test_originals_of_two_sizes_a_half_size_copy_is_a_copy_of_its_frame_only(tmp_path, monkeypatch):
     """A half-size copy maps onto a frame only through the thumbnails' alignment; the pair is measured
     on both originals with it, against MAX_MOTION_RESCALED (a rotated crop of a real photo measures
     up to ~0.8 there): the copy stays a copy of its own frame, and a frame whose subject moved by
-    5 px (1.7 px at thumbnail size) is a shot, not a copy of it."""
+    5 px (1.7 px at thumbnail size) is a shot, not a copy of it. The thumbnails see that move since
+    their faint pictures have a texture floor of their own (frames.MOTION_TEXTURE_LOW); without it
+    they are blind to it and the originals decide."""
     f0 = _frame(0, 1)
     ims = {"frame0": f0, "frame0-half": f0.resize((SIZE[0] // 2, SIZE[1] // 2), Image.LANCZOS),
            "frame5": _frame(5.0, 3)}
@@ -102,7 +105,13 @@ def test_originals_of_two_sizes_a_half_size_copy_is_a_copy_of_its_frame_only(tmp
     pv = PixelVerifier(tmp_path, rel, sources=sources)
     assert pv.compare(0, 1).kind == "copy"
     v = pv.compare(2, 1)
-    assert v.kind == "shot" and v.metrics["motion_original"] > MAX_MOTION_RESCALED, v
+    assert v.kind == "shot" and v.metrics["motion"] > MAX_MOTION and "motion_original" not in v.metrics, v
+    monkeypatch.setattr(pixels, "MOTION_TEXTURE_LOW", None)  # thumbnails blind to it: the originals decide
+    pv = PixelVerifier(tmp_path, rel, sources=sources)
+    assert pv.compare(0, 1).kind == "copy"
+    v = pv.compare(2, 1)
+    assert v.kind == "shot" and v.metrics["motion"] <= MAX_MOTION, v  # the 128-px check saw nothing
+    assert v.metrics["motion_original"] > MAX_MOTION_RESCALED, v
 
 
 def test_without_the_originals_the_verdict_stands_and_is_counted(generated, tmp_path):
