@@ -9,6 +9,7 @@
     nice .venv/bin/python bench/dupes.py /tmp/realshots --motion       # + local motion of copies vs different shots
     nice .venv/bin/python bench/dupes.py /tmp/vidbench --originals     # + what the motion check on the originals costs
     nice .venv/bin/python bench/dupes.py /tmp/vidbench --texture       # + where the motion check cannot measure
+    nice .venv/bin/python bench/dupes.py /tmp/crops5k --coarse         # + the coarse-scale screen's margin
     nice .venv/bin/python bench/dupes.py /tmp/devbench --model efficientnet-lite0@160   # another model input
 
 Hard benches (look-alike distinct pictures, different shots, 20 000 crops): bench/make_hard_bench.py.
@@ -247,6 +248,43 @@ def texture_report(thumbs: Path, bench: Path, truth: dict) -> None:
         frames.MOTION_TEXTURE = floor
 
 
+def coarse_report(thumbs: Path) -> None:
+    """The screens of pairs that only a strong copy verdict may join (pixels.STRONG_SCREEN after the
+    fine scales, pixels.COARSE_SCREEN after the coarse ones alone): for one dupes run (1 process, no
+    stored verdicts), the best coarse-scale alignment score of every strong copy found (it must stay
+    below COARSE_SCREEN with a margin) and how many screened pairs each screen stops."""
+    from nearsort.dupes import pixels
+
+    first: list[float] = []
+    rows: list[tuple[float, bool, bool]] = []  # (coarse score, screened question, strong answer)
+    aligned, compare = pixels._aligned_diffs, pixels.compare_pictures
+
+    def _aligned(pairs, lim):
+        out = aligned(pairs, lim)
+        first.append(float(out.min()))
+        return out
+
+    def _compare(pa, pb, screen=None, fit=None):
+        first.clear()
+        v = compare(pa, pb, screen, fit)
+        if first:
+            rows.append((first[0], screen is not None, v.strong))
+        return v
+
+    pixels._aligned_diffs, pixels.compare_pictures = _aligned, _compare
+    try:
+        run(thumbs, workers=1, cache=False)
+    finally:
+        pixels._aligned_diffs, pixels.compare_pictures = aligned, compare
+    strong = [c for c, _, st in rows if st]
+    screened = [c for c, sc, _ in rows if sc]
+    print(f"\n# coarse-scale screen (pixels.COARSE_SCREEN {pixels.COARSE_SCREEN}, STRONG_SCREEN "
+          f"{pixels.STRONG_SCREEN}): {len(rows)} aligned pairs; {len(strong)} strong copies reach at most "
+          f"{max(strong, default=0.0):.3f} on the coarse scales; of {len(screened)} screened pairs "
+          f"{sum(c > pixels.COARSE_SCREEN for c in screened)} stop there, "
+          f"{sum(pixels.STRONG_SCREEN < c <= pixels.COARSE_SCREEN for c in screened)} more may stop after the fine scales")
+
+
 def originals_cost(thumbs: Path, bench: Path, truth: dict, rounds: int = 3) -> None:
     """dupes with and without the motion check on the originals (DupesConfig.originals), alternating,
     best of ``rounds`` wall and CPU seconds each, without the stored verdicts: what reading and
@@ -306,6 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", action="store_true", help="also run fastdup and imagededup (bench/peers.py) on the bench")
     ap.add_argument("--originals", action="store_true",
                     help="also time dupes with and without the motion check on the originals (alternating, best of 3)")
+    ap.add_argument("--coarse", action="store_true",
+                    help="also print the coarse-scale screen's margin over the strong copies found")
     ap.add_argument("--texture", action="store_true",
                     help="also print how many pairs the motion check could measure, at its texture floor and below")
     ap.add_argument("--motion", action="store_true",
@@ -354,6 +394,8 @@ def main(argv=None) -> int:
         motion_report(thumbs, bench, truth)
     if a.texture:
         texture_report(thumbs, bench, truth)
+    if a.coarse:
+        coarse_report(thumbs)
     if a.originals:
         originals_cost(thumbs, bench, truth)
     if a.sweep:

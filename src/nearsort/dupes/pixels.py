@@ -43,6 +43,10 @@ STRONG_SCREEN = 0.12       # coarse difference (64 px, before the rotation searc
 #                            cannot be a strong copy: the 822 strong copy verdicts of the dev, tiles, shots,
 #                            real-shots, video and 5 000-crop benches reach 0.086 there (a crop rotated by
 #                            3 degrees), the screened pairs that became strong 0.035 (docs/design.md)
+COARSE_SCREEN = 0.2        # the same screen on the coarse scales alone (every 4th of SCALES), before the
+#                            fine ones: the strong copies of those six benches reach 0.117 there (a crop
+#                            between two coarse scales), 2 888 of the 5 000 crops' 8 610 screened pairs
+#                            lie above it and skip the fine scales (bench/dupes.py --coarse)
 LOW_DETAIL_ONLY = -1.0     # compare() screen: answer only if the pair is compared as low-detail frames
 STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brightness difference)
 PARALLEL_ABOVE = 48        # pairs above which prefetch uses worker processes (~7 ms a pair; a fork ~50 ms)
@@ -352,6 +356,8 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None,
     coarse = SCALES[::4]
     best = align([(va, vb, s, f, 0.0) for va in pa.views for vb in pb.views
                    for s in ("a", "b") for f in coarse if not (s == "b" and f == 1.0)])
+    if screen is not None and best[0] > max(screen, COARSE_SCREEN):
+        return Verdict("different", metrics={"screened": best[0]})
     k = SCALES.index(best[4])
     fine = [SCALES[i] for i in range(k - 3, k + 4) if 0 <= i < len(SCALES) and SCALES[i] not in coarse]
     more = [(best[1], best[2], best[3], f, 0.0) for f in fine]

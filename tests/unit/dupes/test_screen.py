@@ -43,3 +43,31 @@ def test_a_screened_answer_never_answers_a_full_question(tmp_path):
     full = pv.compare(1, 2)
     assert "screened" not in full.metrics and pv.compared == 2
     assert pv.compare(1, 2, STRONG_SCREEN) is full  # a full verdict answers the screened question too
+
+
+def test_a_crop_between_the_coarse_scales_passes_the_coarse_screen(tmp_path, monkeypatch):
+    """The coarse scales are 8 % apart: a centre crop half-way between two of them (86 %) is found
+    only on the fine scales, and still a strong copy; two different parts of one photo stop on the
+    coarse scales (COARSE_SCREEN) without paying for the fine ones."""
+    from nearsort.dupes import pixels
+
+    photo = Image.open(SAMPLES / "darknet__horses.jpg").convert("RGB")
+    w, h = photo.size
+    a = _thumb(photo, tmp_path / "a.jpg")
+    cw, ch = round(w * 0.86), round(h * 0.86)
+    crop = _thumb(photo.crop(((w - cw) // 2, (h - ch) // 2, (w + cw) // 2, (h + ch) // 2)), tmp_path / "crop.jpg")
+    v = compare_pictures(a, crop, STRONG_SCREEN)
+    assert v.strong and abs(v.scale - 0.86) <= 0.02, v
+    top = _thumb(photo.crop((0, 0, w, h // 2)), tmp_path / "top.jpg")
+    bottom = _thumb(photo.crop((0, h // 2, w, h)), tmp_path / "bottom.jpg")
+    calls = []
+    aligned = pixels._aligned_diffs
+
+    def counting(pairs, lim):
+        calls.append(len(pairs))
+        return aligned(pairs, lim)
+
+    monkeypatch.setattr(pixels, "_aligned_diffs", counting)
+    v = compare_pictures(top, bottom, STRONG_SCREEN)
+    assert v.kind == "different" and v.metrics["screened"] > pixels.COARSE_SCREEN, v
+    assert len(calls) == 1  # the coarse scales only
