@@ -165,7 +165,7 @@ class _View:
         out = self._specs.get((f, rot))
         if out is None:
             z = _norm(self.crop(f, rot, SIDE))
-            out = z, np.fft.rfft2(z).astype(np.complex64)
+            out = z, _fft().rfft2(z).astype(np.complex64)
             if not rot:
                 self._specs[(f, rot)] = out
         return out
@@ -203,10 +203,24 @@ class _Picture:
         self.blank = self.std < UNIFORM_STD and bool((rgb_mean >= 255 - CLIPPED).all() or (rgb_mean <= CLIPPED).all())
 
 
+_FFT = None
+
+
+def _fft():
+    """scipy.fft (imported on first use: a dupes run that compares nothing never loads it): twice
+    numpy.fft's speed on these 64- and 128-px transforms, in single precision."""
+    global _FFT
+    if _FFT is None:
+        from scipy import fft
+
+        _FFT = fft
+    return _FFT
+
+
 def _phase_shift(a: np.ndarray, b: np.ndarray, lim: int, fa=None, fb=None) -> tuple[int, int]:
     """Integer translation (dy, dx), |d| <= lim, that best maps b onto a (fa, fb: their rfft2)."""
-    fa = np.fft.rfft2(a) if fa is None else fa
-    fb = np.fft.rfft2(b) if fb is None else fb
+    fa = _fft().rfft2(a) if fa is None else fa
+    fb = _fft().rfft2(b) if fb is None else fb
     dys, dxs = _peak_shifts(fa[None], fb[None], a.shape, lim)
     return int(dys[0]), int(dxs[0])
 
@@ -222,7 +236,8 @@ def _peak_shifts(FA: np.ndarray, FB: np.ndarray, shape: tuple[int, int], lim: in
     w = 2 * lim + 1
     iy = (np.arange(w) - lim) % shape[0]
     ix = (np.arange(w) - lim) % shape[1]
-    c = np.fft.irfft(np.fft.ifft(r, axis=1)[:, iy, :], n=shape[1], axis=2)[:, :, ix]
+    fft = _fft()
+    c = fft.irfft(fft.ifft(r, axis=1)[:, iy, :], n=shape[1], axis=2)[:, :, ix]
     best = c.reshape(len(c), -1).argmax(1)
     return best // w - lim, best % w - lim
 
