@@ -685,6 +685,7 @@ class PixelVerifier:
 
         from nearsort.workers import pool_context
 
+        _fft()  # imported once here: forked workers inherit it instead of importing it each
         size = min(PARALLEL_CHUNK, max(8, -(-len(todo) // (4 * nw))))
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         jobs = [(str(self.root), [(a, b, self.relpaths[a], self.relpaths[b], sc) for (a, b), sc in c],
