@@ -154,26 +154,41 @@ def run(thumbs: Path, **kw) -> dict:
     return find_duplicates(thumbs, cfg).to_dict()
 
 
-def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
-    """pixels.local_motion on every labelled copy pair and every pair of different shots of one
-    scene that reaches it (the pair passed the structure checks): where MAX_MOTION must sit."""
-    from nearsort.store.catalog import Catalog
+def labelled_pairs(thumbs: Path, bench: Path, truth: dict, one_group: bool = False):
+    """(bench file -> thumbnail id, thumbnail id -> relpath, {(file a, file b, "copies" | "shots")}):
+    every labelled copy pair and every pair of different shots of one scene, among the bench files
+    THUMBS holds. ``one_group``: only files whose thumbnail holds originals of one labelled group
+    (a thumbnail merged at resize shows one frame's pixels under two labels)."""
     from nearsort.dupes.group import load_members
-    from nearsort.dupes.pixels import MAX_MOTION, compare_files
+    from nearsort.store.catalog import Catalog
 
     root = os.path.abspath(bench)
     with Catalog.open(thumbs, write=False) as cat:
         members, _, rels = load_members(cat)
     thumb = {os.path.relpath(m.path, root).replace(os.sep, "/"): m.thumb_id for m in members}
+    groups_of = defaultdict(set)
+    for f, t in thumb.items():
+        if f in truth:
+            groups_of[t].add(truth[f]["group_id"])
     by_group, by_scene = defaultdict(list), defaultdict(list)
     for f, r in truth.items():
-        if f in thumb and r["relation"] not in ("distractor", "similar"):
+        if f in thumb and r["relation"] not in ("distractor", "similar") and (
+                not one_group or len(groups_of[thumb[f]]) == 1):
             by_group[r["group_id"]].append(f)
             if r.get("scene"):
                 by_scene[r["scene"]].append(f)
     pairs = {(a, b, "copies") for fs in by_group.values() for a, b in combinations(sorted(fs), 2)}
     pairs |= {(a, b, "shots") for fs in by_scene.values() for a, b in combinations(sorted(fs), 2)
               if truth[a]["group_id"] != truth[b]["group_id"]}
+    return thumb, rels, pairs
+
+
+def motion_report(thumbs: Path, bench: Path, truth: dict) -> None:
+    """pixels.local_motion on every labelled copy pair and every pair of different shots of one
+    scene that reaches it (the pair passed the structure checks): where MAX_MOTION must sit."""
+    from nearsort.dupes.pixels import MAX_MOTION, compare_files
+
+    thumb, rels, pairs = labelled_pairs(thumbs, bench, truth)
     seen: dict[str, list] = {"copies": [], "shots": []}
     for a, b, lab in sorted(pairs):
         ta, tb = thumb[a], thumb[b]
@@ -197,28 +212,11 @@ def texture_report(thumbs: Path, bench: Path, truth: dict) -> None:
     does to both sides. Pairs whose thumbnail holds originals of two labelled groups (merged at
     resize) are left out: their pixels are one frame's, their labels two."""
     from nearsort import frames
-    from nearsort.dupes.group import load_members
+    from nearsort.dupes import pixels
     from nearsort.dupes.pixels import MAX_MOTION, _Picture, compare_pictures
-    from nearsort.store.catalog import Catalog
 
-    root = os.path.abspath(bench)
-    with Catalog.open(thumbs, write=False) as cat:
-        members, _, rels = load_members(cat)
-    thumb = {os.path.relpath(m.path, root).replace(os.sep, "/"): m.thumb_id for m in members}
-    groups_of = defaultdict(set)
-    for f, t in thumb.items():
-        if f in truth:
-            groups_of[t].add(truth[f]["group_id"])
-    by_group, by_scene = defaultdict(list), defaultdict(list)
-    for f, r in truth.items():
-        if f in thumb and r["relation"] not in ("distractor", "similar") and len(groups_of[thumb[f]]) == 1:
-            by_group[r["group_id"]].append(f)
-            if r.get("scene"):
-                by_scene[r["scene"]].append(f)
-    pairs = {(thumb[a], thumb[b], "copies") for fs in by_group.values() for a, b in combinations(sorted(fs), 2)}
-    pairs |= {(thumb[a], thumb[b], "shots") for fs in by_scene.values() for a, b in combinations(sorted(fs), 2)
-              if truth[a]["group_id"] != truth[b]["group_id"]}
-    pairs = {p for p in pairs if p[0] != p[1]}
+    thumb, rels, labelled = labelled_pairs(thumbs, bench, truth, one_group=True)
+    pairs = {(thumb[a], thumb[b], lab) for a, b, lab in labelled if thumb[a] != thumb[b]}
     pics: dict = {}
 
     def pic(t):
@@ -226,12 +224,12 @@ def texture_report(thumbs: Path, bench: Path, truth: dict) -> None:
             pics[t] = _Picture(thumbs / rels[t])
         return pics[t]
 
-    floor = frames.MOTION_TEXTURE
-    print(f"\n# the motion check's texture floor (frames.MOTION_TEXTURE {floor}; MAX_MOTION {MAX_MOTION}): "
-          f"{len(pairs)} thumbnail pairs of one labelled group each")
-    try:
-        for level in (floor, floor / 2, floor / 4):
-            frames.MOTION_TEXTURE = level
+    floor, low = frames.MOTION_TEXTURE, pixels.MOTION_TEXTURE_LOW
+    print(f"\n# the motion check's texture floor (frames.MOTION_TEXTURE {floor}, for faint thumbnails "
+          f"MOTION_TEXTURE_LOW {low}; MAX_MOTION {MAX_MOTION}): {len(pairs)} thumbnail pairs of one labelled group each")
+    try:  # without the faint thumbnails' floor, with it (the default), then one lower floor for all
+        for level, fallback in ((floor, None), (floor, low), (floor / 2, None), (floor / 4, None)):
+            frames.MOTION_TEXTURE, pixels.MOTION_TEXTURE_LOW = level, fallback
             seen = {"copies": [0, 0, 0], "shots": [0, 0, 0]}  # reached the check, measured, above MAX_MOTION
             for ta, tb, lab in sorted(pairs):
                 fit: dict = {}
@@ -242,10 +240,10 @@ def texture_report(thumbs: Path, bench: Path, truth: dict) -> None:
                 seen[lab][1] += fit.get("affine") is not None
                 seen[lab][2] += v.metrics["motion"] > MAX_MOTION
             c, s = seen["copies"], seen["shots"]
-            print(f"  floor {level:<6g} copies: {c[0]} reach it, {c[1]} measured, {c[2]} above (lost); "
+            print(f"  floor {level:<6g} then {fallback or '-':<6} copies: {c[0]} reach it, {c[1]} measured, {c[2]} above (lost); "
                   f"different shots: {s[0]} reach it, {s[1]} measured, {s[0] - s[2]} at or below (grouped)")
     finally:
-        frames.MOTION_TEXTURE = floor
+        frames.MOTION_TEXTURE, pixels.MOTION_TEXTURE_LOW = floor, low
 
 
 def coarse_report(thumbs: Path) -> None:
