@@ -99,14 +99,15 @@ def hex_to_u64(hexes: Iterable[str]) -> np.ndarray:
 # ----------------------------------------------------------------------------- crop-aware hash
 _N = 32
 _DCT = np.cos(np.pi * np.outer(np.arange(8), 2 * np.arange(_N) + 1) / (2 * _N)).astype(np.float64)
-_BITW = (np.uint64(1) << np.arange(64, dtype=np.uint64)).astype(np.uint64)
 
 
 def _phash32(x: np.ndarray) -> int:
-    """64-bit DCT phash of a 32x32 float image (imagehash.phash's algorithm)."""
-    low = _DCT @ x @ _DCT.T
-    bits = (low > np.median(low)).ravel()
-    return int(np.bitwise_or.reduce(_BITW[bits])) if bits.any() else 0
+    """64-bit DCT phash of a 32x32 float image (imagehash.phash's algorithm): bit i set where the
+    i-th low-frequency coefficient (row-major) lies above their median."""
+    low = (_DCT @ x @ _DCT.T).ravel()
+    mid = np.partition(low, (31, 32))  # the median of 64 values, as np.median takes it (3x cheaper here)
+    bits = low > (mid[31] + mid[32]) / 2
+    return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
 
 def crop_signature(path) -> np.ndarray:
