@@ -12,7 +12,10 @@ grey at 256 px, and measured three ways:
   in pixels of 256; it needs no texture (a blurred, panning frame has a peak too);
 - ``shift`` / ``zoom``: the translation at the centre and the isotropic scale change of the robust
   affine map the dupes motion check fits (``frames.global_affine`` at 128, refined at 256); none
-  where fewer than 6 blocks have texture.
+  where fewer than 6 blocks have texture;
+- ``grain``: the correlation of the two decoded 320-px frames' fine detail (each minus its Gaussian
+  blur, sigma 1 px): a re-encode keeps a capture's own grain and noise, a new frame of a still
+  scene would not (a lower value is further apart). Printed, not used in the envelope.
 
 Copies of one size (re-encodes, format conversions, tone edits, grey copies) are registered to a few
 hundredths of a pixel (phase correlation alone can miss on a near-uniform tile). Printed per bench:
@@ -56,17 +59,29 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.hypot(y, x))
 
 
-def measure(pa: Path, pb: Path) -> tuple[float, float | None, float | None]:
+def grain(a, b) -> float | None:
+    """Correlation of the fine detail (image minus its Gaussian blur, sigma 1) of two grey frames of one size."""
+    from scipy.ndimage import gaussian_filter
+
+    x, y = (np.asarray(im.convert("L"), np.float32) for im in (a, b))
+    if x.shape != y.shape:
+        return None
+    hx, hy = ((z - gaussian_filter(z, 1.0))[4:-4, 4:-4] for z in (x, y))
+    return float((hx * hy).mean() / (hx.std() * hy.std() + 1e-9))
+
+
+def measure(pa: Path, pb: Path) -> tuple[float, float | None, float | None, float | None]:
     a, b = decode_file(pa, 320).image, decode_file(pb, 320).image
+    g = grain(a, b)
     a2, b2 = _square(a, 256), _square(b, 256)
     pc = phase_shift(a2, b2)
     coarse = global_affine(_square(a, 128), _square(b, 128))
     if coarse is None:
-        return pc, None, None
+        return pc, None, None, g
     init = scaled_affine(coarse, 2)
     more = global_affine(a2, _warp(b2, -init, np.array([128.0, 128.0])))
     (u0, v0), (ux, _vx), (_uy, vy) = init + (more if more is not None else 0)
-    return pc, float(np.hypot(u0, v0)), float(abs(ux + vy) / 2)
+    return pc, float(np.hypot(u0, v0)), float(abs(ux + vy) / 2), g
 
 
 def pairs(bench: Path):
@@ -99,20 +114,25 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - an unreadable file is left out, and said
                 print(f"  skipped {pa.name} / {pb.name}: {e}", file=sys.stderr)
     print("pairs of originals of one size, whole frames at 256 px; quantiles min / median / p95 / max")
-    print(f"{'bench':12} {'pairs':>10} {'n':>5}  {'pc shift (px)':>28}  {'affine shift (px)':>28}  {'zoom':>28}")
+    print(f"{'bench':12} {'pairs':>10} {'n':>5}  {'pc shift (px)':>28}  {'affine shift (px)':>28}  {'zoom':>28}  "
+          f"{'grain (min / p5 / median / max)':>32}")
     for (name, same), ms in sorted(got.items()):
         print(f"{name:12} {'copies' if same else 'different':>10} {len(ms):5}  {q([m[0] for m in ms]):>28}  "
-              f"{q([m[1] for m in ms]):>28}  {q([m[2] for m in ms]):>28}")
+              f"{q([m[1] for m in ms]):>28}  {q([m[2] for m in ms]):>28}  {q([m[3] for m in ms], (0, 5, 50, 100)):>32}")
     for (name, same), ms in sorted(got.items()):
         copies = got.get((name, True), [])
         if same or not copies:
             continue
         env = [max((m[k] for m in copies if m[k] is not None), default=0.0) for k in range(3)]
         inside = [m for m in ms if all(m[k] is None or m[k] <= env[k] for k in range(3))]
-        by_scene = collections.Counter(m[3] for m in inside)
+        by_scene = collections.Counter(m[4] for m in inside)
         print(f"  {name}: {len(inside)} of {len(ms)} different-frame pairs inside its copies' envelope "
               f"(pc <= {env[0]:.3g} px, shift <= {env[1]:.3g} px, zoom <= {env[2]:.3g}); by scene: "
               + ", ".join(f"{k} {v}" for k, v in by_scene.most_common()))
+        low = min((m[3] for m in copies if m[3] is not None), default=None)
+        if low is not None:
+            print(f"  {name}: {sum(m[3] is not None and m[3] >= low for m in ms)} of {len(ms)} different-frame pairs "
+                  f"keep as much grain as its least-correlated copy pair (grain >= {low:.3g})")
     return 0
 
 
