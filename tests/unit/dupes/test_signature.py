@@ -1,11 +1,9 @@
 """The crop-aware signature's DCT hash is imagehash's phash, bit for bit."""
+import imagehash
 import numpy as np
-import pytest
 from PIL import Image
 
 from nearsort.dupes.group import _phash32, crop_signature
-
-imagehash = pytest.importorskip("imagehash")
 
 
 def _bits(v: int) -> np.ndarray:
