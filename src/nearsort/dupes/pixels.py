@@ -49,6 +49,11 @@ COARSE_SCREEN = 0.2        # the same screen on the coarse scales alone (every 4
 #                            lie above it and skip the fine scales (bench/dupes.py --coarse)
 LOW_DETAIL_ONLY = -1.0     # compare() screen: answer only if the pair is compared as low-detail frames
 STRONG_TONE = 1.0          # the same for low-detail frames (mean |RGB| and brightness difference)
+MAX_SHAPE = 0.1            # |log| of the ratio of the two framings' aspect ratios above which two pictures
+#                            are not one: every step below maps a centred crop of one uniform scale, so a
+#                            copy keeps its shape (labelled copies of six benches: <= 0.019, rounding and
+#                            trims of small thumbnails); what it calls a copy beyond that is a simple picture
+#                            (a horizon, a gradient) stretched to fit, a different crop (docs/design.md)
 PARALLEL_ABOVE = 48        # pairs above which prefetch uses worker processes (~7 ms a pair; a fork ~50 ms)
 PARALLEL_CHUNK = 128       # pairs a worker job takes at most (fewer: every worker gets ~4 jobs)
 ROTATE_ABOVE = 0.03        # try rotations when the best mean difference (64 px) is above this
@@ -111,12 +116,13 @@ class Verdict:
 class _View:
     """One framing of a thumbnail (its border-trimmed box, or the whole frame): crops and spectra."""
 
-    __slots__ = ("images", "_rot", "box", "_crops", "_specs")
+    __slots__ = ("images", "_rot", "box", "shape", "_crops", "_specs")
 
     def __init__(self, images: dict, rot_cache: dict, box: tuple[int, int, int, int]):
         # no reference back to the picture: no cycle, so an evicted picture is freed at once.
         # images: (rgb, half) -> PIL image; a half-size grey source serves the SIDE alignment crops (4x cheaper)
         self.images, self._rot, self.box = images, rot_cache, box
+        self.shape = float(np.log((box[2] - box[0]) / (box[3] - box[1])))  # log aspect ratio
         self._crops: dict = {}
         self._specs: dict = {}
 
@@ -334,6 +340,9 @@ def compare_pictures(pa: _Picture, pb: _Picture, screen: Optional[float] = None,
     pair), which :func:`motion_at` starts from instead of finding it again."""
     if screen == LOW_DETAIL_ONLY and min(pa.info, pb.info) >= LOW_INFO:
         return Verdict("different", metrics={"screened": 0.0})  # only a low-detail match was asked for
+    shape = min(abs(va.shape - vb.shape) for va in pa.views for vb in pb.views)
+    if shape > MAX_SHAPE:  # 1. shape: no framing of one has the other's
+        return Verdict("different", metrics={"shape": shape})
     if min(pa.std, pb.std) < UNIFORM_STD:
         if max(pa.std, pb.std) >= UNIFORM_STD or pa.blank or pb.blank:
             return Verdict("uniform", metrics={"std": min(pa.std, pb.std)})

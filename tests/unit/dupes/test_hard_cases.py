@@ -225,3 +225,34 @@ def test_a_library_script_without_a_main_guard_can_run_dupes_in_processes(hard_l
     assert out.returncode == 0, out.stderr[-2000:]
     assert "groups" in out.stdout and "Traceback" not in out.stderr
     assert int(out.stdout.split("checks")[1]) > 0  # the checks really ran (in processes)
+
+
+def test_crops_of_one_picture_in_two_shapes_are_not_copies(tmp_path):
+    """Every alignment the pixel check tries maps a centred crop of one uniform scale, so a copy
+    keeps its shape: two crops of a simple picture (an orange on a plain ground) in two shapes
+    were once called copies, stretched to fit. A copy resized to an odd size, and one
+    letterboxed to another shape (the bars are trimmed), keep their verdicts."""
+    from nearsort.dupes.pixels import MAX_SHAPE
+
+    im = Image.open(SAMPLES / "opencv-doc__orange.jpg").convert("RGB")
+    w, h = im.size
+
+    def save(pic: Image.Image, name: str) -> Path:
+        pic = pic.copy()
+        pic.thumbnail((256, 256))
+        pic.save(tmp_path / name, quality=90)
+        return tmp_path / name
+
+    wide = save(im.crop((w // 10, int(h * 0.3), w - w // 10, int(h * 0.7))), "wide.jpg")
+    tall = save(im.crop((w // 10, int(h * 0.2), w - w // 10, int(h * 0.8))), "tall.jpg")
+    v = compare_files(wide, tall)
+    assert v.kind == "different" and v.metrics["shape"] > MAX_SHAPE, v
+    whole = save(im, "whole.jpg")
+    odd = tmp_path / "odd.jpg"
+    im.resize((157, round(157 * h / w)), Image.BICUBIC).save(odd, quality=85)
+    assert compare_files(whole, odd).copy
+    boxed = tmp_path / "boxed.jpg"
+    canvas = Image.new("RGB", (w, w), (0, 0, 0))
+    canvas.paste(im, (0, (w - h) // 2))
+    canvas.resize((240, 240), Image.BICUBIC).save(boxed, quality=88)
+    assert compare_files(whole, boxed).copy
