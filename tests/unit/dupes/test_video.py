@@ -198,3 +198,25 @@ def test_real_consecutive_video_frames_are_never_copies(tmp_path, video):
         for b in range(a + 1, 5):
             assert not pv.compare(a, b).copy, (a, b, pv.compare(a, b))
     assert pv.compare(0, 5).copy  # the frame and its re-encode
+
+
+def test_a_half_size_copy_of_a_frame_goes_with_its_own_frame(tmp_path):
+    """Two frames 2 px apart and a half-size copy of each: a half-size copy of either frame passes
+    as a copy of the other one (the drift is a pixel on it, within the two-size limit), so the
+    first keeper met would take both. Each copy is closer to its own frame (less motion at
+    thumbnail size) and goes with it: two groups, one frame each."""
+    from nearsort.embed.featurize import featurize
+    from nearsort.ingest.resize import resize
+
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for name, dx, seed in (("frame0", 0, 1), ("frame1", 2.0, 2)):
+        f = _frame(dx, seed)
+        f.save(lib / f"{name}.jpg", quality=92)
+        f.resize((SIZE[0] // 2, SIZE[1] // 2), Image.LANCZOS).save(lib / f"{name}-half.jpg", quality=90)
+    thumbs = tmp_path / "thumbs"
+    resize(lib, thumbs)
+    featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
+    res = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0"))
+    groups = sorted(sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups)
+    assert groups == [["frame0-half.jpg", "frame0.jpg"], ["frame1-half.jpg", "frame1.jpg"]], groups
