@@ -29,7 +29,8 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, frame_motion, pixel_print, prints_agree
+from nearsort.frames import (MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, frame_motion, jpeg_encoding,
+                             pixel_print, prints_agree, recoded)
 from nearsort.ingest.decode import decode_file, exposure_moment, other_moments
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
@@ -323,10 +324,30 @@ class _Writer:
                 if frame_motion(a, b, fit) > MAX_MOTION:  # frames.still: a part moved
                     return False
                 if fine_motion(a, b, fit) <= ORIGINAL_SCREEN:
-                    return True
+                    return not self._recoded(thumb_id, path)
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
             return False
-        return self._originals_still(thumb_id, path)
+        return self._originals_still(thumb_id, path) and not self._recoded(thumb_id, path)
+
+    def _recoded(self, thumb_id: int, path: str) -> bool:
+        """Is the original at ``path`` a JPEG of the same encoding as one of thumbnail ``thumb_id``'s,
+        changed beyond a re-save (:func:`frames.recoded`: two frames of one encoder, however still)?"""
+        try:
+            with open(path, "rb") as fh:
+                mine = fh.read()
+        except OSError:
+            return False
+        if jpeg_encoding(mine) is None:
+            return False
+        for other, status in queries.sources_of_thumb(self.cat, thumb_id):
+            if status != "ok" or bytes(other) == os.fsencode(path):
+                continue
+            try:
+                with open(bytes(other), "rb") as fh:
+                    return recoded(fh.read(), mine)
+            except OSError:  # try its next copy
+                continue
+        return False
 
     def _originals_still(self, thumb_id: int, path: str) -> bool:
         """Did no part move between the original at ``path`` and one of thumbnail ``thumb_id``'s

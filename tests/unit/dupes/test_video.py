@@ -45,7 +45,8 @@ def _frame(dx: float, seed: int) -> Image.Image:
 def _library(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     f0 = _frame(0, 1)
-    ims = {"frame0": (f0, 92), "frame1": (_frame(2.0, 2), 92), "frame0-q40": (f0, 40),
+    # frame1 at another quality: its encoding differs, so only motion tells it (frames.recoded aside)
+    ims = {"frame0": (f0, 92), "frame1": (_frame(2.0, 2), 91), "frame0-q40": (f0, 40),
            "frame0-grey": (f0.convert("L").convert("RGB"), 88)}
     out = {}
     for name, (im, q) in ims.items():
@@ -220,3 +221,43 @@ def test_a_half_size_copy_of_a_frame_goes_with_its_own_frame(tmp_path):
     res = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0"))
     groups = sorted(sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups)
     assert groups == [["frame0-half.jpg", "frame0.jpg"], ["frame1-half.jpg", "frame1.jpg"]], groups
+
+
+def test_two_still_frames_of_one_encoder_are_two_pictures(tmp_path):
+    """Two frames of a still scene (the subject drifts by half a pixel, the sensor noise is new): no
+    motion check can see them apart, but both are JPEGs of one encoding (size, tables), and their
+    blocks changed beyond what saving one of them again changes (frames.recoded). resize gives
+    each its own thumbnail and dupes never groups them; a re-save of a frame with its own tables,
+    an EXIF-stripped copy and a re-encode at another quality stay copies of it."""
+    from nearsort.embed.featurize import featurize
+    from nearsort.frames import RECODE_SHARE, recoded_change
+    from nearsort.ingest.resize import resize
+
+    lib = tmp_path / "library"
+    lib.mkdir()
+    f0 = _frame(0, 1)
+    f0.save(lib / "frame0.jpg", quality=92)
+    _frame(0.5, 2).save(lib / "frame1.jpg", quality=92)
+    with Image.open(lib / "frame0.jpg") as im:
+        again = im.convert("RGB")
+        again.save(lib / "frame0-again.jpg", qtables=im.quantization, subsampling=2)
+    f0.save(lib / "frame0-q60.jpg", quality=60)
+    raw = (lib / "frame0.jpg").read_bytes()
+    stripped = raw[:2] + b"\xff\xfe\x00\x05abc" + raw[2:]  # a comment segment: the same compressed data
+    (lib / "frame0-comment.jpg").write_bytes(stripped)
+    b = {p.stem: p.read_bytes() for p in lib.iterdir()}
+    assert recoded_change(b["frame0"], b["frame1"]) > RECODE_SHARE
+    assert recoded_change(b["frame0"], b["frame0-again"]) <= RECODE_SHARE
+    assert recoded_change(b["frame0"], b["frame0-comment"]) == 0.0
+    assert recoded_change(b["frame0"], b["frame0-q60"]) is None  # other tables: not one encoding
+    thumbs = tmp_path / "thumbs"
+    resize(lib, thumbs)
+    with Catalog.open(thumbs, write=False) as cat:
+        rows = cat.execute("SELECT s.path, o.thumb_id FROM sources s JOIN originals o ON o.id = s.original_id").fetchall()
+    thumb = {os.path.basename(os.fsdecode(bytes(p))): t for p, t in rows}
+    assert thumb["frame1.jpg"] != thumb["frame0.jpg"]
+    featurize(thumbs, model="efficientnet-lite0", device="cpu", log=lambda m: None)
+    res = find_duplicates(thumbs, DupesConfig(model="efficientnet-lite0"))
+    groups = [sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups]
+    assert not any("frame1.jpg" in g for g in groups), groups
+    assert any({"frame0.jpg", "frame0-again.jpg", "frame0-comment.jpg"} <= set(g) for g in groups), groups
