@@ -375,21 +375,31 @@ def jpeg_encoding(data: bytes):
 
 
 def _luma(data: bytes) -> np.ndarray:
+    """The decoder's own luma (uint8), no colour conversion."""
     with Image.open(io.BytesIO(data)) as im:
         if im.mode in ("RGB", "YCbCr"):
-            im.draft("YCbCr", im.size)  # the decoder's own luma, no colour conversion
-        y = np.asarray(im, np.float32)
+            im.draft("YCbCr", im.size)
+        y = np.asarray(im)
     return y[..., 0] if y.ndim == 3 else y
 
 
-def _recode_share(ya: np.ndarray, yb: np.ndarray) -> float:
-    ia = np.clip(ya, 0, 255).astype(np.int64).ravel()
-    n = np.bincount(ia, minlength=256)
-    curve = np.where(n > 0, np.bincount(ia, yb.ravel(), 256) / np.maximum(n, 1), np.arange(256))
-    r = np.abs(yb - curve[ia].reshape(yb.shape))
-    h, w = r.shape[0] // 8 * 8, r.shape[1] // 8 * 8
-    blocks = r[:h, :w].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
-    return float((blocks > RECODE_LEVELS).mean()) if blocks.size else 0.0
+def _recode_shares(ya: np.ndarray, yb: np.ndarray) -> tuple[float, float]:
+    """The share of 8x8 blocks whose mean |b - curve(a)| exceeds RECODE_LEVELS, curve(a) the mean of
+    b at each level of a (a tone curve), and the same the other way, from one joint histogram: the
+    residual of every (a, b) pair of levels is looked up, not computed per pixel."""
+    joint = ya.astype(np.int32) * 256 + yb
+    hist = np.bincount(joint.ravel(), minlength=65536).reshape(256, 256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    na, nb = hist.sum(1), hist.sum(0)
+    curve_ab = np.where(na > 0, hist @ levels / np.maximum(na, 1), levels)  # b's mean at each level of a
+    curve_ba = np.where(nb > 0, levels @ hist / np.maximum(nb, 1), levels)  # a's mean at each level of b
+    h, w = ya.shape[0] // 8 * 8, ya.shape[1] // 8 * 8
+    out = []
+    for table in (np.abs(levels[None, :] - curve_ab[:, None]), np.abs(levels[:, None] - curve_ba[None, :])):
+        r = table.astype(np.float32).ravel()[joint[:h, :w]]
+        blocks = r.reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
+        out.append(float((blocks > RECODE_LEVELS).mean()) if blocks.size else 0.0)
+    return out[0], out[1]
 
 
 def recoded_change(a: bytes, b: bytes) -> float | None:
@@ -405,10 +415,35 @@ def recoded_change(a: bytes, b: bytes) -> float | None:
     ya, yb = _luma(a), _luma(b)
     if ya.shape != yb.shape:
         return None
-    return max(_recode_share(ya, yb), _recode_share(yb, ya))
+    if np.array_equal(ya, yb):
+        return 0.0
+    return max(_recode_shares(ya, yb))
 
 
-def recoded(a: bytes, b: bytes) -> bool:
-    """:func:`recoded_change` above RECODE_SHARE: not one picture saved again."""
-    share = recoded_change(a, b)
-    return share is not None and share > RECODE_SHARE
+_HEAD = 1 << 17  # bytes of a file read first: a JPEG's header (tables, size) is in them
+
+
+def recoded_files(paths_a, paths_b) -> float | None:
+    """:func:`recoded_change` of the first readable file of each list of paths (an original and
+    its copies), or None (not two JPEGs of one encoding, unreadable). Only their headers are read
+    unless both are JPEGs whose encodings may match."""
+    def head(paths):
+        for p in paths:
+            try:
+                with open(p, "rb") as fh:
+                    return p, fh.read(_HEAD)
+            except OSError:
+                continue
+        return None, b""
+
+    (pa, ha), (pb, hb) = head(paths_a), head(paths_b)
+    if pa is None or pb is None or ha[:2] != b"\xff\xd8" or hb[:2] != b"\xff\xd8":
+        return None
+    ea, eb = jpeg_encoding(ha), jpeg_encoding(hb)
+    if ea is not None and eb is not None and ea[0] != eb[0]:
+        return None  # both headers read, and they differ
+    try:
+        with open(pa, "rb") as fa, open(pb, "rb") as fb:
+            return recoded_change(fa.read(), fb.read())
+    except Exception:  # noqa: BLE001 - an unreadable or damaged file proves nothing
+        return None

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, MOTION_TEXTURE_LOW, ORIGINAL_DECODE,
-                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE,
+                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE, recoded_files,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
 from nearsort.dupes.dsu import DSU
@@ -473,36 +473,6 @@ def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_
                    init, n)
 
 
-_HEAD = 1 << 17  # bytes of an original read first: its JPEG header (tables, size) is in them
-
-
-def _recoded_originals(paths_a, paths_b) -> Optional[float]:
-    """:func:`frames.recoded_change` of the first readable original of each (None: not two JPEGs
-    of one encoding, or unreadable). Only their headers are read unless the encodings match."""
-    from nearsort.frames import jpeg_encoding, recoded_change
-
-    def head(paths):
-        for p in paths:
-            try:
-                with open(p, "rb") as fh:
-                    return p, fh.read(_HEAD)
-            except OSError:
-                continue
-        return None, b""
-
-    (pa, ha), (pb, hb) = head(paths_a), head(paths_b)
-    if pa is None or pb is None or ha[:2] != b"\xff\xd8" or hb[:2] != b"\xff\xd8":
-        return None
-    ea, eb = jpeg_encoding(ha), jpeg_encoding(hb)
-    if ea is not None and eb is not None and ea[0] != eb[0]:
-        return None  # both headers read, and they differ
-    try:
-        with open(pa, "rb") as fa, open(pb, "rb") as fb:
-            return recoded_change(fa.read(), fb.read())
-    except Exception:  # noqa: BLE001 - an unreadable or damaged original proves nothing
-        return None
-
-
 def _decode_original(paths):
     """The first of ``paths`` (an original's copies) that decodes, at ORIGINAL_DECODE px (a PIL
     image); None if none does (gone, unreadable: it is only read)."""
@@ -684,8 +654,8 @@ class PixelVerifier:
         cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
         da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
         m = v.metrics
-        if da == db:  # two JPEGs of one encoding: a re-save, or two frames of one encoder (frames.recoded)
-            share = _recoded_originals(self.sources[key[0]][1], self.sources[key[1]][1])
+        if da == db:  # two JPEGs of one encoding: a re-save, or two frames of one encoder (frames.recoded_files)
+            share = recoded_files(self.sources[key[0]][1], self.sources[key[1]][1])
             if share is not None:
                 m["recoded"] = share
                 if share > RECODE_SHARE:

@@ -29,8 +29,8 @@ from nearsort.store.catalog import Catalog, CatalogError, DiskFull, Thumbs, cata
 from nearsort.ingest.scan import ScanProblem, walk_images
 from nearsort.store.sync import (import_meta, import_tree, iter_thumb_files, reattach_vectors, reconcile, thumb_meta,
                                  write_thumb_meta)
-from nearsort.frames import (MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, fine_motion, frame_motion, jpeg_encoding,
-                             pixel_print, prints_agree, recoded)
+from nearsort.frames import (MAX_MOTION, ORIGINAL_DECODE, ORIGINAL_SCREEN, RECODE_SHARE, fine_motion, frame_motion,
+                             pixel_print, prints_agree, recoded_files)
 from nearsort.ingest.decode import decode_file, exposure_moment, other_moments
 from nearsort.ingest.thumbs import THUMB_EXT, FileResult, layout_folder, process_file, thumb_name
 from nearsort.stage import Progress, Result
@@ -331,22 +331,15 @@ class _Writer:
 
     def _recoded(self, thumb_id: int, path: str) -> bool:
         """Is the original at ``path`` a JPEG of the same encoding as one of thumbnail ``thumb_id``'s,
-        changed beyond a re-save (:func:`frames.recoded`: two frames of one encoder, however still)?"""
-        try:
-            with open(path, "rb") as fh:
-                mine = fh.read()
-        except OSError:
-            return False
-        if jpeg_encoding(mine) is None:
-            return False
+        changed beyond a re-save (:func:`frames.recoded_files`: two frames of one encoder, however
+        still)? Only the headers are read unless the encodings match."""
         for other, status in queries.sources_of_thumb(self.cat, thumb_id):
             if status != "ok" or bytes(other) == os.fsencode(path):
                 continue
-            try:
-                with open(bytes(other), "rb") as fh:
-                    return recoded(fh.read(), mine)
-            except OSError:  # try its next copy
-                continue
+            if not os.path.exists(bytes(other)):
+                continue  # try its next copy
+            share = recoded_files([bytes(other)], [path])
+            return share is not None and share > RECODE_SHARE
         return False
 
     def _originals_still(self, thumb_id: int, path: str) -> bool:

@@ -45,7 +45,7 @@ def _frame(dx: float, seed: int) -> Image.Image:
 def _library(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     f0 = _frame(0, 1)
-    # frame1 at another quality: its encoding differs, so only motion tells it (frames.recoded aside)
+    # frame1 at another quality: its encoding differs, so only motion tells it (frames.recoded_change aside)
     ims = {"frame0": (f0, 92), "frame1": (_frame(2.0, 2), 91), "frame0-q40": (f0, 40),
            "frame0-grey": (f0.convert("L").convert("RGB"), 88)}
     out = {}
@@ -226,7 +226,7 @@ def test_a_half_size_copy_of_a_frame_goes_with_its_own_frame(tmp_path):
 def test_two_still_frames_of_one_encoder_are_two_pictures(tmp_path):
     """Two frames of a still scene (the subject drifts by half a pixel, the sensor noise is new): no
     motion check can see them apart, but both are JPEGs of one encoding (size, tables), and their
-    blocks changed beyond what saving one of them again changes (frames.recoded). resize gives
+    blocks changed beyond what saving one of them again changes (frames.recoded_change). resize gives
     each its own thumbnail and dupes never groups them; a re-save of a frame with its own tables,
     an EXIF-stripped copy and a re-encode at another quality stay copies of it."""
     from nearsort.embed.featurize import featurize
