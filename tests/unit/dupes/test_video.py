@@ -261,3 +261,16 @@ def test_two_still_frames_of_one_encoder_are_two_pictures(tmp_path):
     groups = [sorted(os.path.basename(m["path"]) for m in g["members"]) for g in res.groups]
     assert not any("frame1.jpg" in g for g in groups), groups
     assert any({"frame0.jpg", "frame0-again.jpg", "frame0-comment.jpg"} <= set(g) for g in groups), groups
+
+
+def test_pictures_too_big_to_compare_whole_are_left_to_the_motion_checks(tmp_path, monkeypatch):
+    """The re-save check decodes both JPEGs whole: beyond RECODE_MAX_PIXELS it is not asked (None)."""
+    from nearsort import frames
+
+    _frame(0, 1).save(tmp_path / "a.jpg", quality=92)
+    _frame(0.5, 2).save(tmp_path / "b.jpg", quality=92)
+    a, b = (tmp_path / "a.jpg").read_bytes(), (tmp_path / "b.jpg").read_bytes()
+    assert frames.recoded_change(a, b) > frames.RECODE_SHARE
+    monkeypatch.setattr(frames, "RECODE_MAX_PIXELS", SIZE[0] * SIZE[1] - 1)
+    assert frames.recoded_change(a, b) is None
+    assert frames.recoded_files([tmp_path / "a.jpg"], [tmp_path / "b.jpg"]) is None
