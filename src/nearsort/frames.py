@@ -446,6 +446,8 @@ def recoded_files(paths_a, paths_b) -> float | None:
     ea, eb = jpeg_encoding(ha), jpeg_encoding(hb)
     if ea is not None and eb is not None and ea[0] != eb[0]:
         return None  # both headers read, and they differ
+    if ea is not None and ea[0][0][0] * ea[0][0][1] > RECODE_MAX_PIXELS:
+        return None  # not compared: not read whole either
     try:
         with open(pa, "rb") as fa, open(pb, "rb") as fb:
             return recoded_change(fa.read(), fb.read())

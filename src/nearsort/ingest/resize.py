@@ -333,14 +333,10 @@ class _Writer:
         """Is the original at ``path`` a JPEG of the same encoding as one of thumbnail ``thumb_id``'s,
         changed beyond a re-save (:func:`frames.recoded_files`: two frames of one encoder, however
         still)? Only the headers are read unless the encodings match."""
-        for other, status in queries.sources_of_thumb(self.cat, thumb_id):
-            if status != "ok" or bytes(other) == os.fsencode(path):
-                continue
-            if not os.path.exists(bytes(other)):
-                continue  # try its next copy
-            share = recoded_files([bytes(other)], [path])
-            return share is not None and share > RECODE_SHARE
-        return False
+        others = [bytes(o) for o, status in queries.sources_of_thumb(self.cat, thumb_id)
+                  if status == "ok" and bytes(o) != os.fsencode(path)]
+        share = recoded_files(others, [path]) if others else None  # the first readable of them
+        return share is not None and share > RECODE_SHARE
 
     def _originals_still(self, thumb_id: int, path: str) -> bool:
         """Did no part move between the original at ``path`` and one of thumbnail ``thumb_id``'s
