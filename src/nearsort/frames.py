@@ -453,3 +453,161 @@ def recoded_files(paths_a, paths_b) -> float | None:
             return recoded_change(fa.read(), fb.read())
     except Exception:  # noqa: BLE001 - an unreadable or damaged file proves nothing
         return None
+
+
+# One picture cut from another at its own pixel scale (a crop saved without resampling, a border
+# added around a picture): the smaller one is, pixel for pixel, a window of the larger, so the
+# re-save measure above applies at the window's offset. A crop of a neighbouring video frame
+# matches its own frame there to 0 blocks in 10 000 and the frames 1-10 on by 1.1 % of its blocks or
+# more (video bench, bench/native.py): the local-motion checks, which allow for a
+# resampled copy's misfit, cannot see tree.avi's near-still leaves. Applied only where both are
+# finely encoded (NATIVE_MAX_QUANT: a heavy JPEG re-save changes blocks too) and small enough to be
+# decoded whole (NATIVE_MAX_PIXELS).
+NATIVE_MAX_PIXELS = 2_100_000  # the larger picture (a 1080p frame); above it the motion checks alone decide
+NATIVE_MAX_QUANT = 20.0        # mean luma quantiser of a JPEG (libjpeg quality ~83); PNG, TIFF, BMP: lossless
+NATIVE_SIDE = 384              # px: the most textured patch is chosen at about this long side
+NATIVE_PATCH = 256             # px: the patch whose correlation finds the window, at full size
+LOSSLESS = ("PNG", "TIFF", "BMP", "PPM")
+
+
+def fine_encoding(im: Image.Image) -> bool:
+    """Is an opened image encoded finely enough for :func:`native_crop_change` (lossless, or a JPEG
+    whose mean luma quantiser is at most NATIVE_MAX_QUANT)?"""
+    if im.format in LOSSLESS:
+        return True
+    q = getattr(im, "quantization", None) if im.format in ("JPEG", "MPO") else None
+    return bool(q) and float(np.mean(q[min(q)])) <= NATIVE_MAX_QUANT
+
+
+def _window_sums(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    c = np.zeros((x.shape[0] + 1, x.shape[1] + 1))
+    c[1:, 1:] = x.cumsum(0).cumsum(1)
+    return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+
+
+def _reduced(x: np.ndarray, f: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(x).reduce(f), np.float32) if f > 1 else x.astype(np.float32)
+
+
+def _ncc(big: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation (-1..1) of ``small`` at every offset where it lies inside ``big`` (FFT)."""
+    from scipy import fft
+
+    h, w = small.shape
+    z = small - small.mean()
+    corr = fft.irfft2(fft.rfft2(big) * np.conj(fft.rfft2(z, big.shape)), big.shape)
+    s1, s2 = _window_sums(big, h, w), _window_sums(big * big, h, w)
+    den = np.sqrt(np.maximum(s2 - s1 * s1 / (h * w), 1e-6) * max(float((z * z).sum()), 1e-6))
+    return corr[:s1.shape[0], :s1.shape[1]] / den
+
+
+def crop_offset(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
+    """(y, x): where ``small`` (grey) lies in ``big`` (grey, at least as large both ways) at one pixel
+    scale, or None when it does not lie there as one piece. Each quarter of ``small`` gives its most
+    textured patch (the structure tensor's smaller eigenvalue, at ~NATIVE_SIDE px: texture both
+    ways, since a motion-blurred rail or a smooth sky pins no shift along it). One patch is found
+    where it can lie in ``big`` by normalised cross-correlation (FFT) at full size; at one pixel
+    scale at least two of the others name the same offset within 3 px of it (what moved between two
+    frames may carry one off), while a copy rotated by half a degree spreads them by 1-3 px."""
+    H, W = big.shape
+    h, w = small.shape
+    p = min(NATIVE_PATCH, h // 2, w // 2)
+    k = 1
+    while max(h, w) / k > NATIVE_SIDE and p / k >= 16:
+        k *= 2
+    ss = _reduced(small, k).astype(np.float64)
+    gy, gx = np.gradient(ss)
+    pk = max(1, p // k)
+    a, b, c = (_window_sums(g, pk, pk) for g in (gx * gx, gx * gy, gy * gy))
+    tex = (a + c) / 2 - np.sqrt(((a - c) / 2) ** 2 + b * b)  # tex[i, j]: the patch at (i, j) k-px
+    th, tw = tex.shape
+    patches = []
+    for qy in range(2):
+        for qx in range(2):
+            part = tex[qy * th // 2:(qy + 1) * th // 2 or th, qx * tw // 2:(qx + 1) * tw // 2 or tw]
+            if part.size:
+                ty, tx = np.unravel_index(int(np.argmax(part)), part.shape)
+                patches.append((min((int(ty) + qy * th // 2) * k, h - p), min((int(tx) + qx * tw // 2) * k, w - p)))
+
+    def best_at(py: int, px: int, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int]:
+        """The offset in [y0, y1] x [x0, x1] (clipped to where ``small`` fits) whose window best
+        correlates with the patch at (py, px) of ``small``."""
+        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H - h, y1), min(W - w, x1)
+        region = big[py + y0:py + y1 + p, px + x0:px + x1 + p].astype(np.float64)
+        patch = small[py:py + p, px:px + p].astype(np.float64)
+        if (y1 - y0 + 1) * (x1 - x0 + 1) <= 64:  # a few offsets: their correlations directly, no FFT
+            z = patch - patch.mean()
+            wins = np.lib.stride_tricks.sliding_window_view(region, (p, p))
+            s1, s2 = _window_sums(region, p, p), _window_sums(region * region, p, p)
+            den = np.sqrt(np.maximum(s2 - s1 * s1 / (p * p), 1e-6))
+            cc = np.einsum("ijkl,kl->ij", wins, z) / den
+        else:
+            cc = _ncc(region, patch)
+        dy, dx = np.unravel_index(int(np.argmax(cc)), cc.shape)
+        return y0 + int(dy), x0 + int(dx)
+
+    # one patch found anywhere, the others only near its answer (the same offset, or a step or two
+    # off for a rotated copy); the next patch tried where the first sat on a part that moved
+    for i, (py, px) in enumerate(patches):
+        y, x = best_at(py, px, 0, H - h, 0, W - w)
+        agree = 1 + sum(best_at(qy, qx, y - 3, y + 3, x - 3, x + 3) == (y, x)
+                        for j, (qy, qx) in enumerate(patches) if j != i)
+        if agree >= 3:
+            return y, x
+        if i >= len(patches) - 3:  # three can no longer agree on another patch's answer
+            break
+    return None
+
+
+def native_crop_change(big: Image.Image, small: Image.Image) -> float | None:
+    """The share of 8x8 blocks of ``small`` that differ from the window of ``big`` it would have been
+    cut from (:func:`crop_offset`) beyond what a re-save and a tone curve explain (both ways, the
+    larger; :func:`recoded_change`'s measure), or None when ``small`` does not fit inside ``big`` or is
+    not found there at one pixel scale."""
+    gb, gs = np.asarray(big.convert("L")), np.asarray(small.convert("L"))
+    if gs.shape[0] > gb.shape[0] or gs.shape[1] > gb.shape[1] or min(gs.shape) < 16:
+        return None
+    t, b, left, right = trim_box(gs.astype(np.float32))  # a border added after the cut is not the picture's
+    gs = gs[t:b, left:right]
+    if min(gs.shape) < 16:
+        return None
+    at = crop_offset(gb, gs)
+    if at is None:
+        return None
+    y, x = at
+    return max(_recode_shares(gs, gb[y:y + gs.shape[0], x:x + gs.shape[1]]))
+
+
+def native_files(paths_a, paths_b) -> float | None:
+    """:func:`native_crop_change` of the first readable file of each list of paths (an original and its
+    copies), the smaller picture against the larger, upright; None when either is not finely encoded
+    (:func:`fine_encoding`), the larger is above NATIVE_MAX_PIXELS, or they cannot be read."""
+    from PIL import ImageOps
+
+    def first(paths):
+        for p in paths:
+            try:
+                im = Image.open(p)
+            except Exception:  # noqa: BLE001 - gone or unreadable: try its next copy
+                continue
+            return im
+        return None
+
+    a, b = first(paths_a), first(paths_b)
+    try:
+        if a is None or b is None or not (fine_encoding(a) and fine_encoding(b)):
+            return None
+        if max(a.width * a.height, b.width * b.height) > NATIVE_MAX_PIXELS:
+            return None
+        big, small = (a, b) if a.width * a.height >= b.width * b.height else (b, a)
+        for im in (big, small):
+            if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "YCbCr"):
+                im.draft("L", im.size)  # luma only, at full size: no colour conversion
+        up = [ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im for im in (big, small)]
+        return native_crop_change(*up)
+    except Exception:  # noqa: BLE001 - a damaged file proves nothing
+        return None
+    finally:
+        for im in (a, b):
+            if im is not None:
+                im.close()

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, MOTION_TEXTURE_LOW, ORIGINAL_DECODE,
-                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE, recoded_files,
+                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE, native_files, recoded_files,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
 from nearsort.dupes.dsu import DSU
@@ -64,6 +64,8 @@ ROTATIONS_KEPT = 8         # rotated images a picture keeps: its probe rotations
 # where a 1-px drift of a video frame is a pixel, not a fifth of one (docs/design.md).
 MAX_MOTION_RESCALED = 0.9  # the same for originals of two sizes, aligned through their thumbnails
 #                            (labelled two-size copies: up to 0.76 on dev and tiles; docs/design.md)
+NATIVE_SCALE_TOL = 0.03    # |log| of the size ratio under which two originals are at one pixel scale
+#                            (frames.native_crop_change: a crop of a neighbouring frame is a shot)
 ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
 VERDICT_CACHE = "pixel-verdicts.npz"  # in THUMBS/.nearsort: verdicts of the last runs (PixelVerifier.save)
 
@@ -473,6 +475,21 @@ def motion_at(pa: _Picture, pb: _Picture, v: Verdict, res: int, n: int = MOTION_
                    init, n)
 
 
+def _native_scale(pa: _Picture, pb: _Picture, v: Verdict, da: tuple[int, int], db: tuple[int, int]) -> bool:
+    """Does the alignment ``v`` of two thumbnails map their originals (of sizes da, db) onto each
+    other at one pixel scale (within NATIVE_SCALE_TOL both ways): a crop saved without resampling, a
+    border added around the picture?"""
+    m = v.metrics
+    va = pa.views[min(m["views"][0], len(pa.views) - 1)]
+    vb = pb.views[min(m["views"][1], len(pb.views) - 1)]
+    ka = max(da) / max(pa.rgb.size)  # original px per thumbnail px (a thumbnail keeps its shape)
+    kb = max(db) / max(pb.rgb.size)
+    fa, fb = (m["scale"], 1.0) if m["side"] == "a" else (1.0, m["scale"])
+    wa, ha = (va.box[2] - va.box[0]) * ka * fa, (va.box[3] - va.box[1]) * ka * fa
+    wb, hb = (vb.box[2] - vb.box[0]) * kb * fb, (vb.box[3] - vb.box[1]) * kb * fb
+    return min(wa, ha, wb, hb) > 0 and max(abs(np.log(wa / wb)), abs(np.log(ha / hb))) <= NATIVE_SCALE_TOL
+
+
 def _decode_original(paths):
     """The first of ``paths`` (an original's copies) that decodes, at ORIGINAL_DECODE px (a PIL
     image); None if none does (gone, unreadable: it is only read)."""
@@ -658,6 +675,12 @@ class PixelVerifier:
             share = recoded_files(self.sources[key[0]][1], self.sources[key[1]][1])
             if share is not None:
                 m["recoded"] = share
+                if share > RECODE_SHARE:
+                    return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m)
+        elif not v.rotation and _native_scale(pa, pb, v, da, db):  # one cut from the other, no resampling
+            share = native_files(self.sources[key[0]][1], self.sources[key[1]][1])
+            if share is not None:
+                m["native"] = share
                 if share > RECODE_SHARE:
                     return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m)
         m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE, fit=fit)

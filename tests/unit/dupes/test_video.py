@@ -274,3 +274,42 @@ def test_pictures_too_big_to_compare_whole_are_left_to_the_motion_checks(tmp_pat
     monkeypatch.setattr(frames, "RECODE_MAX_PIXELS", SIZE[0] * SIZE[1] - 1)
     assert frames.recoded_change(a, b) is None
     assert frames.recoded_files([tmp_path / "a.jpg"], [tmp_path / "b.jpg"]) is None
+
+
+def test_a_crop_of_a_still_frame_goes_with_its_own_frame_only(tmp_path):
+    """A crop saved without resampling (92 % of a frame, cut off the 8-px grid, another quality) is,
+    pixel for pixel, a window of its own frame: of the next frame of a still scene it is not, though
+    no motion check sees the half-pixel drift (frames.native_crop_change). It stays a copy of its
+    own frame, and so do a bordered copy (a window the other way) and a copy rotated by a degree
+    (resampled: not one pixel scale, so the check does not apply and it stays the motion checks')."""
+    from nearsort.frames import RECODE_SHARE, crop_offset, native_crop_change
+
+    f0, f1 = _frame(0, 1), _frame(0.5, 2)
+    box = (29, 21, 29 + 707, 21 + 530)
+    files = {"frame0": (f0, 92), "frame1": (f1, 92), "crop": (f0.crop(box), 88),
+             "border": (Image.new("RGB", (SIZE[0] + 30, SIZE[1] + 30), (0, 0, 0)), 90),
+             "rotated": (f0.rotate(1.0, Image.BICUBIC).crop(box), 90)}
+    files["border"][0].paste(f0, (15, 15))
+    paths = {}
+    for name, (im, q) in files.items():
+        paths[name] = tmp_path / f"{name}.jpg"
+        im.save(paths[name], quality=q)
+    dec = {n: Image.open(p).convert("RGB") for n, p in paths.items()}
+    g = np.asarray(dec["frame0"].convert("L"))
+    assert crop_offset(g, g[21:551, 29:736]) == (21, 29)
+    assert native_crop_change(dec["frame0"], dec["crop"]) <= RECODE_SHARE
+    assert native_crop_change(dec["frame1"], dec["crop"]) > RECODE_SHARE
+    assert native_crop_change(dec["frame0"], dec["rotated"]) is None  # not found as one piece
+    names = list(paths)
+    rel, sources = {}, {}
+    for i, n in enumerate(names):
+        r = process_file(str(paths[n]))
+        (tmp_path / f"t{i}.jpg").write_bytes(r.jpeg)
+        rel[i], sources[i] = f"t{i}.jpg", ((r.width, r.height), [str(paths[n])])
+    pv = PixelVerifier(tmp_path, rel, sources=sources)
+    i = {n: k for k, n in enumerate(names)}
+    assert pv.compare(i["crop"], i["frame0"]).copy
+    v = pv.compare(i["crop"], i["frame1"])
+    assert not v.copy and v.metrics["native"] > RECODE_SHARE, v
+    assert pv.compare(i["border"], i["frame0"]).copy
+    assert pv.compare(i["rotated"], i["frame0"]).copy
