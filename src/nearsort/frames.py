@@ -546,10 +546,27 @@ def crop_offset(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
         dy, dx = np.unravel_index(int(np.argmax(cc)), cc.shape)
         return y0 + int(dy), x0 + int(dx)
 
+    bk = _reduced(big, k).astype(np.float64) if k > 1 else None
+
+    def anywhere(py: int, px: int) -> tuple[int, int]:
+        """best_at over every offset: at ~NATIVE_SIDE px first (the patch reduced as ``small`` was),
+        then at full size within a coarse step of that."""
+        if bk is None or (H - h + 1) * (W - w + 1) <= 64:
+            return best_at(py, px, 0, H - h, 0, W - w)
+        ry, rx = py // k, px // k
+        region = bk[ry:ry + (H - h) // k + pk, rx:rx + (W - w) // k + pk]
+        patch = ss[ry:ry + pk, rx:rx + pk]
+        if region.shape[0] < patch.shape[0] or region.shape[1] < patch.shape[1] or min(patch.shape) < 8:
+            return best_at(py, px, 0, H - h, 0, W - w)
+        cy, cx = np.unravel_index(int(np.argmax(_ncc(region, patch))), (region.shape[0] - patch.shape[0] + 1,
+                                                                        region.shape[1] - patch.shape[1] + 1))
+        y, x = int(cy) * k, int(cx) * k
+        return best_at(py, px, y - k - 1, y + k + 1, x - k - 1, x + k + 1)
+
     # one patch found anywhere, the others only near its answer (the same offset, or a step or two
     # off for a rotated copy); the next patch tried where the first sat on a part that moved
     for i, (py, px) in enumerate(patches):
-        y, x = best_at(py, px, 0, H - h, 0, W - w)
+        y, x = anywhere(py, px)
         agree = 1 + sum(best_at(qy, qx, y - 3, y + 3, x - 3, x + 3) == (y, x)
                         for j, (qy, qx) in enumerate(patches) if j != i)
         if agree >= 3:
