@@ -506,9 +506,12 @@ def crop_offset(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
     scale, or None when it does not lie there as one piece. Each quarter of ``small`` gives its most
     textured patch (the structure tensor's smaller eigenvalue, at ~NATIVE_SIDE px: texture both
     ways, since a motion-blurred rail or a smooth sky pins no shift along it). One patch is found
-    where it can lie in ``big`` by normalised cross-correlation (FFT) at full size; at one pixel
-    scale at least two of the others name the same offset within 3 px of it (what moved between two
-    frames may carry one off), while a copy rotated by half a degree spreads them by 1-3 px."""
+    where it can lie in ``big`` by normalised cross-correlation (FFT; at ~NATIVE_SIDE px, then within
+    a coarse step at full size); the others are looked for within 3 px of its answer, and at one
+    pixel scale at least two of them name exactly that offset (what moved between two frames may
+    carry one off), while a copy rotated by half a degree spreads them by 1-3 px. A second patch is
+    tried as the first when the first sat on a part that moved; no more (each costs a search of the
+    whole picture): None is the safe answer, the motion checks still decide."""
     H, W = big.shape
     h, w = small.shape
     p = min(NATIVE_PATCH, h // 2, w // 2)
@@ -564,14 +567,14 @@ def crop_offset(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
         return best_at(py, px, y - k - 1, y + k + 1, x - k - 1, x + k + 1)
 
     # one patch found anywhere, the others only near its answer (the same offset, or a step or two
-    # off for a rotated copy); the next patch tried where the first sat on a part that moved
+    # off for a rotated copy); the second tried as the first where the first sat on a part that moved
     for i, (py, px) in enumerate(patches):
         y, x = anywhere(py, px)
         agree = 1 + sum(best_at(qy, qx, y - 3, y + 3, x - 3, x + 3) == (y, x)
                         for j, (qy, qx) in enumerate(patches) if j != i)
         if agree >= 3:
             return y, x
-        if i >= len(patches) - 3:  # three can no longer agree on another patch's answer
+        if i >= len(patches) - 3:  # two anchors at most: each costs a search of the whole picture
             break
     return None
 
