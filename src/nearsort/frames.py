@@ -580,11 +580,19 @@ def crop_offset(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
 
 
 def native_crop_change(big: Image.Image, small: Image.Image) -> float | None:
-    """The share of 8x8 blocks of ``small`` that differ from the window of ``big`` it would have been
-    cut from (:func:`crop_offset`) beyond what a re-save and a tone curve explain (both ways, the
-    larger; :func:`recoded_change`'s measure), or None when ``small`` does not fit inside ``big`` or is
-    not found there at one pixel scale."""
-    gb, gs = np.asarray(big.convert("L")), np.asarray(small.convert("L"))
+    """:func:`native_luma_change` of two pictures' luma."""
+    return native_luma_change(np.asarray(big.convert("L")), np.asarray(small.convert("L")))
+
+
+def native_luma_change(gb: np.ndarray | None, gs: np.ndarray | None) -> float | None:
+    """The share of 8x8 blocks of the smaller luma (uint8) that differ from the window of the larger
+    it would have been cut from (:func:`crop_offset`) beyond what a re-save and a tone curve explain
+    (both ways, the larger; :func:`recoded_change`'s measure), or None when either is None, the
+    smaller does not fit inside the larger, or is not found there at one pixel scale."""
+    if gb is None or gs is None:
+        return None
+    if gs.size > gb.size:
+        gb, gs = gs, gb
     if gs.shape[0] > gb.shape[0] or gs.shape[1] > gb.shape[1] or min(gs.shape) < 16:
         return None
     t, b, left, right = trim_box(gs.astype(np.float32))  # a border added after the cut is not the picture's
@@ -598,36 +606,25 @@ def native_crop_change(big: Image.Image, small: Image.Image) -> float | None:
     return max(_recode_shares(gs, gb[y:y + gs.shape[0], x:x + gs.shape[1]]))
 
 
-def native_files(paths_a, paths_b) -> float | None:
-    """:func:`native_crop_change` of the first readable file of each list of paths (an original and its
-    copies), the smaller picture against the larger, upright; None when either is not finely encoded
-    (:func:`fine_encoding`), the larger is above NATIVE_MAX_PIXELS, or they cannot be read."""
+def native_luma(paths) -> np.ndarray | None:
+    """The upright full-size luma (uint8) of the first file of ``paths`` (an original and its copies)
+    that opens, for :func:`native_luma_change`; None when it is not finely encoded
+    (:func:`fine_encoding`), is above NATIVE_MAX_PIXELS or cannot be read."""
     from PIL import ImageOps
 
-    def first(paths):
-        for p in paths:
-            try:
-                im = Image.open(p)
-            except Exception:  # noqa: BLE001 - gone or unreadable: try its next copy
-                continue
-            return im
-        return None
-
-    a, b = first(paths_a), first(paths_b)
-    try:
-        if a is None or b is None or not (fine_encoding(a) and fine_encoding(b)):
+    for p in paths:
+        try:
+            im = Image.open(p)
+        except Exception:  # noqa: BLE001 - gone or unreadable: try its next copy
+            continue
+        try:
+            with im:
+                if not fine_encoding(im) or im.width * im.height > NATIVE_MAX_PIXELS:
+                    return None
+                if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "YCbCr"):
+                    im.draft("L", im.size)  # luma only, at full size: no colour conversion
+                up = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
+                return np.asarray(up.convert("L"))
+        except Exception:  # noqa: BLE001 - a damaged file proves nothing
             return None
-        if max(a.width * a.height, b.width * b.height) > NATIVE_MAX_PIXELS:
-            return None
-        big, small = (a, b) if a.width * a.height >= b.width * b.height else (b, a)
-        for im in (big, small):
-            if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "YCbCr"):
-                im.draft("L", im.size)  # luma only, at full size: no colour conversion
-        up = [ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im for im in (big, small)]
-        return native_crop_change(*up)
-    except Exception:  # noqa: BLE001 - a damaged file proves nothing
-        return None
-    finally:
-        for im in (a, b):
-            if im is not None:
-                im.close()
+    return None

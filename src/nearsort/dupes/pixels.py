@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from nearsort.frames import (LOW_INFO, LOW_INFO_TONE, MAX_MOTION, MOTION_BLOCK, MOTION_TEXTURE_LOW, ORIGINAL_DECODE,
-                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE, native_files, recoded_files,
+                             ORIGINAL_SCREEN, ORIGINAL_SIDE, RECODE_SHARE, native_luma, native_luma_change, recoded_files,
                              UNIFORM_STD, global_affine, local_motion, normalise as _norm, fine_motion,
                              residual_std as _residual_std, scaled_affine, trim_box)
 from nearsort.dupes.dsu import DSU
@@ -67,6 +67,7 @@ MAX_MOTION_RESCALED = 0.9  # the same for originals of two sizes, aligned throug
 NATIVE_SCALE_TOL = 0.03    # |log| of the size ratio under which two originals are at one pixel scale
 #                            (frames.native_crop_change: a crop of a neighbouring frame is a shot)
 ORIGINALS_KEPT = 64        # decoded originals kept (LRU)
+NATIVE_KEPT = 8            # full-size luma of originals kept for the one-pixel-scale check (<= 2.1 MP each)
 VERDICT_CACHE = "pixel-verdicts.npz"  # in THUMBS/.nearsort: verdicts of the last runs (PixelVerifier.save)
 
 
@@ -521,6 +522,7 @@ class PixelVerifier:
         self.sources = sources or {}
         self.on_originals = sources is not None
         self._originals: OrderedDict[int, object] = OrderedDict()
+        self._lumas: OrderedDict[int, Optional[np.ndarray]] = OrderedDict()  # full-size luma (frames.native_luma)
         self._pics: OrderedDict[int, Optional[_Picture]] = OrderedDict()
         self._verdicts: dict[tuple[int, int], Verdict] = {}
         self._screened: dict[tuple[int, int], Verdict] = {}
@@ -658,6 +660,17 @@ class PixelVerifier:
             self._originals.popitem(last=False)
         return p
 
+    def _native_luma(self, tid: int):
+        """frames.native_luma of an original, kept (LRU, NATIVE_KEPT): a keeper is compared with each
+        of its crops, which come together (prefetch sorts the pairs by component)."""
+        if tid in self._lumas:
+            self._lumas.move_to_end(tid)
+            return self._lumas[tid]
+        y = self._lumas[tid] = native_luma(self.sources[tid][1])
+        if len(self._lumas) > NATIVE_KEPT:
+            self._lumas.popitem(last=False)
+        return y
+
     def _on_originals(self, key: tuple[int, int], pa: _Picture, pb: _Picture, v: Verdict,
                       fit: Optional[dict] = None) -> Verdict:
         """A copy verdict checked for motion at a higher resolution: on the thumbnails at
@@ -671,18 +684,18 @@ class PixelVerifier:
         cannot be read leave the verdict as it is (``metrics["unconfirmed"]``)."""
         da, db = self.sources.get(key[0], ((0, 0),))[0], self.sources.get(key[1], ((-1, -1),))[0]
         m = v.metrics
+        share, name = None, None
         if da == db:  # two JPEGs of one encoding: a re-save, or two frames of one encoder (frames.recoded_files)
-            share = recoded_files(self.sources[key[0]][1], self.sources[key[1]][1])
-            if share is not None:
-                m["recoded"] = share
-                if share > RECODE_SHARE:
-                    return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m)
+            share, name = recoded_files(self.sources[key[0]][1], self.sources[key[1]][1]), "recoded"
         elif not v.rotation and _native_scale(pa, pb, v, da, db):  # one cut from the other, no resampling
-            share = native_files(self.sources[key[0]][1], self.sources[key[1]][1])
-            if share is not None:
-                m["native"] = share
-                if share > RECODE_SHARE:
-                    return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m)
+            try:
+                share, name = native_luma_change(self._native_luma(key[0]), self._native_luma(key[1])), "native"
+            except Exception:  # noqa: BLE001 - pictures that cannot be compared prove nothing
+                share = None
+        if share is not None:
+            m[name] = share
+            if share > RECODE_SHARE:
+                return Verdict("shot", v.diff, v.local, v.scale, v.rotation, m)
         m["motion_thumb"] = motion_at(pa, pb, v, ORIGINAL_SIDE, fit=fit)
         if m["motion_thumb"] <= ORIGINAL_SCREEN:
             return v
