@@ -78,6 +78,24 @@ def test_fifo_and_socket_among_photos_are_skipped_unopened_and_listed(tmp_path):
     assert s2["unchanged"] == 3 and s2["processed"] == 0
 
 
+def test_damaged_files_are_listed_by_name_with_no_decoder_warning_on_the_terminal(tmp_path):
+    """A TIFF whose directory is garbage makes Pillow warn "Corrupt EXIF data", and rawpy warns once
+    per forked worker; neither names a file. Each bad file is one error line naming it, nothing else."""
+    lib = tmp_path / "lib"
+    _photos(lib, 2)
+    rng = np.random.default_rng(3)
+    (lib / "scan.tif").write_bytes(b"II*\x00" + rng.integers(0, 256, 200, dtype=np.uint8).tobytes())
+    (lib / "camera.cr2").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    out = tmp_path / "thumbs"
+    r = cli("resize", lib, "--out", out, "-j", "2")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "warnings.warn" not in r.stderr, r.stderr
+    bad = [ln for ln in r.stdout.splitlines() if "✗" in ln]
+    assert sorted(ln.split(": ", 1)[0].rsplit("/", 1)[-1] for ln in bad) == ["camera.cr2", "scan.tif"], r.stdout
+    listed = {os.path.basename(e["path"]) for e in json.loads(cli("errors", out, "--json").stdout)}
+    assert listed == {"camera.cr2", "scan.tif"}
+
+
 def test_worker_refuses_a_fifo_without_blocking(tmp_path):
     """A file swapped for a FIFO after the scan reaches the worker: it answers, never blocks."""
     fifo = tmp_path / "late.jpg"

@@ -238,23 +238,35 @@ def decode_file(path: str | bytes | os.PathLike, size: int = 256) -> Decoded:
 
 
 def decode_bytes(data: bytes, name: str, size: int = 256) -> Decoded:
-    """Decode ``data`` (the bytes of file ``name``) to an upright RGB image of long side ~``size``."""
+    """Decode ``data`` (the bytes of file ``name``) to an upright RGB image of long side ~``size``.
+
+    Pillow's warnings about the file (a corrupt EXIF block, a damaged TIFF directory) are not
+    printed: they name no file, and a file that cannot be decoded is reported as a DecodeError.
+    Nor is rawpy's note that it runs in a forked process (OpenMP after fork may deadlock): resize's
+    workers are forked, and one stuck on a file is killed after ``--timeout`` and that file reported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", "rawpy is being used in a process created by multiprocessing",
+                                RuntimeWarning)
+        return _decode_bytes(data, name, size)
+
+
+def _decode_bytes(data: bytes, name: str, size: int) -> Decoded:
     if not data:
         raise DecodeError("empty file (0 bytes)")
     ext = Path(name).suffix.lower()
     if ext in RAW_EXTS:
         return _decode_raw(data, size)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or ext.lstrip(".").upper()
-            full_w, full_h = img.size
-            if fmt in ("JPEG", "MPO"):
-                img.draft("RGB", (size, size))
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format or ext.lstrip(".").upper()
+        full_w, full_h = img.size
+        if fmt in ("JPEG", "MPO"):
+            img.draft("RGB", (size, size))
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
     except Image.DecompressionBombError as e:
         raise DecodeError(f"refused by the decompression-bomb guard: {e}") from None
     except Image.UnidentifiedImageError:
