@@ -410,3 +410,6 @@ def test_similar_on_a_decompression_bomb_is_one_line(tmp_path):
     bomb = tmp_path / "bomb.png"
     _png_header_only(bomb, 40000, 40000)  # 1.6 gigapixels claimed in 57 bytes
     one_line_error(cli("similar", bomb, out, "--device", "cpu"), str(bomb), "too large to decode safely")
+    scan = tmp_path / "scan.tif"  # a garbage TIFF directory: Pillow warns "Corrupt EXIF data", naming no file
+    scan.write_bytes(b"II*\x00" + np.random.default_rng(3).integers(0, 256, 200, dtype=np.uint8).tobytes())
+    one_line_error(cli("similar", scan, out, "--device", "cpu"), str(scan), "cannot read")

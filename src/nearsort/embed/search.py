@@ -7,6 +7,7 @@ embeds an image from outside the library on the fly. Details: docs/design.md, "s
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -216,7 +217,9 @@ def similar(thumbs: Thumbs, image: str | os.PathLike, k: int = 20, model: str | 
         if q is None:
             m, runner = _runner_for(name, info, device, src)
             try:
-                vecs, _ = embed_pil(m, [src], backend=runner)
+                with warnings.catch_warnings():  # Pillow's about the file ("Corrupt EXIF data") name no file
+                    warnings.simplefilter("ignore", UserWarning)
+                    vecs, _ = embed_pil(m, [src], backend=runner)
             except Image.DecompressionBombError as e:
                 raise CatalogError(f"{src} is too large to decode safely ({e}); use a smaller copy of it") from None
             except (OSError, ValueError, SyntaxError) as e:
