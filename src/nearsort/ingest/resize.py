@@ -39,6 +39,7 @@ from nearsort.workers import Died, Hung, Workers
 COMMIT_EVERY = int(os.environ.get("NEARSORT_COMMIT_EVERY", "256"))  # results per catalog transaction
 COMMIT_SECONDS = 2.0
 QUEUED = 16  # files queued per worker: none waits while this process commits or is not scheduled
+HELD = 512  # finished files waiting for an earlier, slower one (~30 KB each) before no new file is handed out
 FILE_TIMEOUT = 60.0  # seconds a decoder may spend on one file before its worker is killed (--timeout)
 PRINTS_KEPT = 16384  # thumbnails' pixel prints kept for name collisions (48 MiB)
 
@@ -460,6 +461,13 @@ def resize(
         status = "done"
         done = 0
         stop = _StopFlag()
+        # Results are applied in the order the files were found (sorted per folder), not the order
+        # the workers finish them: which earlier thumbnail a file's name collides with, and so every
+        # '_n' name and shared thumbnail, is then the same whatever the number of workers or their
+        # timing. A slow file holds back at most HELD results behind it (the workers go on meanwhile).
+        places: dict[str, list[int]] = {}  # path -> its place(s) in the scan order
+        held: dict[int, FileResult] = {}  # finished, waiting for an earlier file
+        found = applied = 0
         try:
             # The workers are forked before the scanner thread starts (fork with no other thread
             # running is safe), so they start instantly with every module already loaded. A worker
@@ -475,7 +483,7 @@ def resize(
                 while True:
                     if scanner.done:  # every file left is known: a fair share each, so none ends alone
                         pool.depth = max(1, min(QUEUED, scanner.todo.qsize() // (pool.n or 1)))
-                    while scanning and pool.room():
+                    while scanning and pool.room() and len(held) < HELD:
                         try:
                             p = scanner.todo.get_nowait()
                         except queue.Empty:
@@ -483,13 +491,21 @@ def resize(
                         if p is None:
                             scanning = False
                         else:
+                            places.setdefault(p, []).append(found)
+                            found += 1
                             pool.submit((p, size, quality))
                     if not scanning and not pool.busy():
                         break
                     # a short wait while workers could take more than the scanner has found yet
                     answers = pool.results(0.02 if scanning and pool.room() else 0.5)
                     for (path, _, _), res in answers:
-                        writer.add(_lost(path, res) if isinstance(res, (Died, Hung)) else res)
+                        mine = places[path]
+                        held[mine.pop(0)] = _lost(path, res) if isinstance(res, (Died, Hung)) else res
+                        if not mine:
+                            del places[path]
+                    while applied in held:
+                        writer.add(held.pop(applied))
+                        applied += 1
                         done += 1
                     _drain(scanner, writer)
                     if answers and progress:
@@ -505,7 +521,9 @@ def resize(
         except KeyboardInterrupt:
             scanner.stop.set()
             status = "interrupted"
-            writer.flush()  # everything finished so far is kept
+            for k in sorted(held):  # everything finished so far is kept
+                writer.add(held.pop(k))
+            writer.flush()
         except BaseException as e:
             scanner.stop.set()
             try:

@@ -386,3 +386,25 @@ def test_reattached_vector_follows_the_picture_not_a_reused_name(tmp_path):
     with Catalog.open(out, write=False) as cat:
         (row,) = cat.execute("SELECT row FROM embeddings").fetchone()
     assert row == row_of[second] != row_of[first]
+
+
+def test_names_do_not_depend_on_the_number_of_workers_or_their_timing(tmp_path):
+    """Which '_n' name a uniform frame gets depends on the frames of its size met before it: results
+    are applied in the scan's order, so one worker and three (one held up by a slow first file)
+    give every file the same thumbnail name."""
+    lib = tmp_path / "lib"
+    rng = np.random.default_rng(0)
+    # sorted first and slow to decode: its worker's queued frames finish after the other workers'
+    Image.fromarray(rng.integers(0, 256, (2400, 2400, 3), dtype=np.uint8)).save(lib.mkdir() or lib / "a_slow.png")
+    for i, v in enumerate(range(10, 250, 20)):
+        uniform(lib / f"f{i:02d}.png", v)
+        if i % 3 == 0:  # a copy of the frame (other bytes), which must join its own frame's name
+            uniform(lib / f"f{i:02d}_copy.jpg", v)
+    names = []
+    for workers in (1, 3):
+        out = tmp_path / f"thumbs{workers}"
+        resize(lib, out, workers=workers)
+        names.append({Path(src).name: name for src, (name, _) in thumbs_by_source(out).items()})
+    assert names[0] == names[1]
+    assert len({n for n in names[0].values() if n.startswith(UNIFORM)}) == 12
+    assert all(names[0][f"f{i:02d}_copy.jpg"] == names[0][f"f{i:02d}.png"] for i in range(0, 12, 3))
