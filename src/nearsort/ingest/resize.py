@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -233,18 +234,21 @@ class _Writer:
                 self.pending[thumb_id] = (r.jpeg, r.mtime_ns)  # the user deleted it: make it again
             return row[0], thumb_id
         # the same size and phash is not the same picture (uniform frames all hash alike): share a
-        # thumbnail only with one whose pixels agree, else take the next free '_n' name
+        # thumbnail only with one whose pixels agree, else take the next free '_n' name. Of several
+        # that agree (consecutive video frames often do with a coarse re-encode of one of them), the
+        # one that moves least from this file's thumbnail: its own frame, not the next one.
         taken: set[str] = set()
         thumb_id = mine = None
+        least = math.inf
         moment = exposure_moment(r.exif)
         for tid, tname in queries.thumbs_named_like(self.cat, r.name):
             taken.add(tname)
             if moment is not None and self._other_moment(tid, r, moment):  # a burst frame: its own name
                 continue
             mine = pixel_print(r.jpeg) if mine is None else mine
-            if self._same_picture(tid, mine, r.jpeg, r.path):
-                thumb_id = tid
-                break
+            moved = self._same_picture(tid, mine, r.jpeg, r.path)
+            if moved is not None and moved < least:
+                thumb_id, least = tid, moved
         if thumb_id is not None:
             self.s.merged += 1
         else:
@@ -287,12 +291,13 @@ class _Writer:
                              [(o["make"], o["model"], theirs(o["exif_json"]))
                               for o in queries.originals_of_thumb(self.cat, thumb_id)])
 
-    def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> bool:
+    def _same_picture(self, thumb_id: int, mine, jpeg: bytes, path: str) -> float | None:
         """Does thumbnail ``thumb_id`` (pending in this batch, else its file) show the picture whose
         thumbnail is ``jpeg`` (``pixel_print`` ``mine``, original at ``path``)? The prints first
         (cached), then, when they agree, whether a part moved (``still``: two frames of a video
         share size, phash and print), then the same on the two originals (:meth:`_originals_still`).
-        A thumbnail or original that cannot be read proves nothing: False."""
+        Returns how far the two thumbnails move (``frames.fine_motion``) when they are one
+        picture, else None. A thumbnail or original that cannot be read proves nothing: None."""
         def data() -> bytes | None:
             if thumb_id in self.pending:
                 return self.pending[thumb_id][0]
@@ -310,25 +315,26 @@ class _Writer:
             except Exception:  # a damaged thumbnail file
                 p = None
             if p is None:
-                return False
+                return None
             if len(self.prints) >= PRINTS_KEPT:
                 self.prints.clear()
             self.prints[thumb_id] = p
         if not prints_agree(p, mine):
-            return False
+            return None
         theirs = data() if theirs is None else theirs
         if theirs is None:
-            return False
+            return None
         try:
             with Image.open(io.BytesIO(theirs)) as a, Image.open(io.BytesIO(jpeg)) as b:
                 fit: list = []
                 if frame_motion(a, b, fit) > MAX_MOTION:  # frames.still: a part moved
-                    return False
-                if fine_motion(a, b, fit) <= ORIGINAL_SCREEN:
-                    return not self._recoded(thumb_id, path)
+                    return None
+                moved = fine_motion(a, b, fit)
         except Exception:  # noqa: BLE001 - a damaged thumbnail file proves nothing
-            return False
-        return self._originals_still(thumb_id, path) and not self._recoded(thumb_id, path)
+            return None
+        if moved > ORIGINAL_SCREEN and not self._originals_still(thumb_id, path):
+            return None
+        return None if self._recoded(thumb_id, path) else moved
 
     def _recoded(self, thumb_id: int, path: str) -> bool:
         """Is the original at ``path`` a JPEG of the same encoding as one of thumbnail ``thumb_id``'s,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from conftest import make_photo
+from conftest import SAMPLES, make_photo
 from nearsort import rebuild, resize
 from nearsort.store import thumbmeta
 from nearsort.store.catalog import Catalog
@@ -408,3 +408,34 @@ def test_names_do_not_depend_on_the_number_of_workers_or_their_timing(tmp_path):
     assert names[0] == names[1]
     assert len({n for n in names[0].values() if n.startswith(UNIFORM)}) == 12
     assert all(names[0][f"f{i:02d}_copy.jpg"] == names[0][f"f{i:02d}.png"] for i in range(0, 12, 3))
+
+
+def _camera(when: str, subsec: str) -> bytes:
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110] = "Canon", "EOS R6"
+    ifd = ex.get_ifd(0x8769)
+    ifd[0x9003], ifd[0x9291] = when, subsec
+    return ex.tobytes()
+
+
+def test_a_copy_joins_its_own_frame_not_the_nearly_identical_one_found_first(tmp_path):
+    """Two frames of a burst a tenth of a second apart (their EXIF says so: two names) differ by a
+    part of the scene that moved a pixel; a coarse, EXIF-stripped re-encode of the second frame
+    agrees with both frames' thumbnails. It is a copy of the second, the one it moves least from,
+    not of the first, which the scan found first (issue 8: a q40 copy of a video frame had joined
+    the frame two before it, and dupes then grouped two different frames as copies)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    im = Image.open(SAMPLES / "darknet__dog.jpg").convert("RGB")
+    w, h = im.size
+    box = (w * 3 // 8, h * 3 // 8, w * 5 // 8, h * 5 // 8)
+    second = im.copy()  # a centre part of the scene one pixel to the right
+    second.paste(im.transform(im.size, Image.AFFINE, (1, 0, -1, 0, 1, 0), Image.BICUBIC).crop(box), box[:2])
+    im.save(lib / "a_burst-1.jpg", quality=92, exif=_camera("2024:05:01 10:00:00", "120"))
+    second.save(lib / "b_burst-2.jpg", quality=92, exif=_camera("2024:05:01 10:00:00", "220"))
+    second.save(lib / "c_burst-2-copy.jpg", quality=50)  # no EXIF: nothing but pixels to go by
+    out = tmp_path / "thumbs"
+    resize(lib, out)
+    names = {Path(src).name: name for src, (name, _) in thumbs_by_source(out).items()}
+    assert names["a_burst-1.jpg"] != names["b_burst-2.jpg"]
+    assert names["c_burst-2-copy.jpg"] == names["b_burst-2.jpg"]
