@@ -33,6 +33,17 @@ def disc_object(src: Path, r: int) -> tuple[Image.Image, Image.Image]:
     return obj, mask.filter(ImageFilter.GaussianBlur(1.5))
 
 
+def camera_exif(model: str, when: str, subsec: str | None) -> bytes:
+    """EXIF of a Canon camera's exposure (Make, Model, DateTimeOriginal, SubSecTimeOriginal when given)."""
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110] = "Canon", model
+    ifd = ex.get_ifd(0x8769)
+    ifd[0x9003] = when
+    if subsec is not None:
+        ifd[0x9291] = subsec
+    return ex.tobytes()
+
+
 def make_photo(path: Path, seed: int, size=(640, 480), fmt=None, exif=None, **save) -> Path:
     """A distinct, photo-like image (smooth gradients + blobs + a little noise)."""
     rng = np.random.default_rng(seed)

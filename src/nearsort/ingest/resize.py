@@ -75,7 +75,7 @@ CRASH_HOOK = "NEARSORT_TEST_CRASH"  # tests only: "SIGNUM:NAME" kills the worker
 
 
 def _work(args) -> FileResult:
-    path, size, quality = args
+    path, size, quality, _place = args  # _place: the file's place in the scan order (resize applies in it)
     crash = os.environ.get(CRASH_HOOK)
     if crash:  # stands in for a native decoder crashing or hanging (tests/e2e/test_crash.py)
         signum, _, name = crash.partition(":")
@@ -471,8 +471,7 @@ def resize(
         # the workers finish them: which earlier thumbnail a file's name collides with, and so every
         # '_n' name and shared thumbnail, is then the same whatever the number of workers or their
         # timing. A slow file holds back at most HELD results behind it (the workers go on meanwhile).
-        places: dict[str, list[int]] = {}  # path -> its place(s) in the scan order
-        held: dict[int, FileResult] = {}  # finished, waiting for an earlier file
+        held: dict[int, FileResult] = {}  # place in the scan order -> finished, waiting for an earlier file
         found = applied = 0
         try:
             # The workers are forked before the scanner thread starts (fork with no other thread
@@ -497,18 +496,14 @@ def resize(
                         if p is None:
                             scanning = False
                         else:
-                            places.setdefault(p, []).append(found)
+                            pool.submit((p, size, quality, found))
                             found += 1
-                            pool.submit((p, size, quality))
                     if not scanning and not pool.busy():
                         break
                     # a short wait while workers could take more than the scanner has found yet
                     answers = pool.results(0.02 if scanning and pool.room() else 0.5)
-                    for (path, _, _), res in answers:
-                        mine = places[path]
-                        held[mine.pop(0)] = _lost(path, res) if isinstance(res, (Died, Hung)) else res
-                        if not mine:
-                            del places[path]
+                    for (path, _, _, place), res in answers:
+                        held[place] = _lost(path, res) if isinstance(res, (Died, Hung)) else res
                     while applied in held:
                         writer.add(held.pop(applied))
                         applied += 1

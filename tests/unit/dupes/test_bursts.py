@@ -9,32 +9,22 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import SAMPLES
+from conftest import SAMPLES, camera_exif
 from nearsort.dupes.group import DupesConfig, find_duplicates
 from nearsort.ingest.decode import exposure_moment, other_moments
 from nearsort.store.catalog import Catalog
-
-
-def _exif(model: str, when: str, subsec: str | None) -> bytes:
-    ex = Image.Exif()
-    ex[0x010F], ex[0x0110] = "Canon", model
-    ifd = ex.get_ifd(0x8769)
-    ifd[0x9003] = when
-    if subsec is not None:
-        ifd[0x9291] = subsec
-    return ex.tobytes()
 
 
 def _library(d: Path) -> None:
     d.mkdir()
     im = Image.open(SAMPLES / "python3-sklearn__china.jpg").convert("RGB")
     # one still scene, shot twice a tenth of a second apart: the same pixels, two exposures
-    im.save(d / "burst-1.jpg", quality=92, exif=_exif("EOS R6", "2024:05:01 10:00:00", "120"))
-    im.save(d / "burst-2.jpg", quality=92, exif=_exif("EOS R6", "2024:05:01 10:00:00", "220"))
+    im.save(d / "burst-1.jpg", quality=92, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", "120"))
+    im.save(d / "burst-2.jpg", quality=92, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", "220"))
     # copies of the first frame
-    im.save(d / "burst-1-q75.jpg", quality=75, exif=_exif("EOS R6", "2024:05:01 10:00:00", "120"))
+    im.save(d / "burst-1-q75.jpg", quality=75, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", "120"))
     im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(
-        d / "burst-1-small.jpg", quality=90, exif=_exif("EOS R6", "2024:05:01 10:00:00", None))
+        d / "burst-1-small.jpg", quality=90, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", None))
 
 
 def test_moments_of_one_camera():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from conftest import SAMPLES, make_photo
+from conftest import SAMPLES, camera_exif, make_photo
 from nearsort import rebuild, resize
 from nearsort.store import thumbmeta
 from nearsort.store.catalog import Catalog
@@ -410,14 +410,6 @@ def test_names_do_not_depend_on_the_number_of_workers_or_their_timing(tmp_path):
     assert all(names[0][f"f{i:02d}_copy.jpg"] == names[0][f"f{i:02d}.png"] for i in range(0, 12, 3))
 
 
-def _camera(when: str, subsec: str) -> bytes:
-    ex = Image.Exif()
-    ex[0x010F], ex[0x0110] = "Canon", "EOS R6"
-    ifd = ex.get_ifd(0x8769)
-    ifd[0x9003], ifd[0x9291] = when, subsec
-    return ex.tobytes()
-
-
 def test_a_copy_joins_its_own_frame_not_the_nearly_identical_one_found_first(tmp_path):
     """Two frames of a burst a tenth of a second apart (their EXIF says so: two names) differ by a
     part of the scene that moved a pixel; a coarse, EXIF-stripped re-encode of the second frame
@@ -431,8 +423,8 @@ def test_a_copy_joins_its_own_frame_not_the_nearly_identical_one_found_first(tmp
     box = (w * 3 // 8, h * 3 // 8, w * 5 // 8, h * 5 // 8)
     second = im.copy()  # a centre part of the scene one pixel to the right
     second.paste(im.transform(im.size, Image.AFFINE, (1, 0, -1, 0, 1, 0), Image.BICUBIC).crop(box), box[:2])
-    im.save(lib / "a_burst-1.jpg", quality=92, exif=_camera("2024:05:01 10:00:00", "120"))
-    second.save(lib / "b_burst-2.jpg", quality=92, exif=_camera("2024:05:01 10:00:00", "220"))
+    im.save(lib / "a_burst-1.jpg", quality=92, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", "120"))
+    second.save(lib / "b_burst-2.jpg", quality=92, exif=camera_exif("EOS R6", "2024:05:01 10:00:00", "220"))
     second.save(lib / "c_burst-2-copy.jpg", quality=50)  # no EXIF: nothing but pixels to go by
     out = tmp_path / "thumbs"
     resize(lib, out)
